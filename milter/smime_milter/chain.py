@@ -1,0 +1,306 @@
+"""Certificate path validation at a moment T (RFC 5280 / RFC 8550), with a cache.
+
+pyhanko-certvalidator does path building, policy processing, name
+constraints and CRL checking at a past moment. A full validation costs a few
+milliseconds, so results are cached: the key is the chain's fingerprints,
+the trust store generation, the revocation mode and a time bucket; positive
+results are additionally re-checked against the path's validity window so a
+cached answer can never outlive a certificate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from asn1crypto import crl as asn1_crl
+from asn1crypto import pem, x509
+from pyhanko_certvalidator import CertificateValidator, ValidationContext
+from pyhanko_certvalidator import errors as cv_errors
+from pyhanko_certvalidator.policy_decl import (
+    NO_REVOCATION,
+    REQUIRE_REVINFO,
+    CertRevTrustPolicy,
+    RevocationCheckingPolicy,
+    RevocationCheckingRule,
+)
+from pyhanko_certvalidator.registry import SimpleTrustManager
+
+from .model import ChainResult, RevocationMode
+
+CERT_SUFFIXES = (".pem", ".crt", ".cer", ".der")
+CRL_SUFFIXES = (".pem", ".crl", ".der", ".r0")
+SYSTEM_ANCHORS = Path("/etc/ssl/certs/ca-certificates.crt")
+
+_EE_ONLY_REVINFO = RevocationCheckingPolicy(
+    ee_certificate_rule=RevocationCheckingRule.CRL_OR_OCSP_REQUIRED,
+    intermediate_ca_cert_rule=RevocationCheckingRule.NO_CHECK,
+)
+
+
+class TrustStoreError(ValueError):
+    """A trust anchor, intermediate or CRL file could not be used."""
+
+
+def _der_blobs(path: Path, kind: str) -> list[bytes]:
+    data = path.read_bytes()
+    if pem.detect(data):
+        return [der for _type, _headers, der in pem.unarmor(data, multiple=True)]
+    if not data:
+        raise TrustStoreError(f"{path}: empty {kind} file")
+    return [data]
+
+
+def _files(path: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    if path.is_dir():
+        return sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+    if path.is_file():
+        return [path]
+    raise TrustStoreError(f"{path}: no such file or directory")
+
+
+def load_certificates(paths: Iterable[Path]) -> tuple[x509.Certificate, ...]:
+    """Certificates from PEM (several per file) or DER files and directories."""
+    found: dict[bytes, x509.Certificate] = {}
+    for path in paths:
+        for file in _files(Path(path), CERT_SUFFIXES):
+            try:
+                for der in _der_blobs(file, "certificate"):
+                    cert = x509.Certificate.load(der)
+                    _ = cert.subject.native, cert.public_key.native
+                    found.setdefault(cert.sha256, cert)
+            except (ValueError, TypeError, OSError) as exc:
+                raise TrustStoreError(f"{file}: not a certificate file ({exc})") from exc
+    return tuple(found.values())
+
+
+def load_crls(paths: Iterable[Path]) -> tuple[bytes, ...]:
+    """CRLs (DER) from PEM/DER files and directories."""
+    found: list[bytes] = []
+    for path in paths:
+        for file in _files(Path(path), CRL_SUFFIXES):
+            try:
+                for der in _der_blobs(file, "CRL"):
+                    _ = asn1_crl.CertificateList.load(der)["tbs_cert_list"]["issuer"].native
+                    found.append(der)
+            except (ValueError, TypeError, OSError) as exc:
+                raise TrustStoreError(f"{file}: not a CRL file ({exc})") from exc
+    return tuple(found)
+
+
+@dataclass(frozen=True, slots=True)
+class TrustStore:
+    """Trust anchors, local intermediates and local CRLs.
+
+    ``generation`` changes whenever the content does, so cached chain
+    results from an older trust store are never reused.
+    """
+
+    anchors: tuple[x509.Certificate, ...]
+    intermediates: tuple[x509.Certificate, ...] = ()
+    crls: tuple[bytes, ...] = ()
+
+    @property
+    def generation(self) -> str:
+        digest = hashlib.sha256()
+        for group in (self.anchors, self.intermediates):
+            digest.update(b"".join(sorted(cert.sha256 for cert in group)) + b"|")
+        for der in self.crls:
+            digest.update(hashlib.sha256(der).digest())
+        return digest.hexdigest()[:16]
+
+    @classmethod
+    def load(
+        cls,
+        anchors: Iterable[Path],
+        intermediates: Iterable[Path] = (),
+        crls: Iterable[Path] = (),
+    ) -> TrustStore:
+        return cls(load_certificates(anchors), load_certificates(intermediates), load_crls(crls))
+
+
+def _name(cert: x509.Certificate) -> str:
+    try:
+        return cert.subject.human_friendly
+    except (ValueError, TypeError):
+        return "unnamed certificate"
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True, slots=True)
+class _CacheEntry:
+    result: ChainResult
+    not_before: datetime
+    not_after: datetime
+
+
+class ChainValidator:
+    """Validates signer certificates against one TrustStore; thread-safe."""
+
+    def __init__(
+        self,
+        trust: TrustStore,
+        *,
+        revocation: RevocationMode = RevocationMode.SOFT,
+        allow_sha1: bool = False,
+        cache_size: int = 20_000,
+        bucket_seconds: int = 60,
+    ) -> None:
+        self.trust = trust
+        self.revocation = revocation
+        self.allow_sha1 = allow_sha1
+        self._generation = trust.generation
+        self._trust_manager = SimpleTrustManager.build(trust_roots=list(trust.anchors))
+        self._weak = frozenset({"md2", "md5"} | (set() if allow_sha1 else {"sha1"}))
+        self._cache: OrderedDict[tuple, _CacheEntry] = OrderedDict()
+        self._cache_size = cache_size
+        self._bucket = bucket_seconds
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self.hits = 0
+        self.misses = 0
+
+    def validate(
+        self,
+        leaf: x509.Certificate,
+        extra_certs: Sequence[x509.Certificate] = (),
+        extra_crls: Sequence[bytes] = (),
+        at: datetime | None = None,
+    ) -> ChainResult:
+        """Is ``leaf`` an acceptable S/MIME signing certificate at ``at``?"""
+        at = at or datetime.now(UTC)
+        key = (
+            leaf.sha256,
+            frozenset(cert.sha256 for cert in extra_certs),
+            frozenset(hashlib.sha256(der).digest() for der in extra_crls),
+            self._generation,
+            self.revocation,
+            self.allow_sha1,
+            int(at.timestamp()) // self._bucket,
+        )
+        with self._lock:
+            entry = self._cache.get(key)
+            if entry is not None and entry.not_before <= at <= entry.not_after:
+                self._cache.move_to_end(key)
+                self.hits += 1
+                return entry.result
+        self.misses += 1
+        result, window = self._validate_uncached(leaf, extra_certs, extra_crls, at)
+        with self._lock:
+            self._cache[key] = _CacheEntry(result, *window)
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return result
+
+    # -- internals ---------------------------------------------------------
+
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        loop = getattr(self._local, "loop", None)
+        if loop is None:
+            loop = self._local.loop = asyncio.new_event_loop()
+        return loop
+
+    def _policies(self) -> list[RevocationCheckingPolicy]:
+        """Revocation policies to try in order.
+
+        certvalidator's own soft-fail mode ignores locally held CRLs for
+        certificates without a CRL distribution point, so soft mode first
+        demands revocation data and only relaxes when none exists.
+        """
+        if self.revocation is RevocationMode.OFF:
+            return [NO_REVOCATION]
+        if self.revocation is RevocationMode.HARD:
+            return [REQUIRE_REVINFO]
+        return [REQUIRE_REVINFO, _EE_ONLY_REVINFO, NO_REVOCATION]
+
+    def _validate_uncached(
+        self,
+        leaf: x509.Certificate,
+        extra_certs: Sequence[x509.Certificate],
+        extra_crls: Sequence[bytes],
+        at: datetime,
+    ) -> tuple[ChainResult, tuple[datetime, datetime]]:
+        never = (at, at)
+        crls = [*self.trust.crls, *extra_crls]
+        last_error: Exception | None = None
+        for policy in self._policies():
+            context = ValidationContext(
+                trust_manager=self._trust_manager,
+                other_certs=[*self.trust.intermediates, *extra_certs],
+                crls=crls,
+                moment=at,
+                allow_fetching=False,
+                revinfo_policy=CertRevTrustPolicy(policy, retroactive_revinfo=True),
+                weak_hash_algos=self._weak,
+            )
+            validator = CertificateValidator(leaf, list(extra_certs), validation_context=context)
+            try:
+                path = self._loop().run_until_complete(validator.async_validate_path())
+            except cv_errors.InsufficientRevinfoError as exc:
+                last_error = exc
+                continue
+            except (cv_errors.PathError, cv_errors.ValidationError) as exc:
+                return ChainResult(False, (self._describe(exc, leaf, at),)), never
+            except (ValueError, TypeError, KeyError, NotImplementedError) as exc:
+                problem = f"certificate chain could not be processed: {_first_line(exc)}"
+                return ChainResult(False, (problem,)), never
+            usage_errors = _usage_errors(leaf)
+            if usage_errors:
+                return ChainResult(False, usage_errors), never
+            certs = list(path)
+            window = (
+                max(c["tbs_certificate"]["validity"]["not_before"].native for c in certs),
+                min(c["tbs_certificate"]["validity"]["not_after"].native for c in certs),
+            )
+            chain = tuple(c.dump() for c in reversed(certs))
+            return ChainResult(True, (), chain), window
+        assert last_error is not None
+        return ChainResult(False, (self._describe(last_error, leaf, at),)), never
+
+    def _describe(self, exc: Exception, leaf: x509.Certificate, at: datetime) -> str:
+        """One short smimeErrors line per chain problem."""
+        if isinstance(exc, cv_errors.RevokedError):
+            return f"signer certificate chain revoked at {_iso(at)}: {_first_line(exc)}"
+        if isinstance(exc, cv_errors.ExpiredError):
+            return f"certificate expired at {_iso(exc.expired_dt)} (checked at {_iso(at)})"
+        if isinstance(exc, cv_errors.NotYetValidError):
+            return f"certificate not valid before {_iso(exc.valid_from)} (checked at {_iso(at)})"
+        if isinstance(exc, cv_errors.InsufficientRevinfoError):
+            return f"no current revocation information (CRL): {_first_line(exc)}"
+        if isinstance(exc, cv_errors.DisallowedAlgorithmError):
+            return f"weak algorithm in certificate chain: {_first_line(exc)}"
+        if isinstance(exc, cv_errors.PathBuildingError):
+            return f"untrusted root: no path from {_name(leaf)} to a configured trust anchor"
+        return f"certificate chain invalid: {_first_line(exc)}"
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
+def _usage_errors(leaf: x509.Certificate) -> tuple[str, ...]:
+    """RFC 8550 §4.4: key usage and extended key usage for S/MIME signing."""
+    errors: list[str] = []
+    key_usage = leaf.key_usage_value
+    if key_usage is not None:
+        usages = set(key_usage.native)
+        if not usages & {"digital_signature", "non_repudiation"}:
+            errors.append("certificate key usage allows neither digitalSignature "
+                          "nor nonRepudiation")
+    ext_key_usage = leaf.extended_key_usage_value
+    if ext_key_usage is not None:
+        purposes = set(ext_key_usage.native)
+        if not purposes & {"email_protection", "any_extended_key_usage"}:
+            errors.append("certificate extended key usage does not allow emailProtection")
+    return tuple(errors)
+

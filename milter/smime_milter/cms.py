@@ -1,0 +1,341 @@
+"""CMS SignedData (RFC 5652) parsing and signature checking.
+
+cryptography has no public CMS verify API, so SignedData is parsed with
+asn1crypto and each SignerInfo is checked with cryptography primitives.
+This module knows nothing about time, trust or mail: it answers "does this
+SignerInfo sign these bytes with this certificate's key?".
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from asn1crypto import cms as asn1_cms
+from asn1crypto import core, x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, padding, rsa
+from cryptography.hazmat.primitives.serialization import load_der_public_key
+
+OID_CONTENT_TYPE = "1.2.840.113549.1.9.3"
+OID_MESSAGE_DIGEST = "1.2.840.113549.1.9.4"
+OID_SIGNING_TIME = "1.2.840.113549.1.9.5"
+OID_COUNTERSIGNATURE = "1.2.840.113549.1.9.6"
+OID_DATA = "1.2.840.113549.1.7.1"
+
+_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
+    "sha1": hashes.SHA1,
+    "sha224": hashes.SHA224,
+    "sha256": hashes.SHA256,
+    "sha384": hashes.SHA384,
+    "sha512": hashes.SHA512,
+    "sha3_256": hashes.SHA3_256,
+    "sha3_384": hashes.SHA3_384,
+    "sha3_512": hashes.SHA3_512,
+}
+_CURVES = frozenset({"secp256r1", "secp384r1", "secp521r1"})
+MAX_SIGNER_INFOS = 16
+MAX_CERTIFICATES = 64
+
+
+class CmsError(ValueError):
+    """The blob is not a usable CMS structure; the text is the user-facing reason."""
+
+
+@dataclass(frozen=True, slots=True)
+class AlgorithmPolicy:
+    """Which algorithms a signature may use. Defaults follow RFC 8551 §2."""
+
+    allow_sha1: bool = False
+    min_rsa_bits: int = 2048
+
+
+@dataclass(frozen=True, slots=True)
+class SignedData:
+    """The parts of a SignedData the verifier needs, already split out."""
+
+    econtent_type: str
+    econtent: bytes | None
+    certificates: tuple[x509.Certificate, ...]
+    crls: tuple[bytes, ...]
+    signer_infos: tuple[asn1_cms.SignerInfo, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SignatureCheck:
+    """Cryptographic outcome for one SignerInfo (no trust, no time)."""
+
+    certificate: x509.Certificate | None
+    digest_algorithm: str
+    signature_algorithm: str
+    ok: bool
+    errors: tuple[str, ...]
+    signing_time: datetime | None
+
+
+def parse_signed_data(der: bytes) -> SignedData:
+    """Parse a ContentInfo holding SignedData, forcing every field we use now
+    so that malformed input fails here with CmsError, not later."""
+    try:
+        info = asn1_cms.ContentInfo.load(der)
+        if info["content_type"].native != "signed_data":
+            raise CmsError(f"CMS content is {info['content_type'].native}, not signed-data")
+        signed = info["content"]
+        encap = signed["encap_content_info"]
+        econtent_type = encap["content_type"].dotted
+        econtent_value = encap["content"]
+        econtent = None if econtent_value.native is None else _octets(econtent_value)
+        certificates: list[x509.Certificate] = []
+        for choice in signed["certificates"] or ():
+            if choice.name == "certificate":
+                certificates.append(choice.chosen)
+                _ = choice.chosen["tbs_certificate"]["serial_number"].native
+            if len(certificates) > MAX_CERTIFICATES:
+                raise CmsError(f"more than {MAX_CERTIFICATES} certificates in SignedData")
+        crls = tuple(
+            choice.chosen.dump()
+            for choice in signed["crls"] or ()
+            if isinstance(choice.chosen, asn1_cms.CertificateList)
+        )
+        signer_infos = tuple(signed["signer_infos"])
+        if len(signer_infos) > MAX_SIGNER_INFOS:
+            raise CmsError(f"more than {MAX_SIGNER_INFOS} SignerInfos")
+        for signer_info in signer_infos:
+            _ = signer_info["sid"].chosen.native, signer_info["signature"].native
+    except CmsError:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError, OverflowError) as exc:
+        raise CmsError(f"malformed CMS SignedData: {_short(exc)}") from exc
+    return SignedData(econtent_type, econtent, tuple(certificates), crls, signer_infos)
+
+
+def _octets(value: core.Asn1Value) -> bytes:
+    """Content octets of a (possibly constructed, BER) OCTET STRING."""
+    native = value.native
+    if isinstance(native, bytes):
+        return native
+    return bytes(value)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:160] if text else type(exc).__name__
+
+
+def find_certificate(
+    signer_info: asn1_cms.SignerInfo, candidates: Iterable[x509.Certificate]
+) -> x509.Certificate | None:
+    """The certificate a SignerInfo names by issuer+serial or subjectKeyIdentifier."""
+    sid = signer_info["sid"]
+    if sid.name == "issuer_and_serial_number":
+        issuer = sid.chosen["issuer"]
+        serial = sid.chosen["serial_number"].native
+        for cert in candidates:
+            if cert.serial_number == serial and cert.issuer == issuer:
+                return cert
+        return None
+    key_id = sid.chosen.native
+    for cert in candidates:
+        if cert.key_identifier == key_id:
+            return cert
+    return None
+
+
+def _signed_attribute_values(signer_info: asn1_cms.SignerInfo) -> dict[str, list[core.Asn1Value]]:
+    """Signed attributes by dotted OID, decoded one at a time (some real
+    messages carry attributes asn1crypto cannot render as a whole)."""
+    found: dict[str, list[core.Asn1Value]] = {}
+    for attribute in signer_info["signed_attrs"]:
+        oid = attribute["type"].dotted
+        found.setdefault(oid, []).extend(attribute["values"])
+    return found
+
+
+def signed_attributes_der(signer_info: asn1_cms.SignerInfo) -> bytes:
+    """The signed attributes as a DER SET OF (tag 0x31), the bytes actually
+    signed (RFC 5652 §5.4), built from the octets as received."""
+    contents = signer_info["signed_attrs"].contents
+    return b"\x31" + _der_length(len(contents)) + contents
+
+
+def _der_length(length: int) -> bytes:
+    if length < 0x80:
+        return bytes([length])
+    encoded = length.to_bytes((length.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(encoded)]) + encoded
+
+
+def digest_name(signer_info: asn1_cms.SignerInfo) -> str:
+    return signer_info["digest_algorithm"]["algorithm"].native
+
+
+def signature_name(signer_info: asn1_cms.SignerInfo) -> str:
+    algorithm = signer_info["signature_algorithm"]
+    try:
+        return algorithm.signature_algo
+    except ValueError:
+        return algorithm["algorithm"].dotted
+
+
+def check_signature(
+    signer_info: asn1_cms.SignerInfo,
+    content: bytes,
+    certificates: Iterable[x509.Certificate],
+    policy: AlgorithmPolicy,
+    *,
+    expected_content_type: str | None = OID_DATA,
+) -> SignatureCheck:
+    """Check one SignerInfo over ``content``.
+
+    ``expected_content_type`` is the eContentType the content-type attribute
+    must name; None for countersignatures, which must not carry one.
+    """
+    errors: list[str] = []
+    certificate = find_certificate(signer_info, certificates)
+    digest = digest_name(signer_info)
+    sig_name = signature_name(signer_info)
+    signing_time: datetime | None = None
+    hash_cls = _HASHES.get(digest)
+    if hash_cls is None:
+        errors.append(f"digest algorithm {digest} is not accepted")
+    elif digest == "sha1" and not policy.allow_sha1:
+        errors.append("SHA-1 digest algorithm is not accepted by policy")
+    if certificate is None:
+        errors.append("signer certificate not included in the message")
+
+    signed_attrs = signer_info["signed_attrs"]
+    attributes_present = not isinstance(signed_attrs, core.Void) and len(signed_attrs) > 0
+    signed_bytes = content
+    if not attributes_present:
+        errors.append("signed attributes missing (content-type and message-digest required)")
+    else:
+        try:
+            values = _signed_attribute_values(signer_info)
+            signing_time, attr_errors = _check_attributes(
+                values, content, hash_cls, expected_content_type
+            )
+        except (ValueError, TypeError, KeyError) as exc:
+            attr_errors = [f"malformed signed attributes: {_short(exc)}"]
+        errors.extend(attr_errors)
+        signed_bytes = signed_attributes_der(signer_info)
+
+    if certificate is not None and hash_cls is not None:
+        errors.extend(_verify_value(signer_info, certificate, signed_bytes, hash_cls, policy))
+    return SignatureCheck(
+        certificate=certificate,
+        digest_algorithm=digest,
+        signature_algorithm=sig_name,
+        ok=not errors,
+        errors=tuple(errors),
+        signing_time=signing_time,
+    )
+
+
+def _check_attributes(
+    values: dict[str, list[core.Asn1Value]],
+    content: bytes,
+    hash_cls: type[hashes.HashAlgorithm] | None,
+    expected_content_type: str | None,
+) -> tuple[datetime | None, list[str]]:
+    errors: list[str] = []
+    content_types = values.get(OID_CONTENT_TYPE, [])
+    if expected_content_type is None:
+        if content_types:
+            errors.append("countersignature carries a content-type attribute")
+    elif len(content_types) != 1:
+        errors.append("content-type attribute missing" if not content_types
+                      else "content-type attribute repeated")
+    elif content_types[0].dotted != expected_content_type:
+        errors.append("content-type attribute does not match the signed content type")
+
+    digests = values.get(OID_MESSAGE_DIGEST, [])
+    if len(digests) != 1:
+        errors.append("message-digest attribute missing" if not digests
+                      else "message-digest attribute repeated")
+    elif hash_cls is not None:
+        expected = digests[0].native
+        actual = hashlib.new(hash_cls.name.replace("-", "_"), content).digest()
+        if expected != actual:
+            errors.append("message digest mismatch: the signed content was altered")
+
+    signing_time = None
+    times = values.get(OID_SIGNING_TIME, [])
+    if times:
+        try:
+            signing_time = times[0].native
+        except (ValueError, TypeError):
+            errors.append("signing-time attribute is malformed")
+    return signing_time, errors
+
+
+def _verify_value(
+    signer_info: asn1_cms.SignerInfo,
+    certificate: x509.Certificate,
+    signed_bytes: bytes,
+    hash_cls: type[hashes.HashAlgorithm],
+    policy: AlgorithmPolicy,
+) -> list[str]:
+    """Check the signature value; returns the problems found."""
+    try:
+        public_key = load_der_public_key(certificate.public_key.dump())
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        return [f"signer public key unusable: {_short(exc)}"]
+    algorithm = signer_info["signature_algorithm"]
+    signature = signer_info["signature"].native
+    sig_name = signature_name(signer_info)
+    hash_algorithm = hash_cls()
+    try:
+        if isinstance(public_key, rsa.RSAPublicKey):
+            if public_key.key_size < policy.min_rsa_bits:
+                return [
+                    f"RSA key of {public_key.key_size} bits is below the policy minimum "
+                    f"of {policy.min_rsa_bits}"
+                ]
+            if sig_name == "rsassa_pss":
+                pad = _pss_padding(algorithm, policy)
+                if isinstance(pad, str):
+                    return [pad]
+                pss_hash = _HASHES[algorithm["parameters"]["hash_algorithm"]["algorithm"].native]
+                public_key.verify(signature, signed_bytes, pad, pss_hash())
+            elif sig_name == "rsassa_pkcs1v15":
+                public_key.verify(signature, signed_bytes, padding.PKCS1v15(), hash_algorithm)
+            else:
+                return [f"signature algorithm {sig_name} does not fit an RSA key"]
+        elif isinstance(public_key, ec.EllipticCurvePublicKey):
+            if public_key.curve.name not in _CURVES:
+                return [f"elliptic curve {public_key.curve.name} is not accepted"]
+            if sig_name != "ecdsa":
+                return [f"signature algorithm {sig_name} does not fit an EC key"]
+            public_key.verify(signature, signed_bytes, ec.ECDSA(hash_algorithm))
+        elif isinstance(public_key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
+            if sig_name not in ("ed25519", "ed448"):
+                return [f"signature algorithm {sig_name} does not fit an EdDSA key"]
+            public_key.verify(signature, signed_bytes)
+        elif isinstance(public_key, dsa.DSAPublicKey):
+            public_key.verify(signature, signed_bytes, hash_algorithm)
+        else:
+            return ["signer key type is not supported"]
+    except InvalidSignature:
+        return ["signature value does not verify with the signer's public key"]
+    except (ValueError, TypeError, KeyError, UnsupportedAlgorithm) as exc:
+        return [f"signature could not be checked: {_short(exc)}"]
+    return []
+
+
+def _pss_padding(algorithm: core.Asn1Value, policy: AlgorithmPolicy) -> padding.PSS | str:
+    params = algorithm["parameters"]
+    hash_name = params["hash_algorithm"]["algorithm"].native
+    mgf = params["mask_gen_algorithm"]
+    mgf_hash = mgf["parameters"]["algorithm"].native
+    if mgf["algorithm"].native != "mgf1" or mgf_hash not in _HASHES:
+        return "RSA-PSS mask generation function is not supported"
+    if hash_name not in _HASHES:
+        return f"RSA-PSS hash {hash_name} is not accepted"
+    if "sha1" in (hash_name, mgf_hash) and not policy.allow_sha1:
+        return "SHA-1 in RSA-PSS parameters is not accepted by policy"
+    return padding.PSS(
+        mgf=padding.MGF1(_HASHES[mgf_hash]()), salt_length=params["salt_length"].native
+    )

@@ -1,0 +1,455 @@
+"""The verification engine: raw message + moment + trust -> RFC 9219 Verdict.
+
+It combines ``mime`` (where is the S/MIME layer, what bytes are signed),
+``cms`` (do the signatures hold), ``chain`` (is the signer trusted at T) and
+``envelope`` (can we open an encrypted layer) and decides the status. Only
+the outermost S/MIME layer of the whole message counts: a signature on a
+part, or inside an attachment, never makes the message ``signed/verified``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from asn1crypto import cms as asn1_cms
+from asn1crypto import x509
+
+from . import mime
+from .chain import ChainValidator, TrustStore
+from .cms import AlgorithmPolicy, CmsError, check_signature, parse_signed_data
+from .envelope import DecryptionKey, decrypt
+from .model import ChainResult, RevocationMode, SignerResult, Status, Verdict
+
+log = logging.getLogger(__name__)
+
+HP_PARAMS = ("hp", "protected-headers")
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyPolicy:
+    """Policy switches of the engine (all default to the strict choice)."""
+
+    algorithms: AlgorithmPolicy = field(default_factory=AlgorithmPolicy)
+    revocation: RevocationMode = RevocationMode.SOFT
+    #: RFC 5321 treats the local part as case-sensitive; many agents do not.
+    casefold_local_part: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Layer:
+    """Where the S/MIME content of one entity is."""
+
+    kind: str  # "detached", "opaque", "enveloped", "certs-only", "foreign-signed", "none"
+    entity: mime.Entity
+    der: bytes | None = None
+    signed_content: bytes | None = None
+    inner: mime.Entity | None = None
+    problem: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _SignedOutcome:
+    signers: tuple[SignerResult, ...]
+    errors: tuple[str, ...]
+    verified: bool
+    from_address: str | None
+    notes: tuple[str, ...] = ()
+
+
+def _layer_of(entity: mime.Entity) -> _Layer:
+    """Classify one entity; structural problems become ``problem``, not exceptions."""
+    content_type = entity.content_type
+    if content_type.mime_type == "multipart/signed":
+        return _detached_layer(entity, content_type)
+    if content_type.mime_type in mime.PKCS7_MIME_TYPES:
+        return _pkcs7_mime_layer(entity, content_type)
+    return _Layer("none", entity)
+
+
+def _detached_layer(entity: mime.Entity, content_type: mime.ContentType) -> _Layer:
+    protocol = (content_type.param("protocol") or "").lower()
+    try:
+        parts = mime.split_multipart(entity.body, content_type.param("boundary") or "")
+    except mime.MimeError as exc:
+        if protocol and protocol not in mime.SIGNATURE_PROTOCOLS:
+            return _Layer("foreign-signed", entity)
+        return _Layer("detached", entity, problem=f"multipart/signed structure broken: {exc}")
+    signature_part = mime.parse_entity(parts[1]) if len(parts) > 1 else None
+    if not protocol and signature_part is not None:
+        protocol = signature_part.content_type.mime_type
+    if protocol not in mime.SIGNATURE_PROTOCOLS:
+        return _Layer("foreign-signed", entity)
+    if len(parts) != 2 or signature_part is None:
+        return _Layer(
+            "detached", entity,
+            problem=f"multipart/signed has {len(parts)} body parts instead of 2",
+        )
+    try:
+        der = mime.decode_transfer_encoding(signature_part)
+    except mime.MimeError as exc:
+        return _Layer("detached", entity, problem=str(exc))
+    return _Layer(
+        "detached", entity, der=der,
+        signed_content=mime.canonicalize(parts[0]), inner=mime.parse_entity(parts[0]),
+    )
+
+
+def _pkcs7_mime_layer(entity: mime.Entity, content_type: mime.ContentType) -> _Layer:
+    smime_type = (content_type.param("smime-type") or "").lower()
+    try:
+        der = mime.decode_transfer_encoding(entity)
+    except mime.MimeError as exc:
+        kind = "opaque" if smime_type == "signed-data" else "enveloped"
+        return _Layer(kind, entity, problem=str(exc))
+    cms_type = _cms_content_type(der)
+    if cms_type == "signed_data" or (cms_type is None and smime_type == "signed-data"):
+        return _Layer("opaque", entity, der=der)
+    if cms_type in ("enveloped_data", "authenticated_enveloped_data") or (
+        cms_type is None and smime_type in ("enveloped-data", "authenveloped-data")
+    ):
+        return _Layer("enveloped", entity, der=der)
+    if smime_type == "certs-only":
+        return _Layer("certs-only", entity, der=der)
+    return _Layer("enveloped", entity, der=der,
+                  problem="application/pkcs7-mime content is not signed or enveloped data")
+
+
+def _cms_content_type(der: bytes) -> str | None:
+    try:
+        return asn1_cms.ContentInfo.load(der)["content_type"].native
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
+def signer_emails(cert: x509.Certificate) -> tuple[str, ...]:
+    """RFC 8550 §3: rfc822Name SANs, else emailAddress in the subject DN."""
+    emails: list[str] = []
+    try:
+        san = cert.subject_alt_name_value
+    except (ValueError, TypeError):
+        san = None
+    if san is not None:
+        for general_name in san:
+            if general_name.name == "rfc822_name":
+                emails.append(str(general_name.native))
+    if emails:
+        return tuple(emails)
+    try:
+        for rdn in cert.subject.chosen:
+            for attribute in rdn:
+                if attribute["type"].native == "email_address":
+                    emails.append(str(attribute["value"].native))
+    except (ValueError, TypeError):
+        pass
+    return tuple(emails)
+
+
+def _describe_name(cert: x509.Certificate | None, which: str) -> str:
+    if cert is None:
+        return ""
+    try:
+        return getattr(cert, which).human_friendly
+    except (ValueError, TypeError):
+        return ""
+
+
+class Verifier:
+    """Answers "what is the S/MIME status of this message as of T?".
+
+    One instance holds the trust store, policy, decryption keys and the
+    chain cache; it is safe to share between threads.
+    """
+
+    def __init__(
+        self,
+        trust: TrustStore,
+        policy: VerifyPolicy | None = None,
+        decryption_keys: Sequence[DecryptionKey] = (),
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        chain_validator: ChainValidator | None = None,
+    ) -> None:
+        self.policy = policy or VerifyPolicy()
+        self.decryption_keys = tuple(decryption_keys)
+        self.clock = clock
+        self.chains = chain_validator or ChainValidator(
+            trust,
+            revocation=self.policy.revocation,
+            allow_sha1=self.policy.algorithms.allow_sha1,
+        )
+
+    def verify(self, message: bytes, at: datetime | None = None) -> Verdict:
+        """The RFC 9219 verdict for ``message`` with trust evaluated at ``at``
+        (default: now). Never raises for malformed input."""
+        verified_at = self.clock()
+        moment = at or verified_at
+        try:
+            return self._verify(message, moment, verified_at)
+        except (MemoryError, OSError):
+            raise  # resource trouble: let the caller tempfail
+        except RecursionError:
+            return Verdict(Status.UNKNOWN, None, None, notes=("MIME structure nested too deeply",))
+        except Exception as exc:  # a parser bug must not lose a message
+            log.exception("unexpected error while examining message")
+            return Verdict(
+                Status.SIGNED_FAILED, (f"message could not be examined: {type(exc).__name__}",),
+                verified_at,
+            )
+
+    def _verify(self, message: bytes, at: datetime, verified_at: datetime) -> Verdict:
+        try:
+            top = mime.parse_entity(message)
+        except mime.MimeError as exc:
+            return Verdict(None, None, None, notes=(f"not a MIME message: {exc}",))
+        layer = _layer_of(top)
+        if layer.kind in ("detached", "opaque"):
+            outcome = self._evaluate_signed(layer, top, at)
+            status = Status.SIGNED_VERIFIED if outcome.verified else Status.SIGNED_FAILED
+            return self._verdict(status, outcome, layer, verified_at, "1")
+        if layer.kind == "enveloped":
+            return self._evaluate_enveloped(layer, top, at, verified_at)
+        if layer.kind == "foreign-signed":
+            return Verdict(Status.UNKNOWN, None, None, layer="multipart/signed",
+                           notes=("multipart/signed with a non-S/MIME protocol",))
+        if layer.kind == "certs-only":
+            return Verdict(Status.UNKNOWN, None, None, layer="certs-only")
+        return self._evaluate_nested(top, at, verified_at)
+
+    def _verdict(
+        self, status: Status, outcome: _SignedOutcome, layer: _Layer, verified_at: datetime,
+        part: str,
+    ) -> Verdict:
+        return Verdict(
+            status=status,
+            errors=None if status.is_verified else (outcome.errors or ("signature not verified",)),
+            verified_at=verified_at,
+            signers=outcome.signers,
+            layer="multipart/signed" if layer.kind == "detached" else "signed-data",
+            signed_part=part,
+            from_address=outcome.from_address,
+            notes=outcome.notes,
+        )
+
+    # -- encrypted ---------------------------------------------------------
+
+    def _evaluate_enveloped(
+        self, layer: _Layer, top: mime.Entity, at: datetime, verified_at: datetime
+    ) -> Verdict:
+        if layer.problem or layer.der is None:
+            return Verdict(Status.UNKNOWN, None, None, layer="enveloped-data",
+                           notes=(layer.problem or "no encrypted content",))
+        if not self.decryption_keys:
+            return Verdict(Status.UNKNOWN, None, None, layer="enveloped-data",
+                           notes=("encrypted; no decryption key configured",))
+        result = decrypt(layer.der, self.decryption_keys)
+        if result.content is None:
+            return Verdict(Status.UNKNOWN, None, None, layer="enveloped-data",
+                           notes=(f"encrypted; not decrypted: {result.error}",))
+        inner = mime.parse_entity(result.content)
+        inner_layer = _layer_of(inner)
+        if inner_layer.kind not in ("detached", "opaque"):
+            return Verdict(Status.UNKNOWN, None, None, layer="enveloped-data",
+                           notes=("decrypted content is not signed",))
+        outcome = self._evaluate_signed(inner_layer, top, at)
+        status = (Status.ENCRYPTED_SIGNED_VERIFIED if outcome.verified
+                  else Status.ENCRYPTED_SIGNED_FAILED)
+        verdict = self._verdict(status, outcome, inner_layer, verified_at, "1")
+        return Verdict(
+            verdict.status, verdict.errors, verdict.verified_at, verdict.signers,
+            "enveloped-data/" + (verdict.layer or ""), verdict.signed_part,
+            verdict.from_address, verdict.notes,
+        )
+
+    # -- S/MIME only below the top level ------------------------------------
+
+    def _evaluate_nested(self, top: mime.Entity, at: datetime, verified_at: datetime) -> Verdict:
+        signed: list[tuple[str, _Layer]] = []
+        other_smime: list[str] = []
+        leaves: list[str] = []
+        self._scan(top, "", 0, signed, other_smime, leaves)
+        if not signed:
+            if other_smime:
+                return Verdict(Status.UNKNOWN, None, None, layer="nested",
+                               notes=(f"S/MIME only in part(s) {', '.join(other_smime)}",))
+            return Verdict(None, None, None)
+        number, layer = signed[0]
+        outcome = self._evaluate_signed(layer, top, at)
+        covered = number + "."
+        unsigned = [leaf for leaf in leaves if leaf != number and not leaf.startswith(covered)]
+        partial = (
+            f"signature covers only MIME part {number}; "
+            f"part(s) {', '.join(unsigned) or 'around it'} not signed"
+        )
+        verdict = self._verdict(
+            Status.SIGNED_FAILED,
+            _SignedOutcome(outcome.signers, (partial, *outcome.errors), False,
+                           outcome.from_address, outcome.notes),
+            layer, verified_at, f"{number}.1" if layer.kind == "detached" else number,
+        )
+        return verdict
+
+    def _scan(
+        self, entity: mime.Entity, number: str, depth: int,
+        signed: list[tuple[str, _Layer]], other_smime: list[str], leaves: list[str],
+    ) -> None:
+        """Walk multiparts (not attached messages) looking for S/MIME parts."""
+        if depth > mime.MAX_DEPTH:
+            raise mime.MimeError("MIME structure nested too deeply")
+        content_type = entity.content_type
+        if depth > 0:
+            layer = _layer_of(entity)
+            if layer.kind in ("detached", "opaque"):
+                signed.append((number, layer))
+                leaves.append(number)
+                return
+            if layer.kind in ("enveloped", "certs-only"):
+                other_smime.append(number)
+                leaves.append(number)
+                return
+        if not content_type.mime_type.startswith("multipart/"):
+            leaves.append(number or "1")
+            return
+        try:
+            parts = mime.split_multipart(
+                entity.body, content_type.param("boundary") or "", strict=False
+            )
+        except mime.MimeError:
+            leaves.append(number or "1")
+            return
+        for index, raw in enumerate(parts, start=1):
+            child = f"{number}.{index}" if number else str(index)
+            self._scan(mime.parse_entity(raw), child, depth + 1, signed, other_smime, leaves)
+
+    # -- signed layers -------------------------------------------------------
+
+    def _evaluate_signed(self, layer: _Layer, header_source: mime.Entity, at: datetime
+                         ) -> _SignedOutcome:
+        """Check every SignerInfo of a signed layer and bind it to From."""
+        if layer.problem or layer.der is None:
+            return _SignedOutcome((), (layer.problem or "signature missing",), False, None)
+        try:
+            signed_data = parse_signed_data(layer.der)
+        except CmsError as exc:
+            return _SignedOutcome((), (str(exc),), False, None)
+        if layer.kind == "detached":
+            content = layer.signed_content or b""
+            inner = layer.inner
+        else:
+            if signed_data.econtent is None:
+                return _SignedOutcome((), ("signed-data carries no content",), False, None)
+            content = signed_data.econtent
+            inner = mime.parse_entity(content)
+        if not signed_data.signer_infos:
+            return _SignedOutcome((), ("signed-data carries no signature",), False, None)
+
+        from_address, message_errors = self._signer_address_source(header_source, inner)
+        signers = tuple(
+            self._check_signer(signer_info, signed_data, content, from_address, at)
+            for signer_info in signed_data.signer_infos
+        )
+        verified = not message_errors and any(signer.ok for signer in signers)
+        errors: list[str] = list(message_errors)
+        notes: list[str] = []
+        several = len(signers) > 1
+        for signer in signers:
+            for error in signer.errors:
+                line = f"signer {signer.emails[0] if signer.emails else signer.subject}: {error}" \
+                    if several else error
+                (notes if verified else errors).append(line)
+        return _SignedOutcome(
+            signers, tuple(dict.fromkeys(errors)), verified,
+            from_address.text if from_address else None, tuple(notes),
+        )
+
+    def _signer_address_source(
+        self, top: mime.Entity, inner: mime.Entity | None
+    ) -> tuple[mime.Address | None, list[str]]:
+        """The From address signers must match, honouring RFC 9788 header
+        protection (the protected inner From wins and must equal the outer)."""
+        errors: list[str] = []
+        outer_from = top.get_all("from")
+        protected = inner is not None and any(
+            inner.content_type.param(name) for name in HP_PARAMS
+        ) and bool(inner.get_all("from"))
+        source = inner.get_all("from") if protected and inner is not None else outer_from
+        address = _single_address(source, errors)
+        if protected and address is not None:
+            outer_errors: list[str] = []
+            outer = _single_address(outer_from, outer_errors)
+            if outer is None or not outer.matches(address, casefold_local=True):
+                errors.append("outer From differs from the protected (signed) From")
+        return address, errors
+
+    def _check_signer(
+        self,
+        signer_info: asn1_cms.SignerInfo,
+        signed_data,
+        content: bytes,
+        from_address: mime.Address | None,
+        at: datetime,
+    ) -> SignerResult:
+        check = check_signature(
+            signer_info, content,
+            [*signed_data.certificates, *self.chains.trust.intermediates],
+            self.policy.algorithms,
+            expected_content_type=signed_data.econtent_type,
+        )
+        cert = check.certificate
+        errors = list(check.errors)
+        chain = ChainResult(False)
+        emails: tuple[str, ...] = ()
+        if cert is not None:
+            others = [c for c in signed_data.certificates if c.sha256 != cert.sha256]
+            chain = self.chains.validate(cert, others, signed_data.crls, at)
+            errors.extend(chain.errors)
+            emails = signer_emails(cert)
+        from_match = False
+        if cert is not None and from_address is not None:
+            addresses = [mime.parse_address(email) for email in emails]
+            from_match = any(
+                a is not None and a.matches(from_address,
+                                            casefold_local=self.policy.casefold_local_part)
+                for a in addresses
+            )
+            if not emails:
+                errors.append("signer certificate carries no email address")
+            elif not from_match:
+                errors.append(
+                    f"From address {from_address.text} does not match the certificate "
+                    f"({', '.join(emails)})"
+                )
+        return SignerResult(
+            emails=emails,
+            subject=_describe_name(cert, "subject"),
+            issuer=_describe_name(cert, "issuer"),
+            serial=cert.serial_number if cert is not None else None,
+            digest_algorithm=check.digest_algorithm,
+            signature_algorithm=check.signature_algorithm,
+            signature_ok=check.ok,
+            chain_ok=chain.ok,
+            from_match=from_match,
+            errors=tuple(errors),
+            signing_time=check.signing_time,
+            certificate=cert.dump() if cert is not None else None,
+            path=chain.path,
+        )
+
+
+def _single_address(values: list[str], errors: list[str]) -> mime.Address | None:
+    """The one From mailbox; anything else is an error (RFC 8550 binding)."""
+    if not values:
+        errors.append("message has no From address")
+        return None
+    if len(values) > 1:
+        errors.append(f"message has {len(values)} From header fields")
+        return None
+    addresses = mime.mailbox_list(values)
+    if len(addresses) != 1:
+        errors.append(f"From holds {len(addresses)} addresses instead of one")
+        return None
+    if addresses[0] is None:
+        errors.append("From address is not a valid mailbox")
+    return addresses[0]

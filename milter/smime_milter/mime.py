@@ -1,0 +1,281 @@
+"""Byte-exact MIME walking: find the S/MIME layer without re-encoding anything.
+
+Signatures cover bytes as transmitted, so this module never decodes and
+re-serialises an entity: it slices the raw message, and only the CMS blobs
+(and nothing that is hashed) are transfer-decoded. Everything is bounded
+(header count, nesting depth, part count) so hostile input costs little.
+"""
+
+from __future__ import annotations
+
+import binascii
+import quopri
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from email.utils import getaddresses
+
+MAX_HEADERS = 1000
+MAX_HEADER_BYTES = 256 * 1024
+MAX_DEPTH = 20
+MAX_PARTS = 1000
+
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+_LINE_END = re.compile(rb"\r?\n")
+_FIELD = re.compile(rb"([!-9;-~]+)[ \t]*:(.*)", re.DOTALL)
+
+SIGNATURE_PROTOCOLS = frozenset({"application/pkcs7-signature", "application/x-pkcs7-signature"})
+PKCS7_MIME_TYPES = frozenset({"application/pkcs7-mime", "application/x-pkcs7-mime"})
+
+
+class MimeError(ValueError):
+    """The message is not MIME we can walk; the text is the smimeErrors reason."""
+
+
+@dataclass(frozen=True, slots=True)
+class ContentType:
+    """A parsed Content-Type: lower-case ``type/subtype`` and parameters."""
+
+    mime_type: str
+    params: tuple[tuple[str, str], ...] = ()
+
+    def param(self, name: str) -> str | None:
+        name = name.lower()
+        for key, value in self.params:
+            if key == name:
+                return value
+        return None
+
+
+DEFAULT_CONTENT_TYPE = ContentType("text/plain", (("charset", "us-ascii"),))
+
+
+@dataclass(frozen=True, slots=True)
+class Entity:
+    """One MIME entity as raw bytes, with its header fields parsed.
+
+    ``raw`` is the whole entity (headers, blank line, body) exactly as
+    received; ``body`` is a slice of it.
+    """
+
+    raw: bytes
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+
+    def get_all(self, name: str) -> list[str]:
+        name = name.lower()
+        return [value for key, value in self.headers if key.lower() == name]
+
+    def get(self, name: str) -> str | None:
+        values = self.get_all(name)
+        return values[0] if values else None
+
+    @property
+    def content_type(self) -> ContentType:
+        values = self.get_all("content-type")
+        if not values:
+            return DEFAULT_CONTENT_TYPE
+        parsed = parse_content_type(values[0])
+        return parsed if parsed is not None else DEFAULT_CONTENT_TYPE
+
+    @property
+    def transfer_encoding(self) -> str:
+        value = self.get("content-transfer-encoding")
+        return value.strip().lower() if value else "7bit"
+
+
+def parse_entity(raw: bytes) -> Entity:
+    """Split ``raw`` into header fields and body without copying the body."""
+    match = _HEADER_END.search(raw, 0, MAX_HEADER_BYTES + 4)
+    if raw.startswith((b"\r\n", b"\n")):
+        header_block, body = b"", raw[2 if raw.startswith(b"\r\n") else 1 :]
+    elif match is None:
+        if len(raw) > MAX_HEADER_BYTES:
+            raise MimeError(f"header section larger than {MAX_HEADER_BYTES} bytes")
+        # No blank line: headers only, empty body (RFC 5322 allows no body).
+        header_block, body = raw, b""
+    else:
+        header_block, body = raw[: match.start()], raw[match.end() :]
+    return Entity(raw=raw, headers=parse_header_block(header_block), body=body)
+
+
+def parse_header_block(block: bytes) -> tuple[tuple[str, str], ...]:
+    """Unfold header fields; values are decoded as UTF-8 with surrogate escapes."""
+    fields: list[tuple[str, str]] = []
+    current: list[bytes] = []
+    for line in _LINE_END.split(block):
+        if line[:1] in (b" ", b"\t") and current:
+            current.append(line)
+            continue
+        if current:
+            _append_field(fields, b"".join(current))
+        current = [line]
+        if len(fields) > MAX_HEADERS:
+            raise MimeError(f"more than {MAX_HEADERS} header fields")
+    if current:
+        _append_field(fields, b"".join(current))
+    return tuple(fields)
+
+
+def _append_field(fields: list[tuple[str, str]], line: bytes) -> None:
+    match = _FIELD.match(line)
+    if match is None:
+        return  # not a header field (e.g. an mbox "From " line): ignore it
+    name = match.group(1).decode("ascii")
+    value = match.group(2).decode("utf-8", "surrogateescape").strip()
+    fields.append((name, value))
+
+
+def _tokenize_params(text: str) -> Iterator[str]:
+    """Split on ';' outside quoted strings."""
+    start, in_quote, escaped = 0, False, False
+    for index, char in enumerate(text):
+        if escaped:
+            escaped = False
+        elif char == "\\" and in_quote:
+            escaped = True
+        elif char == '"':
+            in_quote = not in_quote
+        elif char == ";" and not in_quote:
+            yield text[start:index]
+            start = index + 1
+    yield text[start:]
+
+
+def _unquote(value: str) -> str:
+    value = value.strip()
+    if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
+        return re.sub(r"\\(.)", r"\1", value[1:-1])
+    return value
+
+
+_COMMENT = re.compile(r"\([^()\"]*\)")
+
+
+def parse_content_type(value: str) -> ContentType | None:
+    """Parse a Content-Type value; None when the type itself is unusable."""
+    tokens = list(_tokenize_params(value))
+    mime_type = _COMMENT.sub("", tokens[0]).strip().lower()
+    if mime_type.count("/") != 1 or not all(mime_type.split("/")):
+        return None
+    params: list[tuple[str, str]] = []
+    for token in tokens[1:]:
+        if "=" not in token:
+            continue
+        key, _, raw_value = token.partition("=")
+        key = key.strip().lower()
+        if key.endswith("*0") or key.endswith("*"):
+            key = key.split("*", 1)[0]  # RFC 2231 continuations: first segment is enough
+        params.append((key, _unquote(raw_value)))
+    return ContentType(mime_type, tuple(params))
+
+
+def split_multipart(body: bytes, boundary: str, *, strict: bool = True) -> list[bytes]:
+    """Body parts of a multipart body (RFC 2046 §5.1.1), each exactly as sent.
+
+    A part excludes the line break that belongs to the following delimiter.
+    Raises MimeError when the boundary never appears; a missing close
+    delimiter is an error only when ``strict`` (where a signature's coverage
+    depends on it), otherwise the last part runs to the end of the body.
+    """
+    if not boundary or len(boundary) > 200:
+        raise MimeError("multipart boundary missing or too long")
+    delimiter = re.compile(
+        rb"(?:\A|\r?\n)--" + re.escape(boundary.encode("utf-8", "surrogateescape"))
+        + rb"(--)?[ \t]*(?=\r?\n|\Z)"
+    )
+    parts: list[bytes] = []
+    part_start: int | None = None
+    closed = False
+    for match in delimiter.finditer(body):
+        if part_start is not None:
+            parts.append(body[part_start : match.start()])
+            if len(parts) > MAX_PARTS:
+                raise MimeError(f"more than {MAX_PARTS} body parts")
+        if match.group(1):
+            closed = True
+            break
+        end = match.end()
+        if body.startswith(b"\r\n", end):
+            end += 2
+        elif body.startswith(b"\n", end):
+            end += 1
+        part_start = end
+    if part_start is None:
+        raise MimeError("multipart boundary not found in body")
+    if not closed:
+        if strict:
+            raise MimeError("multipart close delimiter missing")
+        parts.append(body[part_start:])
+    return parts
+
+
+def canonicalize(data: bytes) -> bytes:
+    """RFC 8551 §3.1.1: line endings become CRLF; nothing else changes."""
+    if b"\n" not in data:
+        return data
+    return _LINE_END.sub(b"\r\n", data)
+
+
+def decode_transfer_encoding(entity: Entity) -> bytes:
+    """Decode the body of a part holding binary data (a CMS blob)."""
+    encoding = entity.transfer_encoding
+    if encoding == "base64":
+        try:
+            return binascii.a2b_base64(entity.body)
+        except (binascii.Error, ValueError) as exc:
+            raise MimeError(f"invalid base64 in {entity.content_type.mime_type} part") from exc
+    if encoding == "quoted-printable":
+        return quopri.decodestring(entity.body)
+    if encoding in ("7bit", "8bit", "binary"):
+        return entity.body
+    raise MimeError(f"unknown Content-Transfer-Encoding {encoding!r}")
+
+
+# --- addresses ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """A mailbox split for comparison (RFC 5321 local part, DNS domain)."""
+
+    local: str
+    domain: str
+
+    @property
+    def text(self) -> str:
+        return f"{self.local}@{self.domain}"
+
+    def matches(self, other: Address, *, casefold_local: bool = False) -> bool:
+        if self.domain != other.domain:
+            return False
+        if casefold_local:
+            return self.local.casefold() == other.local.casefold()
+        return self.local == other.local
+
+
+def parse_address(text: str) -> Address | None:
+    """Normalise one addr-spec: unquote the local part, lower-case and
+    IDNA-encode the domain. None when it is not a usable address."""
+    text = text.strip().strip("<>").strip()
+    local, at, domain = text.rpartition("@")
+    if not at or not local or not domain:
+        return None
+    local = _unquote(local)
+    domain = domain.strip().rstrip(".").lower()
+    try:
+        domain = domain.encode("idna").decode("ascii") if not domain.isascii() else domain
+    except UnicodeError:
+        return None
+    if not local or not domain or any(c.isspace() for c in domain):
+        return None
+    return Address(local, domain)
+
+
+def mailbox_list(values: list[str]) -> list[Address | None]:
+    """Every mailbox in the given header values (None for unusable ones)."""
+    found: list[Address | None] = []
+    for _name, addr in getaddresses(values):
+        if addr or _name:
+            found.append(parse_address(addr) if addr else None)
+    return found

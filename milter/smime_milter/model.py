@@ -1,0 +1,101 @@
+"""Values that cross module boundaries: the RFC 9219 status model and verdicts.
+
+Everything here is immutable so a verdict can be cached, shared between
+threads and stored without anyone changing it behind the caller's back.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+class Status(enum.StrEnum):
+    """RFC 9219 ``smimeStatus`` tokens (``None`` stands for JSON null)."""
+
+    UNKNOWN = "unknown"
+    SIGNED = "signed"
+    SIGNED_VERIFIED = "signed/verified"
+    SIGNED_FAILED = "signed/failed"
+    ENCRYPTED_SIGNED_VERIFIED = "encrypted+signed/verified"
+    ENCRYPTED_SIGNED_FAILED = "encrypted+signed/failed"
+
+    @property
+    def is_verified(self) -> bool:
+        """Counts for ``hasVerifiedSmime`` (RFC 9219 §4.1.1 treats the
+        encrypted variant like ``signed/verified``)."""
+        return self in (Status.SIGNED_VERIFIED, Status.ENCRYPTED_SIGNED_VERIFIED)
+
+    @property
+    def is_failed(self) -> bool:
+        return self in (Status.SIGNED_FAILED, Status.ENCRYPTED_SIGNED_FAILED)
+
+
+class RevocationMode(enum.StrEnum):
+    """How missing revocation information is treated.
+
+    ``soft``: a certificate proven revoked fails; no CRL for it is fine.
+    ``hard``: every non-root certificate needs a current CRL.
+    """
+
+    OFF = "off"
+    SOFT = "soft"
+    HARD = "hard"
+
+
+@dataclass(frozen=True, slots=True)
+class ChainResult:
+    """Outcome of validating one signer certificate at one moment."""
+
+    ok: bool
+    errors: tuple[str, ...] = ()
+    #: DER of the validated path, end entity first, trust anchor last.
+    path: tuple[bytes, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SignerResult:
+    """Everything known about one SignerInfo of the examined layer."""
+
+    emails: tuple[str, ...]
+    subject: str
+    issuer: str
+    serial: int | None
+    digest_algorithm: str
+    signature_algorithm: str
+    signature_ok: bool
+    chain_ok: bool
+    from_match: bool
+    errors: tuple[str, ...]
+    signing_time: datetime | None = None
+    #: DER of the signer certificate (None when it was not found).
+    certificate: bytes | None = None
+    #: DER of the validated path, end entity first (empty when it failed).
+    path: tuple[bytes, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.signature_ok and self.chain_ok and self.from_match and not self.errors
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The RFC 9219 answer for one message at one moment.
+
+    ``errors`` is None unless the status is a failed one, as RFC 9219 §4.1
+    requires for ``smimeErrors``.
+    """
+
+    status: Status | None
+    errors: tuple[str, ...] | None
+    verified_at: datetime | None
+    signers: tuple[SignerResult, ...] = ()
+    #: What the outermost S/MIME layer was ("multipart/signed", "signed-data", ...).
+    layer: str | None = None
+    #: IMAP-style part number of the signed entity (RFC 7281 ``body.smime-part``).
+    signed_part: str | None = None
+    #: The From address the signers were compared against.
+    from_address: str | None = None
+    #: Notes that are not errors (e.g. why a layer was left unexamined).
+    notes: tuple[str, ...] = field(default=())
