@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from asn1crypto import cms as asn1_cms
-from asn1crypto import core, x509
+from asn1crypto import core
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, padding, rsa
-from cryptography.hazmat.primitives.serialization import load_der_public_key
+
+from .certs import CertInfo, cert_info
 
 OID_CONTENT_TYPE = "1.2.840.113549.1.9.3"
 OID_MESSAGE_DIGEST = "1.2.840.113549.1.9.4"
@@ -59,7 +60,7 @@ class SignedData:
 
     econtent_type: str
     econtent: bytes | None
-    certificates: tuple[x509.Certificate, ...]
+    certificates: tuple[CertInfo, ...]
     crls: tuple[bytes, ...]
     signer_infos: tuple[asn1_cms.SignerInfo, ...]
 
@@ -68,7 +69,7 @@ class SignedData:
 class SignatureCheck:
     """Cryptographic outcome for one SignerInfo (no trust, no time)."""
 
-    certificate: x509.Certificate | None
+    certificate: CertInfo | None
     digest_algorithm: str
     signature_algorithm: str
     ok: bool
@@ -88,11 +89,10 @@ def parse_signed_data(der: bytes) -> SignedData:
         econtent_type = encap["content_type"].dotted
         econtent_value = encap["content"]
         econtent = None if econtent_value.native is None else _octets(econtent_value)
-        certificates: list[x509.Certificate] = []
+        certificates: list[CertInfo] = []
         for choice in signed["certificates"] or ():
             if choice.name == "certificate":
-                certificates.append(choice.chosen)
-                _ = choice.chosen["tbs_certificate"]["serial_number"].native
+                certificates.append(cert_info(choice.chosen.dump()))
             if len(certificates) > MAX_CERTIFICATES:
                 raise CmsError(f"more than {MAX_CERTIFICATES} certificates in SignedData")
         crls = tuple(
@@ -104,7 +104,8 @@ def parse_signed_data(der: bytes) -> SignedData:
         if len(signer_infos) > MAX_SIGNER_INFOS:
             raise CmsError(f"more than {MAX_SIGNER_INFOS} SignerInfos")
         for signer_info in signer_infos:
-            _ = signer_info["sid"].chosen.native, signer_info["signature"].native
+            sid = signer_info["sid"].chosen
+            _ = sid.contents, signer_info["signature"].native, digest_name(signer_info)
     except CmsError:
         raise
     except (ValueError, TypeError, KeyError, IndexError, OverflowError) as exc:
@@ -126,22 +127,37 @@ def _short(exc: BaseException) -> str:
 
 
 def find_certificate(
-    signer_info: asn1_cms.SignerInfo, candidates: Iterable[x509.Certificate]
-) -> x509.Certificate | None:
+    signer_info: asn1_cms.SignerInfo, candidates: Iterable[CertInfo]
+) -> CertInfo | None:
     """The certificate a SignerInfo names by issuer+serial or subjectKeyIdentifier."""
     sid = signer_info["sid"]
     if sid.name == "issuer_and_serial_number":
         issuer = sid.chosen["issuer"]
         serial = sid.chosen["serial_number"].native
-        for cert in candidates:
-            if cert.serial_number == serial and cert.issuer == issuer:
-                return cert
+        issuer_der = issuer.dump()
+        same_serial = [info for info in candidates if info.serial == serial]
+        # Byte equality first: RFC 5280 name matching (stringprep) is costly.
+        for info in same_serial:
+            if info.issuer_der == issuer_der:
+                return info
+        try:
+            for info in same_serial:
+                if info.cert.issuer == issuer:
+                    return info
+        except (ValueError, TypeError):
+            return None  # an unparsable issuer name matches nothing
         return None
     key_id = sid.chosen.native
-    for cert in candidates:
-        if cert.key_identifier == key_id:
-            return cert
+    for info in candidates:
+        if info.key_identifier == key_id:
+            return info
     return None
+
+
+_WANTED_ATTRIBUTES = {
+    core.ObjectIdentifier(oid).contents: oid
+    for oid in (OID_CONTENT_TYPE, OID_MESSAGE_DIGEST, OID_SIGNING_TIME)
+}
 
 
 def _signed_attribute_values(signer_info: asn1_cms.SignerInfo) -> dict[str, list[core.Asn1Value]]:
@@ -149,8 +165,9 @@ def _signed_attribute_values(signer_info: asn1_cms.SignerInfo) -> dict[str, list
     messages carry attributes asn1crypto cannot render as a whole)."""
     found: dict[str, list[core.Asn1Value]] = {}
     for attribute in signer_info["signed_attrs"]:
-        oid = attribute["type"].dotted
-        found.setdefault(oid, []).extend(attribute["values"])
+        oid = _WANTED_ATTRIBUTES.get(attribute["type"].contents)
+        if oid is not None:
+            found.setdefault(oid, []).extend(attribute["values"])
     return found
 
 
@@ -183,7 +200,7 @@ def signature_name(signer_info: asn1_cms.SignerInfo) -> str:
 def check_signature(
     signer_info: asn1_cms.SignerInfo,
     content: bytes,
-    certificates: Iterable[x509.Certificate],
+    certificates: Iterable[CertInfo],
     policy: AlgorithmPolicy,
     *,
     expected_content_type: str | None = OID_DATA,
@@ -273,16 +290,15 @@ def _check_attributes(
 
 def _verify_value(
     signer_info: asn1_cms.SignerInfo,
-    certificate: x509.Certificate,
+    certificate: CertInfo,
     signed_bytes: bytes,
     hash_cls: type[hashes.HashAlgorithm],
     policy: AlgorithmPolicy,
 ) -> list[str]:
     """Check the signature value; returns the problems found."""
-    try:
-        public_key = load_der_public_key(certificate.public_key.dump())
-    except (ValueError, UnsupportedAlgorithm) as exc:
-        return [f"signer public key unusable: {_short(exc)}"]
+    public_key = certificate.public_key
+    if public_key is None:
+        return [certificate.key_error or "signer public key unusable"]
     algorithm = signer_info["signature_algorithm"]
     signature = signer_info["signature"].native
     sig_name = signature_name(signer_info)

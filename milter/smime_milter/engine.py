@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from asn1crypto import cms as asn1_cms
-from asn1crypto import x509
 
 from . import mime
+from .certs import cert_info_of
 from .chain import ChainValidator, TrustStore
-from .cms import AlgorithmPolicy, CmsError, check_signature, parse_signed_data
+from .cms import AlgorithmPolicy, CmsError, SignedData, check_signature, parse_signed_data
 from .envelope import DecryptionKey, decrypt
 from .model import ChainResult, RevocationMode, SignerResult, Status, Verdict
 
@@ -124,38 +124,6 @@ def _cms_content_type(der: bytes) -> str | None:
         return None
 
 
-def signer_emails(cert: x509.Certificate) -> tuple[str, ...]:
-    """RFC 8550 §3: rfc822Name SANs, else emailAddress in the subject DN."""
-    emails: list[str] = []
-    try:
-        san = cert.subject_alt_name_value
-    except (ValueError, TypeError):
-        san = None
-    if san is not None:
-        for general_name in san:
-            if general_name.name == "rfc822_name":
-                emails.append(str(general_name.native))
-    if emails:
-        return tuple(emails)
-    try:
-        for rdn in cert.subject.chosen:
-            for attribute in rdn:
-                if attribute["type"].native == "email_address":
-                    emails.append(str(attribute["value"].native))
-    except (ValueError, TypeError):
-        pass
-    return tuple(emails)
-
-
-def _describe_name(cert: x509.Certificate | None, which: str) -> str:
-    if cert is None:
-        return ""
-    try:
-        return getattr(cert, which).human_friendly
-    except (ValueError, TypeError):
-        return ""
-
-
 class Verifier:
     """Answers "what is the S/MIME status of this message as of T?".
 
@@ -180,6 +148,7 @@ class Verifier:
             revocation=self.policy.revocation,
             allow_sha1=self.policy.algorithms.allow_sha1,
         )
+        self._local_certs = tuple(cert_info_of(c) for c in self.chains.trust.intermediates)
 
     def verify(self, message: bytes, at: datetime | None = None) -> Verdict:
         """The RFC 9219 verdict for ``message`` with trust evaluated at ``at``
@@ -386,28 +355,28 @@ class Verifier:
     def _check_signer(
         self,
         signer_info: asn1_cms.SignerInfo,
-        signed_data,
+        signed_data: SignedData,
         content: bytes,
         from_address: mime.Address | None,
         at: datetime,
     ) -> SignerResult:
         check = check_signature(
             signer_info, content,
-            [*signed_data.certificates, *self.chains.trust.intermediates],
+            [*signed_data.certificates, *self._local_certs],
             self.policy.algorithms,
             expected_content_type=signed_data.econtent_type,
         )
-        cert = check.certificate
+        info = check.certificate
         errors = list(check.errors)
         chain = ChainResult(False)
         emails: tuple[str, ...] = ()
-        if cert is not None:
-            others = [c for c in signed_data.certificates if c.sha256 != cert.sha256]
-            chain = self.chains.validate(cert, others, signed_data.crls, at)
+        if info is not None:
+            others = [c.cert for c in signed_data.certificates if c.sha256 != info.sha256]
+            chain = self.chains.validate(info.cert, others, signed_data.crls, at)
             errors.extend(chain.errors)
-            emails = signer_emails(cert)
+            emails = info.emails
         from_match = False
-        if cert is not None and from_address is not None:
+        if info is not None and from_address is not None:
             addresses = [mime.parse_address(email) for email in emails]
             from_match = any(
                 a is not None and a.matches(from_address,
@@ -423,9 +392,9 @@ class Verifier:
                 )
         return SignerResult(
             emails=emails,
-            subject=_describe_name(cert, "subject"),
-            issuer=_describe_name(cert, "issuer"),
-            serial=cert.serial_number if cert is not None else None,
+            subject=info.subject if info else "",
+            issuer=info.issuer if info else "",
+            serial=info.serial if info else None,
             digest_algorithm=check.digest_algorithm,
             signature_algorithm=check.signature_algorithm,
             signature_ok=check.ok,
@@ -433,7 +402,7 @@ class Verifier:
             from_match=from_match,
             errors=tuple(errors),
             signing_time=check.signing_time,
-            certificate=cert.dump() if cert is not None else None,
+            certificate=info.der if info else None,
             path=chain.path,
         )
 

@@ -14,6 +14,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from email.utils import getaddresses
+from functools import lru_cache
 
 MAX_HEADERS = 1000
 MAX_HEADER_BYTES = 256 * 1024
@@ -61,6 +62,7 @@ class Entity:
     raw: bytes
     headers: tuple[tuple[str, str], ...]
     body: bytes
+    content_type: ContentType = DEFAULT_CONTENT_TYPE
 
     def get_all(self, name: str) -> list[str]:
         name = name.lower()
@@ -69,14 +71,6 @@ class Entity:
     def get(self, name: str) -> str | None:
         values = self.get_all(name)
         return values[0] if values else None
-
-    @property
-    def content_type(self) -> ContentType:
-        values = self.get_all("content-type")
-        if not values:
-            return DEFAULT_CONTENT_TYPE
-        parsed = parse_content_type(values[0])
-        return parsed if parsed is not None else DEFAULT_CONTENT_TYPE
 
     @property
     def transfer_encoding(self) -> str:
@@ -96,7 +90,13 @@ def parse_entity(raw: bytes) -> Entity:
         header_block, body = raw, b""
     else:
         header_block, body = raw[: match.start()], raw[match.end() :]
-    return Entity(raw=raw, headers=parse_header_block(header_block), body=body)
+    headers = parse_header_block(header_block)
+    content_type = DEFAULT_CONTENT_TYPE
+    for name, value in headers:
+        if name.lower() == "content-type":
+            content_type = parse_content_type(value) or DEFAULT_CONTENT_TYPE
+            break
+    return Entity(raw=raw, headers=headers, body=body, content_type=content_type)
 
 
 def parse_header_block(block: bytes) -> tuple[tuple[str, str], ...]:
@@ -170,6 +170,14 @@ def parse_content_type(value: str) -> ContentType | None:
     return ContentType(mime_type, tuple(params))
 
 
+@lru_cache(maxsize=256)
+def _delimiter(boundary: str) -> re.Pattern[bytes]:
+    return re.compile(
+        rb"(?:\A|\r?\n)--" + re.escape(boundary.encode("utf-8", "surrogateescape"))
+        + rb"(--)?[ \t]*(?=\r?\n|\Z)"
+    )
+
+
 def split_multipart(body: bytes, boundary: str, *, strict: bool = True) -> list[bytes]:
     """Body parts of a multipart body (RFC 2046 §5.1.1), each exactly as sent.
 
@@ -180,10 +188,7 @@ def split_multipart(body: bytes, boundary: str, *, strict: bool = True) -> list[
     """
     if not boundary or len(boundary) > 200:
         raise MimeError("multipart boundary missing or too long")
-    delimiter = re.compile(
-        rb"(?:\A|\r?\n)--" + re.escape(boundary.encode("utf-8", "surrogateescape"))
-        + rb"(--)?[ \t]*(?=\r?\n|\Z)"
-    )
+    delimiter = _delimiter(boundary)
     parts: list[bytes] = []
     part_start: int | None = None
     closed = False
@@ -274,8 +279,13 @@ def parse_address(text: str) -> Address | None:
 
 def mailbox_list(values: list[str]) -> list[Address | None]:
     """Every mailbox in the given header values (None for unusable ones)."""
+    return list(_mailbox_tuple(tuple(values)))
+
+
+@lru_cache(maxsize=4096)
+def _mailbox_tuple(values: tuple[str, ...]) -> tuple[Address | None, ...]:
     found: list[Address | None] = []
-    for _name, addr in getaddresses(values):
-        if addr or _name:
+    for name, addr in getaddresses(list(values)):
+        if addr or name:
             found.append(parse_address(addr) if addr else None)
-    return found
+    return tuple(found)
