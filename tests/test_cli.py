@@ -1,0 +1,138 @@
+"""``smime-milter verify``: the admin's offline test mode, run as a real process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from tests.support import smime
+from tests.support.pki import TestPki, build_pki
+
+NOW = datetime(2026, 6, 1, tzinfo=UTC)
+AT = "2026-06-01T00:00:00Z"
+
+
+def run(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "smime_milter.cli", *map(str, args)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def pki() -> TestPki:
+    return build_pki(NOW)
+
+
+@pytest.fixture(scope="module")
+def files(pki: TestPki, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("cli")
+    written = pki.write(folder)
+    body = smime.text_entity("Hello Bob.\r\n")
+    messages = {
+        "good.eml": smime.multipart_signed(body, pki.rsa),
+        "mismatch.eml": smime.multipart_signed(body, pki.rsa, from_addr="mallory@example.com"),
+        "revoked.eml": smime.opaque_signed(body, pki.revoked, from_addr="revoked@example.com"),
+        "plain.eml": smime.wrap_message(body),
+        "encrypted.eml": smime.enveloped(
+            smime.multipart_signed_entity(body, pki.rsa), [pki.ec256],
+        ),
+    }
+    for name, data in messages.items():
+        (folder / name).write_bytes(data)
+        written[name] = folder / name
+    return written
+
+
+def test_json_fields(files: dict[str, Path]) -> None:
+    result = run("verify", "--json", "--at", AT, "--trust-anchors", files["root.pem"],
+                 files["good.eml"], files["mismatch.eml"], files["plain.eml"])
+    assert result.returncode == 0, result.stderr
+    good, mismatch, plain = (json.loads(line) for line in result.stdout.splitlines())
+    assert good["file"] == str(files["good.eml"])
+    assert good["smimeStatus"] == "signed/verified"
+    assert good["smimeErrors"] is None
+    assert good["smimeVerifiedAt"].endswith("Z")
+    signer = good["signers"][0]
+    assert signer["email"] == "alice@example.com"
+    assert signer["signature"] == "pass" and signer["chain"] == "pass"
+    assert signer["fromMatch"] is True and signer["errors"] == []
+    assert "CN=" in signer["issuer"] or "Common Name" in signer["issuer"]
+    assert signer["serial"].isdigit()
+    assert mismatch["smimeStatus"] == "signed/failed"
+    assert mismatch["signers"][0]["fromMatch"] is False
+    assert any("mallory@example.com" in e for e in mismatch["smimeErrors"])
+    assert plain["smimeStatus"] is None and plain["smimeVerifiedAt"] is None
+
+
+def test_crl_and_revocation_switches(files: dict[str, Path]) -> None:
+    base = ("verify", "--json", "--at", AT, "--trust-anchors", files["root.pem"])
+    with_crl = json.loads(run(*base, "--crl", files["crl.pem"], files["revoked.eml"]).stdout)
+    assert with_crl["smimeStatus"] == "signed/failed"
+    assert any("revoked" in e for e in with_crl["smimeErrors"])
+    off = json.loads(run(*base, "--crl", files["crl.pem"], "--revocation", "off",
+                         files["revoked.eml"]).stdout)
+    assert off["smimeStatus"] == "signed/verified"
+
+
+def test_decrypt_key(files: dict[str, Path]) -> None:
+    base = ("verify", "--json", "--at", AT, "--trust-anchors", files["root.pem"])
+    without = json.loads(run(*base, files["encrypted.eml"]).stdout)
+    assert without["smimeStatus"] == "unknown"
+    opened = json.loads(run(*base, "--decrypt-key", files["ec256.pem"],
+                            files["encrypted.eml"]).stdout)
+    assert opened["smimeStatus"] == "encrypted+signed/verified"
+
+
+def test_text_output(files: dict[str, Path]) -> None:
+    result = run("verify", "--at", AT, "--trust-anchors", files["root.pem"],
+                 files["mismatch.eml"])
+    assert result.returncode == 0
+    assert result.stdout.startswith(f"{files['mismatch.eml']}: signed/failed\n")
+    assert "does not match" in result.stdout
+
+
+def test_at_changes_the_answer(files: dict[str, Path]) -> None:
+    later = run("verify", "--json", "--at", "2030-01-01T00:00:00+00:00",
+                "--trust-anchors", files["root.pem"], files["good.eml"])
+    verdict = json.loads(later.stdout)
+    assert verdict["smimeStatus"] == "signed/failed"
+    assert any("expired" in e for e in verdict["smimeErrors"])
+    assert verdict["validationTime"] == "2030-01-01T00:00:00Z"
+
+
+def test_unreadable_file_is_one_line_error(files: dict[str, Path], tmp_path: Path) -> None:
+    missing = tmp_path / "missing.eml"
+    result = run("verify", "--json", "--at", AT, "--trust-anchors", files["root.pem"],
+                 missing, files["good.eml"])
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"smime-milter: {missing}: No such file or directory"
+    assert json.loads(result.stdout)["smimeStatus"] == "signed/verified"  # the rest still ran
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (("verify", "--at", "yesterday", "x.eml"), "not an ISO 8601 date-time"),
+        (("verify", "--revocation", "maybe", "x.eml"), "invalid choice"),
+        (("verify",), "required"),
+    ],
+)
+def test_bad_arguments(args: tuple[str, ...], needle: str) -> None:
+    result = run(*args)
+    assert result.returncode == 2
+    assert needle in result.stderr
+
+
+def test_bad_trust_anchor_file(tmp_path: Path, files: dict[str, Path]) -> None:
+    junk = tmp_path / "junk.pem"
+    junk.write_bytes(b"not a certificate")
+    result = run("verify", "--trust-anchors", junk, files["good.eml"])
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"smime-milter: {junk}: not a certificate file")
+    assert len(result.stderr.strip().splitlines()) == 1
