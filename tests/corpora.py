@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-CORPORA = Path(
-    os.environ.get("SMIME_MILTER_CORPORA", Path(__file__).resolve().parents[2] / "shared" / "corpora")
-)
+_DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "corpora"
+CORPORA = Path(os.environ.get("SMIME_MILTER_CORPORA", _DEFAULT))
 
 
 def corpus(name: str) -> Path:

@@ -41,7 +41,8 @@ def test_values_are_read(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("[verify]\nallow_sha1 = false\nallow_sha = true\n", "c.toml:3: verify.allow_sha: unknown key"),
+        ("[verify]\nallow_sha1 = false\nallow_sha = true\n",
+         "c.toml:3: verify.allow_sha: unknown key"),
         ("[verfy]\n", "c.toml:1: verfy: unknown section"),
         ('[trust]\n\nrevocation = "sometimes"\n',
          "c.toml:3: trust.revocation: invalid value 'sometimes'"),
