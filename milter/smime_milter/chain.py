@@ -16,7 +16,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from asn1crypto import crl as asn1_crl
@@ -27,6 +27,7 @@ from pyhanko_certvalidator.policy_decl import (
     NO_REVOCATION,
     REQUIRE_REVINFO,
     CertRevTrustPolicy,
+    FreshnessReqType,
     RevocationCheckingPolicy,
     RevocationCheckingRule,
 )
@@ -42,6 +43,8 @@ _EE_ONLY_REVINFO = RevocationCheckingPolicy(
     ee_certificate_rule=RevocationCheckingRule.CRL_OR_OCSP_REQUIRED,
     intermediate_ca_cert_rule=RevocationCheckingRule.NO_CHECK,
 )
+#: "Any age" for CRLs whose nextUpdate has passed (see ChainValidator._policies).
+_ANY_AGE = timedelta(days=100 * 365)
 
 
 class TrustStoreError(ValueError):
@@ -209,18 +212,24 @@ class ChainValidator:
             loop = self._local.loop = asyncio.new_event_loop()
         return loop
 
-    def _policies(self) -> list[RevocationCheckingPolicy]:
+    def _policies(self, have_crls: bool) -> list[CertRevTrustPolicy]:
         """Revocation policies to try in order.
 
         certvalidator's own soft-fail mode ignores locally held CRLs for
         certificates without a CRL distribution point, so soft mode first
-        demands revocation data and only relaxes when none exists.
+        demands revocation data and only relaxes when none exists. Before
+        giving up on CRLs, soft mode also reads those past their nextUpdate:
+        revocation is permanent, so a stale CRL listing a certificate still
+        proves it revoked.
         """
         if self.revocation is RevocationMode.OFF:
-            return [NO_REVOCATION]
+            return [_current(NO_REVOCATION)]
         if self.revocation is RevocationMode.HARD:
-            return [REQUIRE_REVINFO]
-        return [REQUIRE_REVINFO, _EE_ONLY_REVINFO, NO_REVOCATION]
+            return [_current(REQUIRE_REVINFO)]
+        policies = [_current(REQUIRE_REVINFO), _current(_EE_ONLY_REVINFO)]
+        if have_crls:
+            policies += [_any_age(REQUIRE_REVINFO), _any_age(_EE_ONLY_REVINFO)]
+        return [*policies, _current(NO_REVOCATION)]
 
     def _validate_uncached(
         self,
@@ -232,14 +241,14 @@ class ChainValidator:
         never = (at, at)
         crls = [*self.trust.crls, *extra_crls]
         last_error: Exception | None = None
-        for policy in self._policies():
+        for policy in self._policies(bool(crls)):
             context = ValidationContext(
                 trust_manager=self._trust_manager,
                 other_certs=[*self.trust.intermediates, *extra_certs],
                 crls=crls,
                 moment=at,
                 allow_fetching=False,
-                revinfo_policy=CertRevTrustPolicy(policy, retroactive_revinfo=True),
+                revinfo_policy=policy,
                 weak_hash_algos=self._weak,
             )
             validator = CertificateValidator(leaf, list(extra_certs), validation_context=context)
@@ -281,6 +290,20 @@ class ChainValidator:
         if isinstance(exc, cv_errors.PathBuildingError):
             return f"untrusted root: no path from {_name(leaf)} to a configured trust anchor"
         return f"certificate chain invalid: {_first_line(exc)}"
+
+
+def _current(policy: RevocationCheckingPolicy) -> CertRevTrustPolicy:
+    """Revocation data valid at T (a CRL issued after T also counts)."""
+    return CertRevTrustPolicy(policy, retroactive_revinfo=True)
+
+
+def _any_age(policy: RevocationCheckingPolicy) -> CertRevTrustPolicy:
+    """Revocation data of any age, even past its nextUpdate."""
+    return CertRevTrustPolicy(
+        policy,
+        freshness=_ANY_AGE,
+        freshness_req_type=FreshnessReqType.MAX_DIFF_REVOCATION_VALIDATION,
+    )
 
 
 def _first_line(exc: Exception) -> str:

@@ -105,14 +105,15 @@ def _pkcs7_mime_layer(entity: mime.Entity, content_type: mime.ContentType) -> _L
         kind = "opaque" if smime_type == "signed-data" else "enveloped"
         return _Layer(kind, entity, problem=str(exc))
     cms_type = _cms_content_type(der)
+    # certs-only is a degenerate SignedData (RFC 8551 §3.6): test it before signed-data.
+    if smime_type == "certs-only":
+        return _Layer("certs-only", entity, der=der)
     if cms_type == "signed_data" or (cms_type is None and smime_type == "signed-data"):
         return _Layer("opaque", entity, der=der)
     if cms_type in ("enveloped_data", "authenticated_enveloped_data") or (
         cms_type is None and smime_type in ("enveloped-data", "authenveloped-data")
     ):
         return _Layer("enveloped", entity, der=der)
-    if smime_type == "certs-only":
-        return _Layer("certs-only", entity, der=der)
     return _Layer("enveloped", entity, der=der,
                   problem="application/pkcs7-mime content is not signed or enveloped data")
 
