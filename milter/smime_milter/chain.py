@@ -242,24 +242,27 @@ class ChainValidator:
         crls = [*self.trust.crls, *extra_crls]
         last_error: Exception | None = None
         for policy in self._policies(bool(crls)):
-            context = ValidationContext(
-                trust_manager=self._trust_manager,
-                other_certs=[*self.trust.intermediates, *extra_certs],
-                crls=crls,
-                moment=at,
-                allow_fetching=False,
-                revinfo_policy=policy,
-                weak_hash_algos=self._weak,
-            )
-            validator = CertificateValidator(leaf, list(extra_certs), validation_context=context)
             try:
+                context = ValidationContext(
+                    trust_manager=self._trust_manager,
+                    other_certs=[*self.trust.intermediates, *extra_certs],
+                    crls=crls,
+                    moment=at,
+                    allow_fetching=False,
+                    revinfo_policy=policy,
+                    weak_hash_algos=self._weak,
+                )
+                validator = CertificateValidator(
+                    leaf, list(extra_certs), validation_context=context
+                )
                 path = self._loop().run_until_complete(validator.async_validate_path())
             except cv_errors.InsufficientRevinfoError as exc:
                 last_error = exc
                 continue
             except (cv_errors.PathError, cv_errors.ValidationError) as exc:
                 return ChainResult(False, (self._describe(exc, leaf, at),)), never
-            except (ValueError, TypeError, KeyError, NotImplementedError) as exc:
+            except (ValueError, TypeError, KeyError, IndexError, NotImplementedError) as exc:
+                # Malformed certificates or CRLs from the message surface here.
                 problem = f"certificate chain could not be processed: {_first_line(exc)}"
                 return ChainResult(False, (problem,)), never
             usage_errors = _usage_errors(leaf)

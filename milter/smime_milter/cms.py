@@ -210,6 +210,22 @@ def check_signature(
     ``expected_content_type`` is the eContentType the content-type attribute
     must name; None for countersignatures, which must not carry one.
     """
+    try:
+        return _check_signature(signer_info, content, certificates, policy,
+                                expected_content_type)
+    except (ValueError, TypeError, KeyError, IndexError, OverflowError) as exc:
+        # asn1crypto parses lazily: a malformed field surfaces on first use.
+        return SignatureCheck(None, "unknown", "unknown", False,
+                              (f"malformed SignerInfo: {_short(exc)}",), None)
+
+
+def _check_signature(
+    signer_info: asn1_cms.SignerInfo,
+    content: bytes,
+    certificates: Iterable[CertInfo],
+    policy: AlgorithmPolicy,
+    expected_content_type: str | None,
+) -> SignatureCheck:
     errors: list[str] = []
     certificate = find_certificate(signer_info, certificates)
     digest = digest_name(signer_info)

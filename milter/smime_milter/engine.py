@@ -77,7 +77,7 @@ def _detached_layer(entity: mime.Entity, content_type: mime.ContentType) -> _Lay
         if protocol and protocol not in mime.SIGNATURE_PROTOCOLS:
             return _Layer("foreign-signed", entity)
         return _Layer("detached", entity, problem=f"multipart/signed structure broken: {exc}")
-    signature_part = mime.parse_entity(parts[1]) if len(parts) > 1 else None
+    signature_part = mime.try_parse_entity(parts[1]) if len(parts) > 1 else None
     if not protocol and signature_part is not None:
         protocol = signature_part.content_type.mime_type
     if protocol not in mime.SIGNATURE_PROTOCOLS:
@@ -93,7 +93,7 @@ def _detached_layer(entity: mime.Entity, content_type: mime.ContentType) -> _Lay
         return _Layer("detached", entity, problem=str(exc))
     return _Layer(
         "detached", entity, der=der,
-        signed_content=mime.canonicalize(parts[0]), inner=mime.parse_entity(parts[0]),
+        signed_content=mime.canonicalize(parts[0]), inner=mime.try_parse_entity(parts[0]),
     )
 
 
@@ -123,6 +123,65 @@ def _cms_content_type(der: bytes) -> str | None:
         return asn1_cms.ContentInfo.load(der)["content_type"].native
     except (ValueError, TypeError, KeyError):
         return None
+
+
+def _listing(numbers: list[str], limit: int = 10) -> str:
+    """Part numbers for an error line, bounded so hostile mail cannot bloat it."""
+    shown = ", ".join(numbers[:limit])
+    return shown + (f" and {len(numbers) - limit} more" if len(numbers) > limit else "")
+
+
+class _Scan:
+    """Walks multiparts (not attached messages) looking for S/MIME parts,
+    within a depth and part budget so hostile nesting costs little."""
+
+    def __init__(self) -> None:
+        self.signed: list[tuple[str, _Layer]] = []
+        self.other_smime: list[str] = []
+        self.leaves: list[str] = []
+        self.notes: list[str] = []
+        self.budget = mime.MAX_PARTS
+
+    def walk(self, entity: mime.Entity, number: str, depth: int) -> None:
+        if depth > 0:
+            layer = _layer_of(entity)
+            if layer.kind in ("detached", "opaque"):
+                self.signed.append((number, layer))
+                self.leaves.append(number)
+                return
+            if layer.kind in ("enveloped", "certs-only"):
+                self.other_smime.append(number)
+                self.leaves.append(number)
+                return
+        content_type = entity.content_type
+        if not content_type.mime_type.startswith("multipart/"):
+            self.leaves.append(number or "1")
+            return
+        if depth >= mime.MAX_DEPTH:
+            self.notes.append(f"MIME structure below part {number} nested too deeply; not examined")
+            self.leaves.append(number)
+            return
+        try:
+            parts = mime.split_multipart(
+                entity.body, content_type.param("boundary") or "", strict=False
+            )
+        except mime.MimeError:
+            self.leaves.append(number or "1")
+            return
+        for index, raw in enumerate(parts, start=1):
+            child = f"{number}.{index}" if number else str(index)
+            self.budget -= 1
+            if self.budget < 0:
+                if self.budget == -1:
+                    self.notes.append(
+                        f"more than {mime.MAX_PARTS} MIME parts; the rest not examined"
+                    )
+                return
+            parsed = mime.try_parse_entity(raw)
+            if parsed is None:
+                self.leaves.append(child)
+                continue
+            self.walk(parsed, child, depth + 1)
 
 
 class Verifier:
@@ -218,9 +277,9 @@ class Verifier:
         if result.content is None:
             return Verdict(Status.UNKNOWN, None, None, layer="enveloped-data",
                            notes=(f"encrypted; not decrypted: {result.error}",))
-        inner = mime.parse_entity(result.content)
-        inner_layer = _layer_of(inner)
-        if inner_layer.kind not in ("detached", "opaque"):
+        inner = mime.try_parse_entity(result.content)
+        inner_layer = _layer_of(inner) if inner is not None else None
+        if inner_layer is None or inner_layer.kind not in ("detached", "opaque"):
             return Verdict(Status.UNKNOWN, None, None, layer="enveloped-data",
                            notes=("decrypted content is not signed",))
         outcome = self._evaluate_signed(inner_layer, top, at)
@@ -236,22 +295,22 @@ class Verifier:
     # -- S/MIME only below the top level ------------------------------------
 
     def _evaluate_nested(self, top: mime.Entity, at: datetime, verified_at: datetime) -> Verdict:
-        signed: list[tuple[str, _Layer]] = []
-        other_smime: list[str] = []
-        leaves: list[str] = []
-        self._scan(top, "", 0, signed, other_smime, leaves)
+        scan = _Scan()
+        scan.walk(top, "", 0)
+        signed, other_smime, leaves = scan.signed, scan.other_smime, scan.leaves
         if not signed:
             if other_smime:
                 return Verdict(Status.UNKNOWN, None, None, layer="nested",
-                               notes=(f"S/MIME only in part(s) {', '.join(other_smime)}",))
-            return Verdict(None, None, None)
+                               notes=(f"S/MIME only in part(s) {_listing(other_smime)}",
+                                      *scan.notes))
+            return Verdict(None, None, None, notes=tuple(scan.notes))
         number, layer = signed[0]
         outcome = self._evaluate_signed(layer, top, at)
         covered = number + "."
         unsigned = [leaf for leaf in leaves if leaf != number and not leaf.startswith(covered)]
         partial = (
             f"signature covers only MIME part {number}; "
-            f"part(s) {', '.join(unsigned) or 'around it'} not signed"
+            f"part(s) {_listing(unsigned) or 'around it'} not signed"
         )
         verdict = self._verdict(
             Status.SIGNED_FAILED,
@@ -260,38 +319,6 @@ class Verifier:
             layer, verified_at, f"{number}.1" if layer.kind == "detached" else number,
         )
         return verdict
-
-    def _scan(
-        self, entity: mime.Entity, number: str, depth: int,
-        signed: list[tuple[str, _Layer]], other_smime: list[str], leaves: list[str],
-    ) -> None:
-        """Walk multiparts (not attached messages) looking for S/MIME parts."""
-        if depth > mime.MAX_DEPTH:
-            raise mime.MimeError("MIME structure nested too deeply")
-        content_type = entity.content_type
-        if depth > 0:
-            layer = _layer_of(entity)
-            if layer.kind in ("detached", "opaque"):
-                signed.append((number, layer))
-                leaves.append(number)
-                return
-            if layer.kind in ("enveloped", "certs-only"):
-                other_smime.append(number)
-                leaves.append(number)
-                return
-        if not content_type.mime_type.startswith("multipart/"):
-            leaves.append(number or "1")
-            return
-        try:
-            parts = mime.split_multipart(
-                entity.body, content_type.param("boundary") or "", strict=False
-            )
-        except mime.MimeError:
-            leaves.append(number or "1")
-            return
-        for index, raw in enumerate(parts, start=1):
-            child = f"{number}.{index}" if number else str(index)
-            self._scan(mime.parse_entity(raw), child, depth + 1, signed, other_smime, leaves)
 
     # -- signed layers -------------------------------------------------------
 
@@ -311,7 +338,7 @@ class Verifier:
             if signed_data.econtent is None:
                 return _SignedOutcome((), ("signed-data carries no content",), False, None)
             content = signed_data.econtent
-            inner = mime.parse_entity(content)
+            inner = mime.try_parse_entity(content)
         if not signed_data.signer_infos:
             return _SignedOutcome((), ("signed-data carries no signature",), False, None)
 
