@@ -220,3 +220,11 @@ def test_from_inside_an_unprotected_part_is_ignored(pki: TestPki, verifier: Veri
     inner = _protected_entity("mallory@example.com", hp="format=flowed")
     assert_verified(_check(verifier, _signed(pki.rsa, "alice@example.com", inner)),
                     "alice@example.com")
+
+
+def test_header_protection_outer_from_case_follows_local_part_policy(pki: TestPki) -> None:
+    """The outer/protected From comparison uses the same local-part rule as binding."""
+    message = _signed(pki.rsa, "Alice@example.com", _protected_entity("alice@example.com"))
+    assert_failed(_check(make_verifier(pki), message), "outer From differs")
+    relaxed = make_verifier(pki, policy=VerifyPolicy(casefold_local_part=True))
+    assert_verified(_check(relaxed, message), "alice@example.com")

@@ -125,6 +125,10 @@ def _cms_content_type(der: bytes) -> str | None:
         return None
 
 
+def _signer_label(signer: SignerResult, number: int) -> str:
+    return (signer.emails[0] if signer.emails else signer.subject) or f"#{number}"
+
+
 def _listing(numbers: list[str], limit: int = 10) -> str:
     """Part numbers for an error line, bounded so hostile mail cannot bloat it."""
     shown = ", ".join(numbers[:limit])
@@ -351,10 +355,9 @@ class Verifier:
         errors: list[str] = list(message_errors)
         notes: list[str] = []
         several = len(signers) > 1
-        for signer in signers:
+        for number, signer in enumerate(signers, start=1):
             for error in signer.errors:
-                line = f"signer {signer.emails[0] if signer.emails else signer.subject}: {error}" \
-                    if several else error
+                line = f"signer {_signer_label(signer, number)}: {error}" if several else error
                 (notes if verified else errors).append(line)
         return _SignedOutcome(
             signers, tuple(dict.fromkeys(errors)), verified,
@@ -376,7 +379,8 @@ class Verifier:
         if protected and address is not None:
             outer_errors: list[str] = []
             outer = _single_address(outer_from, outer_errors)
-            if outer is None or not outer.matches(address, casefold_local=True):
+            casefold = self.policy.casefold_local_part
+            if outer is None or not outer.matches(address, casefold_local=casefold):
                 errors.append("outer From differs from the protected (signed) From")
         return address, errors
 
