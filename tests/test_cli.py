@@ -64,6 +64,7 @@ def test_json_fields(files: dict[str, Path]) -> None:
     assert signer["fromMatch"] is True and signer["errors"] == []
     assert "CN=" in signer["issuer"] or "Common Name" in signer["issuer"]
     assert signer["serial"].isdigit()
+    assert signer["signingTime"].endswith("Z")
     assert mismatch["smimeStatus"] == "signed/failed"
     assert mismatch["signers"][0]["fromMatch"] is False
     assert any("mallory@example.com" in e for e in mismatch["smimeErrors"])

@@ -12,6 +12,7 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 
 from asn1crypto import cms as asn1_cms
 from asn1crypto import core
@@ -19,6 +20,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, padding, rsa
 
+from . import der
 from .certs import CertInfo, cert_info
 
 OID_CONTENT_TYPE = "1.2.840.113549.1.9.3"
@@ -89,12 +91,9 @@ def parse_signed_data(der: bytes) -> SignedData:
         econtent_type = encap["content_type"].dotted
         econtent_value = encap["content"]
         econtent = None if econtent_value.native is None else _octets(econtent_value)
-        certificates: list[CertInfo] = []
-        for choice in signed["certificates"] or ():
-            if choice.name == "certificate":
-                certificates.append(cert_info(choice.chosen.dump()))
-            if len(certificates) > MAX_CERTIFICATES:
-                raise CmsError(f"more than {MAX_CERTIFICATES} certificates in SignedData")
+        certificates = _certificates(signed["certificates"])
+        if len(certificates) > MAX_CERTIFICATES:
+            raise CmsError(f"more than {MAX_CERTIFICATES} certificates in SignedData")
         crls = tuple(
             choice.chosen.dump()
             for choice in signed["crls"] or ()
@@ -110,7 +109,26 @@ def parse_signed_data(der: bytes) -> SignedData:
         raise
     except (ValueError, TypeError, KeyError, IndexError, OverflowError) as exc:
         raise CmsError(f"malformed CMS SignedData: {_short(exc)}") from exc
-    return SignedData(econtent_type, econtent, tuple(certificates), crls, signer_infos)
+    return SignedData(econtent_type, econtent, certificates, crls, signer_infos)
+
+
+def _certificates(choices: core.Asn1Value) -> tuple[CertInfo, ...]:
+    """The certificate set; plain certificates are sliced out of the DER so
+    a known certificate costs a cache lookup, not an asn1crypto parse."""
+    if isinstance(choices, core.Void):
+        return ()
+    contents = choices.contents
+    try:
+        return tuple(
+            cert_info(contents[element.start : element.end])
+            for element in der.children(contents, 0, len(contents))
+            if element.tag == 0x30
+        )
+    except ValueError:
+        pass  # BER inside the set: let asn1crypto handle it
+    return tuple(
+        cert_info(choice.chosen.dump()) for choice in choices if choice.name == "certificate"
+    )
 
 
 def _octets(value: core.Asn1Value) -> bytes:
@@ -160,15 +178,33 @@ _WANTED_ATTRIBUTES = {
 }
 
 
-def _signed_attribute_values(signer_info: asn1_cms.SignerInfo) -> dict[str, list[core.Asn1Value]]:
-    """Signed attributes by dotted OID, decoded one at a time (some real
-    messages carry attributes asn1crypto cannot render as a whole)."""
-    found: dict[str, list[core.Asn1Value]] = {}
-    for attribute in signer_info["signed_attrs"]:
-        oid = _WANTED_ATTRIBUTES.get(attribute["type"].contents)
+def _signed_attribute_values(signer_info: asn1_cms.SignerInfo) -> dict[str, list[bytes]]:
+    """The attribute values we check, as raw TLVs keyed by dotted OID.
+
+    Walked one attribute at a time with the DER reader: some real messages
+    carry attributes asn1crypto cannot render, and this is the hot path.
+    """
+    found: dict[str, list[bytes]] = {}
+    data = signer_info["signed_attrs"].contents
+    for attribute in der.children(data, 0, len(data)):
+        if attribute.tag != 0x30:
+            raise ValueError("signed attribute is not a SEQUENCE")
+        oid_element, *rest = der.children(data, attribute.content_start, attribute.end)
+        if oid_element.tag != 0x06 or len(rest) != 1 or rest[0].tag != 0x31:
+            raise ValueError("signed attribute is not type + SET of values")
+        oid = _WANTED_ATTRIBUTES.get(data[oid_element.content_start : oid_element.end])
         if oid is not None:
-            found.setdefault(oid, []).extend(attribute["values"])
+            values = rest[0]
+            found.setdefault(oid, []).extend(
+                data[value.start : value.end]
+                for value in der.children(data, values.content_start, values.end)
+            )
     return found
+
+
+@lru_cache(maxsize=64)
+def _oid_tlv(dotted: str) -> bytes:
+    return core.ObjectIdentifier(dotted).dump()
 
 
 def signed_attributes_der(signer_info: asn1_cms.SignerInfo) -> bytes:
@@ -240,7 +276,7 @@ def _check_signature(
         errors.append("signer certificate not included in the message")
 
     signed_attrs = signer_info["signed_attrs"]
-    attributes_present = not isinstance(signed_attrs, core.Void) and len(signed_attrs) > 0
+    attributes_present = not isinstance(signed_attrs, core.Void) and bool(signed_attrs.contents)
     signed_bytes = content
     if not attributes_present:
         errors.append("signed attributes missing (content-type and message-digest required)")
@@ -268,7 +304,7 @@ def _check_signature(
 
 
 def _check_attributes(
-    values: dict[str, list[core.Asn1Value]],
+    values: dict[str, list[bytes]],
     content: bytes,
     hash_cls: type[hashes.HashAlgorithm] | None,
     expected_content_type: str | None,
@@ -281,7 +317,7 @@ def _check_attributes(
     elif len(content_types) != 1:
         errors.append("content-type attribute missing" if not content_types
                       else "content-type attribute repeated")
-    elif content_types[0].dotted != expected_content_type:
+    elif content_types[0] != _oid_tlv(expected_content_type):
         errors.append("content-type attribute does not match the signed content type")
 
     digests = values.get(OID_MESSAGE_DIGEST, [])
@@ -289,7 +325,7 @@ def _check_attributes(
         errors.append("message-digest attribute missing" if not digests
                       else "message-digest attribute repeated")
     elif hash_cls is not None:
-        expected = digests[0].native
+        expected = core.OctetString.load(digests[0]).native
         actual = hashlib.new(hash_cls.name.replace("-", "_"), content).digest()
         if expected != actual:
             errors.append("message digest mismatch: the signed content was altered")
@@ -298,7 +334,7 @@ def _check_attributes(
     times = values.get(OID_SIGNING_TIME, [])
     if times:
         try:
-            signing_time = times[0].native
+            signing_time = asn1_cms.Time.load(times[0]).native
         except (ValueError, TypeError):
             errors.append("signing-time attribute is malformed")
     return signing_time, errors

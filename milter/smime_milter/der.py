@@ -1,0 +1,60 @@
+"""A minimal DER walker for the hot path of signature checking.
+
+asn1crypto builds an object per element; for the few fields read on every
+message (signed attributes, the certificate set) slicing the bytes directly
+is several times cheaper. Only definite lengths are accepted: anything else
+raises ValueError and callers fall back to asn1crypto or report malformed
+input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+MAX_LENGTH_OCTETS = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Tlv:
+    """One element: its tag byte and where its encoding and content lie."""
+
+    tag: int
+    start: int
+    content_start: int
+    end: int
+
+
+def read(data: bytes, offset: int, limit: int | None = None) -> Tlv:
+    """The element starting at ``offset`` (single-byte tags only)."""
+    limit = len(data) if limit is None else limit
+    if offset + 2 > limit:
+        raise ValueError("truncated DER element")
+    tag = data[offset]
+    if tag & 0x1F == 0x1F:
+        raise ValueError("multi-byte DER tags are not supported here")
+    first = data[offset + 1]
+    position = offset + 2
+    if first < 0x80:
+        length = first
+    else:
+        count = first & 0x7F
+        if count == 0 or count > MAX_LENGTH_OCTETS:
+            raise ValueError("indefinite or oversized DER length")
+        if position + count > limit:
+            raise ValueError("truncated DER length")
+        length = int.from_bytes(data[position : position + count], "big")
+        position += count
+    end = position + length
+    if end > limit:
+        raise ValueError("DER element runs past its container")
+    return Tlv(tag, offset, position, end)
+
+
+def children(data: bytes, start: int, end: int) -> Iterator[Tlv]:
+    """The elements packed in ``data[start:end]``."""
+    position = start
+    while position < end:
+        element = read(data, position, end)
+        yield element
+        position = element.end
