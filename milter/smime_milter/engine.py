@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from asn1crypto import cms as asn1_cms
@@ -290,11 +290,7 @@ class Verifier:
         status = (Status.ENCRYPTED_SIGNED_VERIFIED if outcome.verified
                   else Status.ENCRYPTED_SIGNED_FAILED)
         verdict = self._verdict(status, outcome, inner_layer, verified_at, "1")
-        return Verdict(
-            verdict.status, verdict.errors, verdict.verified_at, verdict.signers,
-            "enveloped-data/" + (verdict.layer or ""), verdict.signed_part,
-            verdict.from_address, verdict.notes,
-        )
+        return replace(verdict, layer=f"enveloped-data/{verdict.layer}")
 
     # -- S/MIME only below the top level ------------------------------------
 
@@ -316,13 +312,11 @@ class Verifier:
             f"signature covers only MIME part {number}; "
             f"part(s) {_listing(unsigned) or 'around it'} not signed"
         )
-        verdict = self._verdict(
+        return self._verdict(
             Status.SIGNED_FAILED,
-            _SignedOutcome(outcome.signers, (partial, *outcome.errors), False,
-                           outcome.from_address, outcome.notes),
+            replace(outcome, errors=(partial, *outcome.errors), verified=False),
             layer, verified_at, f"{number}.1" if layer.kind == "detached" else number,
         )
-        return verdict
 
     # -- signed layers -------------------------------------------------------
 
