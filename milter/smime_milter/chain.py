@@ -129,9 +129,11 @@ class TrustStore:
 
 
 def _name(cert: x509.Certificate) -> str:
+    """A short name for error lines: the common name, else the whole DN."""
     try:
-        return cert.subject.human_friendly
-    except (ValueError, TypeError):
+        subject = cert.subject.native
+        return str(subject.get("common_name") or cert.subject.human_friendly)
+    except (ValueError, TypeError, AttributeError):
         return "unnamed certificate"
 
 
@@ -291,7 +293,7 @@ class ChainValidator:
         if isinstance(exc, cv_errors.DisallowedAlgorithmError):
             return f"weak algorithm in certificate chain: {_first_line(exc)}"
         if isinstance(exc, cv_errors.PathBuildingError):
-            return f"untrusted root: no path from {_name(leaf)} to a configured trust anchor"
+            return f"untrusted root: no path from {_name(leaf)!r} to a configured trust anchor"
         return f"certificate chain invalid: {_first_line(exc)}"
 
 
