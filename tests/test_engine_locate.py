@@ -391,7 +391,7 @@ def fuzz_bases(pki: TestPki) -> list[bytes]:
     ]
 
 
-@settings(max_examples=60, deadline=None, database=None)
+@settings(max_examples=60, deadline=None, database=None, derandomize=True)
 @given(data=st.data())
 def test_mutated_messages_never_raise(
     verifier: Verifier, fuzz_bases: list[bytes], data: st.DataObject

@@ -730,7 +730,10 @@ def fuzz_seeds() -> tuple[tuple[bytes, tuple[DecryptionKey, ...]], ...]:
     return tuple(seeds)
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=400, deadline=None, database=None, derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(
     seed=st.integers(min_value=0, max_value=3),
     edits=st.lists(
