@@ -38,3 +38,12 @@ def test_child_may_not_run_past_its_container() -> None:
     outer = b"\x30\x03\x04\x05abcde"
     with pytest.raises(ValueError):
         list(der.children(outer, 2, 5))
+
+
+@pytest.mark.parametrize("size", [0, 5, 127, 128, 255, 256, 70_000])
+def test_encode_round_trips_through_read(size: int) -> None:
+    content = b"\x01" * size
+    encoded = der.encode(0x04, content)
+    assert encoded == core.OctetString(content).dump()
+    element = der.read(encoded, 0)
+    assert (element.tag, encoded[element.content_start : element.end]) == (0x04, content)

@@ -211,14 +211,7 @@ def signed_attributes_der(signer_info: asn1_cms.SignerInfo) -> bytes:
     """The signed attributes as a DER SET OF (tag 0x31), the bytes actually
     signed (RFC 5652 §5.4), built from the octets as received."""
     contents = signer_info["signed_attrs"].contents
-    return b"\x31" + _der_length(len(contents)) + contents
-
-
-def _der_length(length: int) -> bytes:
-    if length < 0x80:
-        return bytes([length])
-    encoded = length.to_bytes((length.bit_length() + 7) // 8, "big")
-    return bytes([0x80 | len(encoded)]) + encoded
+    return der.encode(0x31, contents)
 
 
 def digest_name(signer_info: asn1_cms.SignerInfo) -> str:

@@ -58,3 +58,12 @@ def children(data: bytes, start: int, end: int) -> Iterator[Tlv]:
         element = read(data, position, end)
         yield element
         position = element.end
+
+
+def encode(tag: int, content: bytes) -> bytes:
+    """One DER element (definite length) around ``content``."""
+    length = len(content)
+    if length < 0x80:
+        return bytes([tag, length]) + content
+    octets = length.to_bytes((length.bit_length() + 7) // 8, "big")
+    return bytes([tag, 0x80 | len(octets)]) + octets + content

@@ -44,6 +44,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESCCM
 from cryptography.hazmat.primitives.kdf.x963kdf import X963KDF
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap
 
+from .der import encode as der_encode
+
 __all__ = [
     "MAX_RECIPIENT_INFOS",
     "DecryptResult",
@@ -547,16 +549,6 @@ def _originator_public_key(
         raise _Fail("invalid originator public key") from exc
 
 
-def _der_tlv(tag: int, value: bytes) -> bytes:
-    n = len(value)
-    if n < 0x80:
-        length = bytes([n])
-    else:
-        raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
-        length = bytes([0x80 | len(raw)]) + raw
-    return bytes([tag]) + length + value
-
-
 def _ecc_cms_shared_info(key_info_der: bytes, ukm: bytes | None, kek_bits: int) -> bytes:
     """DER of ECC-CMS-SharedInfo (RFC 5753 §7.2), the X9.63 KDF SharedInfo.
 
@@ -565,9 +557,9 @@ def _ecc_cms_shared_info(key_info_der: bytes, ukm: bytes | None, kek_bits: int) 
     """
     body = key_info_der
     if ukm is not None:
-        body += _der_tlv(0xA0, _der_tlv(0x04, ukm))
-    body += _der_tlv(0xA2, _der_tlv(0x04, kek_bits.to_bytes(4, "big")))
-    return _der_tlv(0x30, body)
+        body += der_encode(0xA0, der_encode(0x04, ukm))
+    body += der_encode(0xA2, der_encode(0x04, kek_bits.to_bytes(4, "big")))
+    return der_encode(0x30, body)
 
 
 # ----------------------------------------------------- content encryption
@@ -593,7 +585,7 @@ def _content_cipher(
         mac = env["mac"].native
         auth_attrs = env["auth_attrs"]
         # RFC 5083 §2.2: the AAD is the DER of authAttrs with a SET OF tag, not [1].
-        aad = _der_tlv(0x31, auth_attrs.contents) if _present(auth_attrs) else b""
+        aad = der_encode(0x31, auth_attrs.contents) if _present(auth_attrs) else b""
         if oid in _GCM_KEY_LEN:
             gcm = _GcmParameters.load(params.dump())
             nonce, icv_len = gcm["nonce"].native, gcm["icv_len"].native
