@@ -15,11 +15,13 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from asn1crypto import cms as asn1_cms
+from asn1crypto import core
 
 from . import mime
 from .certs import cert_info_of
 from .chain import ChainValidator, TrustStore
 from .cms import AlgorithmPolicy, CmsError, SignedData, check_signature, parse_signed_data
+from .der import read as read_der
 from .envelope import DecryptionKey, decrypt
 from .model import ChainResult, RevocationMode, SignerResult, Status, Verdict
 
@@ -118,11 +120,29 @@ def _pkcs7_mime_layer(entity: mime.Entity, content_type: mime.ContentType) -> _L
                   problem="application/pkcs7-mime content is not signed or enveloped data")
 
 
-def _cms_content_type(der: bytes) -> str | None:
+_CMS_TYPES = {
+    core.ObjectIdentifier(oid).dump(): name
+    for oid, name in (
+        ("1.2.840.113549.1.7.2", "signed_data"),
+        ("1.2.840.113549.1.7.3", "enveloped_data"),
+        ("1.2.840.113549.1.9.16.1.23", "authenticated_enveloped_data"),
+    )
+}
+
+
+def _cms_content_type(blob: bytes) -> str | None:
+    """The ContentInfo's content type, read from the leading bytes only (the
+    SignedData is parsed once, later); None when it is none of ours."""
     try:
-        return asn1_cms.ContentInfo.load(der)["content_type"].native
-    except (ValueError, TypeError, KeyError):
+        if blob[:1] != b"\x30":
+            return None
+        first = blob[1]
+        # The outer SEQUENCE may be BER with an indefinite length (NSS writes that).
+        offset = 2 if first <= 0x80 else 2 + (first & 0x7F)
+        element = read_der(blob, offset)
+    except (ValueError, IndexError):
         return None
+    return _CMS_TYPES.get(blob[element.start : element.end])
 
 
 def _signer_label(signer: SignerResult, number: int) -> str:
