@@ -5,16 +5,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from tests.support import smime
-from tests.support.pki import TestPki, build_pki
+from tests.support.pki import TestPki
+from tests.support.verdicts import NOW
 
-NOW = datetime(2026, 6, 1, tzinfo=UTC)
-AT = "2026-06-01T00:00:00Z"
+AT = NOW.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def run(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -25,14 +24,11 @@ def run(*args: str | Path) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def pki() -> TestPki:
-    return build_pki(NOW)
-
-
-@pytest.fixture(scope="module")
-def files(pki: TestPki, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def files(pki: TestPki, pki_files: dict[str, Path],
+          tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The shared PKI files (conftest) plus a few messages signed with it."""
     folder = tmp_path_factory.mktemp("cli")
-    written = pki.write(folder)
+    written = dict(pki_files)
     body = smime.text_entity("Hello Bob.\r\n")
     messages = {
         "good.eml": smime.multipart_signed(body, pki.rsa),
