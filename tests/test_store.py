@@ -1,0 +1,765 @@
+"""The LMDB store: records, certificates, indexes, the change log, the writer thread.
+
+Every test uses a real LMDB environment under ``tmp_path``. Certificates are
+opaque to the store, so arbitrary byte strings stand in for DER.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import re
+import stat
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future
+from contextlib import contextmanager
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import lmdb
+import pytest
+
+from smime_milter import store as store_module
+from smime_milter.model import SignerResult, Status, Verdict
+from smime_milter.store import (
+    INDEXES,
+    SCHEMA_VERSION,
+    CannotCalculateChanges,
+    Changes,
+    Record,
+    Store,
+    StoreError,
+    new_record_id,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+RECEIVED = datetime(2026, 6, 1, 12, 30, 5, tzinfo=UTC)
+LEAF = b"\x30\x82leaf certificate DER" * 20
+INTERMEDIATE = b"\x30\x82intermediate DER" * 20
+ROOT = b"\x30\x82root DER" * 20
+
+
+def sha(der: bytes) -> str:
+    return hashlib.sha256(der).hexdigest()
+
+
+def signer(**changes: object) -> SignerResult:
+    base = SignerResult(
+        emails=("alice@example.org", "älice@exämple.org"),
+        subject="CN=Alice,O=Example",
+        issuer="CN=Example Intermediate",
+        serial=2**100 + 7,
+        digest_algorithm="sha256",
+        signature_algorithm="rsassa_pkcs1v15",
+        signature_ok=True,
+        chain_ok=True,
+        from_match=True,
+        errors=(),
+        signing_time=datetime(2026, 6, 1, 12, 29, tzinfo=UTC),
+        certificate=LEAF,
+        path=(LEAF, INTERMEDIATE, ROOT),
+    )
+    return replace(base, **changes)
+
+
+def record(**changes: object) -> Record:
+    """A verified signed message; ``changes`` override fields."""
+    base = Record(
+        record_id=new_record_id(),
+        received_at=RECEIVED,
+        envelope_sender="alice@example.org",
+        envelope_recipients=("bob@example.net", "carol@example.net"),
+        message_id="<1234@example.org>",
+        from_address="alice@example.org",
+        queue_id="4QxYz1",
+        status_at_delivery=Status.SIGNED_VERIFIED,
+        errors_at_delivery=None,
+        status=Status.SIGNED_VERIFIED,
+        errors=None,
+        verified_at=RECEIVED,
+        signers=(signer(),),
+        certificates=(LEAF, INTERMEDIATE),
+        layer="multipart/signed",
+        signed_part="1",
+        notes=("a note",),
+    )
+    return replace(base, **changes)
+
+
+def unsigned(**changes: object) -> Record:
+    fields: dict[str, object] = {
+        "status_at_delivery": None, "status": None, "verified_at": None, "signers": (),
+        "certificates": (), "layer": None, "signed_part": None, "notes": (),
+    }
+    return record(**{**fields, **changes})
+
+
+def failed(**changes: object) -> Record:
+    errors = ("signer certificate expired",)
+    fields: dict[str, object] = {
+        "status_at_delivery": Status.SIGNED_FAILED, "errors_at_delivery": errors,
+        "status": Status.SIGNED_FAILED, "errors": errors,
+    }
+    return record(**{**fields, **changes})
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "store"
+
+
+@pytest.fixture
+def store(path: Path) -> Iterator[Store]:
+    opened = Store.open(path)
+    yield opened
+    opened.close()
+
+
+@contextmanager
+def raw_env(path: Path, *, readonly: bool = True) -> Iterator[lmdb.Environment]:
+    """LMDB opened directly, as a reader in another language would (no Store open)."""
+    env = lmdb.open(str(path), readonly=readonly, lock=True, max_dbs=16)
+    try:
+        yield env
+    finally:
+        env.close()
+
+
+def raw_db(env: lmdb.Environment, txn: lmdb.Transaction, name: str) -> object:
+    return env.open_db(name.encode(), txn=txn, create=False)
+
+
+# --------------------------------------------------------------------------- ids and records
+
+
+def test_record_ids_are_opaque_jmap_ids() -> None:
+    ids = {new_record_id() for _ in range(5000)}
+    assert len(ids) == 5000
+    for record_id in ids:
+        assert re.fullmatch(r"r[a-z2-7]{25}", record_id), record_id
+
+
+def test_round_trip_of_every_field(store: Store) -> None:
+    original = record(
+        signers=(
+            signer(),
+            signer(emails=(), serial=None, signature_ok=False, chain_ok=False,
+                   from_match=False, errors=("bad signature", "untrusted root"),
+                   signing_time=None, certificate=None, path=()),
+        ),
+        envelope_sender="",
+        message_id="<ünïcode@example.org>",
+        status=Status.ENCRYPTED_SIGNED_FAILED,
+        errors=("first", "second"),
+        notes=("one", "two"),
+    )
+    store.put_sync(original)
+    assert store.get(original.record_id) == original
+
+
+def test_round_trip_of_an_unsigned_message(store: Store) -> None:
+    original = unsigned(message_id=None, from_address=None, queue_id=None,
+                        envelope_recipients=())
+    store.put_sync(original)
+    assert store.get(original.record_id) == original
+
+
+def test_dates_are_held_as_utc_whole_seconds() -> None:
+    plus_two = timezone(timedelta(hours=2))
+    held = record(
+        received_at=datetime(2026, 6, 1, 14, 30, 5, 999_999, tzinfo=plus_two),
+        signers=(signer(signing_time=datetime(2026, 6, 1, 14, 0, 0, 5, tzinfo=plus_two)),),
+    )
+    assert held.received_at == RECEIVED and held.received_at.tzinfo is UTC
+    assert held.signers[0].signing_time == datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("bad", [
+    {"received_at": datetime(2026, 6, 1)},
+    {"verified_at": datetime(2026, 6, 1)},
+    {"record_id": ""},
+    {"record_id": "has space"},
+    {"record_id": "x" * 256},
+])
+def test_invalid_records_are_refused(bad: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        record(**bad)
+
+
+def test_undecodable_text_is_stored_with_replacement_characters(store: Store) -> None:
+    """pymilter hands over undecodable bytes as lone surrogates; delivery must not fail."""
+    original = record(envelope_sender="b\udcffd@example.org")
+    store.put_sync(original)
+    got = store.get(original.record_id)
+    assert got is not None and got.envelope_sender == "b\ufffdd@example.org"
+
+
+def test_from_verdict_copies_the_delivery_verdict_into_both_statuses() -> None:
+    verdict = Verdict(
+        status=Status.SIGNED_FAILED, errors=("expired",), verified_at=RECEIVED,
+        signers=(signer(),), layer="signed-data", signed_part="1",
+        from_address="alice@example.org", notes=("n",), certificates=(LEAF,),
+    )
+    made = Record.from_verdict(
+        verdict, record_id="r1", received_at=RECEIVED, envelope_sender="s@example.org",
+        envelope_recipients=["b@example.net"], message_id="<m@x>", queue_id="Q",
+    )
+    assert made == Record(
+        record_id="r1", received_at=RECEIVED, envelope_sender="s@example.org",
+        envelope_recipients=("b@example.net",), message_id="<m@x>",
+        from_address="alice@example.org", queue_id="Q",
+        status_at_delivery=Status.SIGNED_FAILED, errors_at_delivery=("expired",),
+        status=Status.SIGNED_FAILED, errors=("expired",), verified_at=RECEIVED,
+        signers=(signer(),), certificates=(LEAF,), layer="signed-data", signed_part="1",
+        notes=("n",),
+    )
+
+
+def test_get_of_unknown_or_malformed_ids(store: Store) -> None:
+    kept = record()
+    store.put_sync(kept)
+    assert store.get(new_record_id()) is None
+    assert store.get("not an id") is None
+    assert store.get_many([kept.record_id, "", "r" * 300, new_record_id()]) == {
+        kept.record_id: kept
+    }
+
+
+def test_certificates_are_stored_once(store: Store) -> None:
+    for _ in range(20):
+        store.put(record())
+    store.put_sync(record(signers=(), certificates=(ROOT, b"\x30\x03new")))
+    assert store.stats()["certs"] == 4  # LEAF, INTERMEDIATE, ROOT, new
+
+
+def test_replacing_a_record_keeps_its_id_and_content(store: Store) -> None:
+    first = record()
+    store.put_sync(first)
+    second = replace(first, notes=("replaced",), signers=())
+    store.put_sync(second)
+    assert store.get(first.record_id) == second
+    assert list(store.record_ids()) == [first.record_id]
+
+
+# --------------------------------------------------------------------------- on-disk schema
+
+
+def test_on_disk_layout_matches_the_schema_document(path: Path) -> None:
+    kept = record(record_id="rkept", status=Status.SIGNED_VERIFIED)
+    with Store.open(path) as opened:
+        opened.put_sync(kept)
+        opened.update("rkept", status=Status.SIGNED_FAILED, errors=("revoked",))
+    with raw_env(path) as env, env.begin() as txn:
+        names = sorted(key.decode() for key in txn.cursor().iternext(values=False))
+        assert names == sorted(["meta", "records", "certs", "changes", *INDEXES])
+        meta = dict(txn.cursor(db=raw_db(env, txn, "meta")))
+        assert meta == {b"schema": str(SCHEMA_VERSION).encode(), b"state": b"2",
+                        b"min_state": b"0"}
+        assert dict(txn.cursor(db=raw_db(env, txn, "changes"))) == {
+            (1).to_bytes(8, "big"): b"crkept", (2).to_bytes(8, "big"): b"urkept",
+        }
+        certs = dict(txn.cursor(db=raw_db(env, txn, "certs")))
+        assert certs == {sha(der).encode(): der for der in (LEAF, INTERMEDIATE, ROOT)}
+        for index, members in [("has_smime", {b"rkept": b""}), ("has_verified_smime", {}),
+                               ("has_verified_smime_at_delivery", {b"rkept": b""})]:
+            assert dict(txn.cursor(db=raw_db(env, txn, index))) == members
+        doc = json.loads(txn.get(b"rkept", db=raw_db(env, txn, "records")).decode("utf-8"))
+    assert doc == {
+        "changeState": 2,
+        "id": "rkept",
+        "receivedAt": "2026-06-01T12:30:05Z",
+        "envelopeSender": "alice@example.org",
+        "envelopeRecipients": ["bob@example.net", "carol@example.net"],
+        "messageId": "<1234@example.org>",
+        "fromAddress": "alice@example.org",
+        "queueId": "4QxYz1",
+        "smimeStatusAtDelivery": "signed/verified",
+        "smimeErrorsAtDelivery": None,
+        "smimeStatus": "signed/failed",
+        "smimeErrors": ["revoked"],
+        "smimeVerifiedAt": "2026-06-01T12:30:05Z",
+        "signers": [{
+            "emails": ["alice@example.org", "älice@exämple.org"],
+            "subject": "CN=Alice,O=Example",
+            "issuer": "CN=Example Intermediate",
+            "serial": str(2**100 + 7),
+            "digestAlgorithm": "sha256",
+            "signatureAlgorithm": "rsassa_pkcs1v15",
+            "signatureOk": True,
+            "chainOk": True,
+            "fromMatch": True,
+            "errors": [],
+            "signingTime": "2026-06-01T12:29:00Z",
+            "certificate": sha(LEAF),
+            "path": [sha(LEAF), sha(INTERMEDIATE), sha(ROOT)],
+        }],
+        "certificates": [sha(LEAF), sha(INTERMEDIATE)],
+        "layer": "multipart/signed",
+        "signedPart": "1",
+        "notes": ["a note"],
+    }
+
+
+def test_new_store_files_and_modes(tmp_path: Path) -> None:
+    where = tmp_path / "spool" / "smime"
+    Store.open(where).close()
+    assert stat.S_IMODE(where.stat().st_mode) == 0o750
+    assert stat.S_IMODE((where / "data.mdb").stat().st_mode) == 0o640
+    assert stat.S_IMODE((where / "lock.mdb").stat().st_mode) == 0o660
+
+
+# --------------------------------------------------------------------------- indexes
+
+
+def test_indexes_after_put(store: Store) -> None:
+    verified, bad, plain, late = record(), failed(), unsigned(), record(status=Status.SIGNED)
+    for each in (verified, bad, plain, late):
+        store.put(each)
+    store.put_sync(record(record_id="rlast"))
+    ids = [verified.record_id, bad.record_id, plain.record_id, late.record_id]
+    assert store.in_index("has_smime", ids) == {verified.record_id, bad.record_id,
+                                                late.record_id}
+    assert store.in_index("has_verified_smime", ids) == {verified.record_id}
+    assert store.in_index("has_verified_smime_at_delivery", ids) == {
+        verified.record_id, late.record_id,
+    }
+    assert set(store.index_members("has_verified_smime")) == {verified.record_id, "rlast"}
+
+
+def test_indexes_follow_updates(store: Store) -> None:
+    kept = record()
+    store.put_sync(kept)
+    store.update(kept.record_id, status=Status.SIGNED_FAILED, errors=("revoked",)).result()
+    assert store.in_index("has_verified_smime", [kept.record_id]) == set()
+    assert store.in_index("has_verified_smime_at_delivery", [kept.record_id]) == {
+        kept.record_id
+    }
+    store.update(kept.record_id, status_at_delivery=Status.SIGNED_FAILED).result()
+    assert store.in_index("has_verified_smime_at_delivery", [kept.record_id]) == set()
+    store.update(kept.record_id, status=None, errors=None).result()
+    assert store.in_index("has_smime", [kept.record_id]) == set()
+    store.update(kept.record_id, status=Status.ENCRYPTED_SIGNED_VERIFIED).result()
+    assert store.in_index("has_smime", [kept.record_id]) == {kept.record_id}
+    assert store.in_index("has_verified_smime", [kept.record_id]) == {kept.record_id}
+
+
+def test_unknown_index_is_refused(store: Store) -> None:
+    with pytest.raises(ValueError, match="unknown index"):
+        store.in_index("hasSmime", [])
+
+
+def test_iterators_page_through_many_keys(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "_CHUNK", 3)
+    ids = sorted(f"r{n:02d}" for n in range(10))
+    for record_id in ids:
+        store.put(record(record_id=record_id))
+    store.put_sync(unsigned(record_id="rzz"))
+    assert list(store.record_ids()) == [*ids, "rzz"]
+    assert list(store.index_members("has_verified_smime")) == ids
+
+
+# --------------------------------------------------------------------------- change log
+
+
+def test_creation_is_logged_and_put_returns_the_committed_state(store: Store) -> None:
+    assert store.state() == "0"
+    kept = record()
+    future = store.put(kept)
+    state = future.result(10)
+    assert state == 1 and store.state() == "1"
+    assert store.get(kept.record_id) == kept
+    assert store.changes_since("0") == Changes("0", "1", (kept.record_id,), (), False)
+
+
+def test_update_logging_rules(store: Store) -> None:
+    """RFC 9219 §4.3: status, status at delivery and errors log; verified_at alone never."""
+    rid = record().record_id
+    store.put_sync(record(record_id=rid))
+    later = RECEIVED + timedelta(hours=1)
+
+    assert store.update(rid, verified_at=later).result() is False
+    assert store.state() == "1"
+    assert store.get(rid).verified_at == later  # type: ignore[union-attr]
+
+    assert store.update(rid, status=Status.SIGNED_VERIFIED).result() is False  # no change
+    assert store.update(rid, status=Status.SIGNED_FAILED, errors=("revoked",),
+                        verified_at=later + timedelta(hours=1)).result() is True
+    assert store.state() == "2"
+    assert store.update(rid, errors=("revoked", "crl stale")).result() is True
+    assert store.update(rid, errors_at_delivery=("was bad",)).result() is True
+    assert store.update(rid, status_at_delivery=Status.SIGNED_FAILED).result() is True
+    assert store.state() == "5"
+    assert store.changes_since("1") == Changes("1", "5", (), (rid,), False)
+    got = store.get(rid)
+    assert got is not None
+    assert (got.status, got.errors, got.status_at_delivery, got.errors_at_delivery) == (
+        Status.SIGNED_FAILED, ("revoked", "crl stale"), Status.SIGNED_FAILED, ("was bad",),
+    )
+
+
+def test_replacing_put_logs_only_status_changes(store: Store) -> None:
+    kept = record()
+    store.put_sync(kept)
+    assert store.put_sync(replace(kept, verified_at=RECEIVED + timedelta(days=1),
+                                  notes=("other",))) == 1
+    assert store.put_sync(replace(kept, status=Status.SIGNED_FAILED, errors=("x",))) == 2
+    assert store.changes_since("1").updated == (kept.record_id,)
+
+
+def test_update_of_an_unknown_record_fails_only_that_update(store: Store) -> None:
+    kept = record()
+    missing = store.update(new_record_id(), status=None)
+    stored = store.put(kept)
+    with pytest.raises(StoreError) as caught:
+        missing.result(10)
+    assert caught.value.reason == "missing"
+    assert stored.result(10) == 1
+
+
+def test_update_arguments_are_checked_by_the_caller(store: Store) -> None:
+    rid = record().record_id
+    with pytest.raises(ValueError):
+        store.update(rid, status="signed/unsure")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        store.update(rid, errors="not a tuple")
+    with pytest.raises(ValueError):
+        store.update(rid, verified_at=datetime(2026, 1, 1))
+
+
+def test_changes_are_deduplicated_and_creation_wins(store: Store) -> None:
+    old, new = record(), record()
+    store.put_sync(old)
+    store.put_sync(new)
+    for n in range(3):
+        store.update(old.record_id, errors=(f"e{n}",)).result()
+        store.update(new.record_id, errors=(f"e{n}",)).result()
+    changes = store.changes_since("1")
+    assert changes == Changes("1", "8", (new.record_id,), (old.record_id,), False)
+
+
+def test_changes_paging_with_max_changes(store: Store) -> None:
+    ids = [record().record_id for _ in range(7)]
+    for record_id in ids:
+        store.put(record(record_id=record_id))
+    store.update(ids[0], status=None).result()  # state 8: an update of an id already seen
+    seen: list[str] = []
+    state = "0"
+    pages = []
+    while True:
+        page = store.changes_since(state, max_changes=3)
+        assert len(page.created) + len(page.updated) <= 3
+        assert page.old_state == state
+        pages.append(page)
+        seen += page.created + page.updated
+        state = page.new_state
+        if not page.has_more_changes:
+            break
+    assert [page.has_more_changes for page in pages] == [True, True, False]
+    assert [page.new_state for page in pages] == ["3", "6", "8"]
+    assert seen == [*ids, ids[0]]  # ids[0] was created in page one, updated in page three
+    assert store.changes_since(state) == Changes("8", "8", (), (), False)
+
+
+def test_max_changes_cut_keeps_repeated_ids_together(store: Store) -> None:
+    a, b = record(), record()
+    store.put_sync(a)
+    store.update(a.record_id, errors=("1",)).result()
+    store.update(a.record_id, errors=("2",)).result()
+    store.put_sync(b)
+    page = store.changes_since("0", max_changes=1)
+    assert page == Changes("0", "3", (a.record_id,), (), True)
+    assert store.changes_since(page.new_state, max_changes=1) == Changes(
+        "3", "4", (b.record_id,), (), False
+    )
+
+
+@pytest.mark.parametrize("garbage", ["", "abc", "-1", "01", "1.0", " 1", "1 ", "+1", "\u0661"])
+def test_garbage_states_cannot_calculate_changes(store: Store, garbage: str) -> None:
+    with pytest.raises(CannotCalculateChanges) as caught:
+        store.changes_since(garbage)
+    assert caught.value.reason == "cannot-calculate-changes"
+
+
+def test_future_state_cannot_calculate_changes(store: Store) -> None:
+    store.put_sync(record())
+    with pytest.raises(CannotCalculateChanges, match="newer"):
+        store.changes_since("2")
+
+
+def test_max_changes_must_be_positive(store: Store) -> None:
+    with pytest.raises(ValueError):
+        store.changes_since("0", max_changes=0)
+
+
+def test_trimmed_change_log(path: Path) -> None:
+    with Store.open(path, changelog_limit=4) as small:
+        ids = [record().record_id for _ in range(10)]
+        for record_id in ids:
+            small.put_sync(record(record_id=record_id))
+        assert small.stats()["changes"] == 4
+        assert small.stats()["min_state"] == 6
+        for too_old in ("0", "5"):
+            with pytest.raises(CannotCalculateChanges, match="older"):
+                small.changes_since(too_old)
+        assert small.changes_since("6") == Changes("6", "10", tuple(ids[6:]), (), False)
+
+
+# --------------------------------------------------------------------------- writer thread
+
+
+def test_concurrent_puts_are_all_committed_in_batches(store: Store) -> None:
+    threads, each = 8, 200
+    futures: list[list[Future[int]]] = [[] for _ in range(threads)]
+    records = [[record() for _ in range(each)] for _ in range(threads)]
+    start = threading.Barrier(threads)
+
+    def produce(n: int) -> None:
+        start.wait()
+        futures[n] = [store.put(one) for one in records[n]]
+
+    workers = [threading.Thread(target=produce, args=(n,)) for n in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    states = [future.result(30) for batch in futures for future in batch]
+    assert max(states) == threads * each
+    assert store.state() == str(threads * each)
+    ids = {one.record_id for batch in records for one in batch}
+    assert set(store.record_ids()) == ids
+    assert set(store.changes_since("0").created) == ids
+    assert store.stats()["commits"] < threads * each  # several records per transaction
+
+
+def test_readers_keep_working_while_the_map_grows(path: Path) -> None:
+    """Growing the map invalidates every open transaction of the process; readers
+    in other threads must neither fail nor see a half-grown map."""
+    seed = record()
+    with Store.open(path, map_size=256 << 10, max_map_size=64 << 20) as growing:
+        growing.put_sync(seed)
+        done = threading.Event()
+        failures: list[BaseException] = []
+
+        def read() -> None:
+            try:
+                while not done.is_set():
+                    assert growing.get(seed.record_id) == seed
+                    assert growing.in_index("has_smime", [seed.record_id])
+            except BaseException as exc:
+                failures.append(exc)
+
+        readers = [threading.Thread(target=read) for _ in range(4)]
+        for reader in readers:
+            reader.start()
+        try:
+            futures = [growing.put(record(certificates=(os.urandom(4096),)))
+                       for _ in range(300)]
+            for future in futures:
+                future.result(30)
+        finally:
+            done.set()
+            for reader in readers:
+                reader.join()
+        assert not failures
+        assert growing.stats()["map_size"] > 256 << 10
+
+
+def test_map_full_fails_the_batch_and_the_store_goes_on(path: Path) -> None:
+    with Store.open(path, map_size=256 << 10, max_map_size=256 << 10) as tiny:
+        huge = record(certificates=(os.urandom(1 << 20),))
+        with pytest.raises(StoreError) as caught:
+            tiny.put_sync(huge)
+        assert caught.value.reason == "map-full"
+        assert tiny.get(huge.record_id) is None
+        small = record()
+        assert tiny.put_sync(small) == 1
+        assert tiny.get(small.record_id) == small
+
+
+def test_map_grows_up_to_max_map_size(path: Path) -> None:
+    with Store.open(path, map_size=256 << 10, max_map_size=8 << 20) as growing:
+        huge = record(certificates=(os.urandom(1 << 20),))
+        growing.put_sync(huge)
+        assert growing.get(huge.record_id) == huge
+        assert 256 << 10 < growing.stats()["map_size"] <= 8 << 20
+
+
+@pytest.mark.parametrize("failure", [
+    lmdb.DiskError("mdb_txn_commit", errno.ENOSPC),
+    OSError(errno.ENOSPC, "No space left on device"),
+])
+def test_a_failed_batch_fails_exactly_its_futures(
+    store: Store, monkeypatch: pytest.MonkeyPatch, failure: BaseException
+) -> None:
+    gate, poison = record(), record()
+    entered, release = threading.Event(), threading.Event()
+    apply = store_module._Put.apply
+
+    def patched(self: store_module._Put, batch: store_module._Batch) -> None:
+        if self.record_id == gate.record_id:
+            entered.set()
+            release.wait(10)
+        if self.record_id == poison.record_id:
+            raise failure
+        apply(self, batch)
+
+    monkeypatch.setattr(store_module._Put, "apply", patched)
+    first = store.put(gate)
+    assert entered.wait(10)
+    # The writer is busy with ``gate``: these three queue up for one batch.
+    doomed = [store.put(record()), store.put(poison), store.put(record())]
+    release.set()
+    assert first.result(10) == 1
+    for future in doomed:
+        with pytest.raises(StoreError) as caught:
+            future.result(10)
+        assert caught.value.reason == "disk-full"
+    assert store.state() == "1"
+    assert list(store.record_ids()) == [gate.record_id]
+    assert store.put_sync(record()) == 2
+
+
+# --------------------------------------------------------------------------- open and close
+
+
+def test_reopen_keeps_everything(path: Path) -> None:
+    kept = failed()
+    with Store.open(path) as first:
+        first.put_sync(kept)
+        first.update(kept.record_id, verified_at=RECEIVED + timedelta(days=1)).result()
+    with Store.open(path) as second:
+        assert second.get(kept.record_id) == replace(
+            kept, verified_at=RECEIVED + timedelta(days=1)
+        )
+        assert second.state() == "1"
+        assert second.put_sync(record()) == 2
+
+
+def test_one_environment_per_path_in_a_process(path: Path, tmp_path: Path) -> None:
+    first = Store.open(path)
+    link = tmp_path / "link"
+    link.symlink_to(path)
+    second = Store.open(link)
+    reader = Store.open(path, readonly=True)
+    kept = record()
+    second.put_sync(kept)
+    assert first.get(kept.record_id) == kept == reader.get(kept.record_id)
+    with pytest.raises(StoreError) as caught:
+        reader.put(record())
+    assert caught.value.reason == "io"
+    second.close()
+    reader.close()
+    assert first.put_sync(record()) == 2
+    first.close()
+    with Store.open(link) as again:
+        assert again.state() == "2"
+
+
+def test_writable_open_of_a_path_open_read_only_is_refused(path: Path) -> None:
+    Store.open(path).close()
+    with Store.open(path, readonly=True), pytest.raises(StoreError) as caught:
+        Store.open(path)
+    assert caught.value.reason == "io"
+
+
+def test_read_only_open_from_another_process_while_writing(store: Store, path: Path) -> None:
+    kept = record()
+    store.put_sync(kept)
+    code = (
+        "import sys\n"
+        "from smime_milter.store import Store\n"
+        "with Store.open(sys.argv[1], readonly=True) as s:\n"
+        "    r = s.get(sys.argv[2])\n"
+        "    print(r.status.value, r.signers[0].serial, s.state(), len(r.certificates))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(path), kept.record_id],
+        capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, "PYTHONPATH": f"{REPO / 'milter'}{os.pathsep}{REPO}"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["signed/verified", str(2**100 + 7), "1", "2"]
+    assert store.put_sync(record()) == 2  # the writer is unaffected
+
+
+def test_read_only_open_of_a_missing_store(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere"
+    with pytest.raises(StoreError) as caught:
+        Store.open(missing, readonly=True)
+    assert caught.value.reason == "missing"
+    assert str(missing) in str(caught.value)
+    assert not missing.exists()
+
+
+def test_schema_mismatch(path: Path) -> None:
+    Store.open(path).close()
+    with raw_env(path, readonly=False) as env, env.begin(write=True) as txn:
+        txn.put(b"schema", b"2", db=env.open_db(b"meta", txn=txn, create=False))
+    for readonly in (False, True):
+        with pytest.raises(StoreError, match="schema version b'2'") as caught:
+            Store.open(path, readonly=readonly)
+        assert caught.value.reason == "schema"
+
+
+def test_foreign_lmdb_environment_is_not_taken_over(path: Path) -> None:
+    path.mkdir()
+    with raw_env(path, readonly=False) as env, env.begin(write=True) as txn:
+        txn.put(b"k", b"v", db=env.open_db(b"other", txn=txn))
+    for readonly in (True, False):
+        with pytest.raises(StoreError, match="not an smime-milter store") as caught:
+            Store.open(path, readonly=readonly)
+        assert caught.value.reason == "schema"
+
+
+def test_corrupt_data_file(path: Path) -> None:
+    with Store.open(path) as opened:
+        opened.put_sync(record())
+    data = path / "data.mdb"
+    data.write_bytes(b"this is not an LMDB file " * 1000)
+    for readonly in (False, True):
+        with pytest.raises(StoreError) as caught:
+            Store.open(path, readonly=readonly)
+        assert caught.value.reason == "corrupt"
+        assert str(path) in str(caught.value) and "MDB_INVALID" in str(caught.value)
+
+
+def test_corrupt_record(path: Path) -> None:
+    kept = record()
+    Store.open(path).close()
+    with raw_env(path, readonly=False) as env, env.begin(write=True) as txn:
+        txn.put(kept.record_id.encode(), b'{"id": 1', db=env.open_db(b"records", txn=txn))
+    with Store.open(path, readonly=True) as reader, pytest.raises(StoreError) as caught:
+        reader.get(kept.record_id)
+    assert caught.value.reason == "corrupt"
+    assert kept.record_id in str(caught.value)
+
+
+def test_close_drains_queued_puts_then_refuses_work(path: Path) -> None:
+    opened = Store.open(path)
+    futures = [opened.put(record()) for _ in range(100)]
+    opened.close()
+    assert sorted(future.result(0) for future in futures)[-1] == 100
+    for call in (lambda: opened.put(record()), lambda: opened.get("r1"), opened.state,
+                 lambda: opened.update("r1", status=None)):
+        with pytest.raises(StoreError) as caught:
+            call()
+        assert caught.value.reason == "closed"
+    opened.close()  # a second close is harmless
+    with Store.open(path, readonly=True) as reader:
+        assert reader.stats()["entries"] == 100
+
+
+def test_stats(store: Store) -> None:
+    store.put_sync(record())
+    stats = store.stats()
+    assert stats["entries"] == 1 and stats["state"] == 1 and stats["min_state"] == 0
+    assert stats["map_size"] == 1 << 30
+    assert 0 < stats["used_bytes"] < stats["map_size"]
