@@ -59,6 +59,7 @@ class _SignedOutcome:
     verified: bool
     from_address: str | None
     notes: tuple[str, ...] = ()
+    certificates: tuple[bytes, ...] = ()
 
 
 def _layer_of(entity: mime.Entity) -> _Layer:
@@ -284,6 +285,7 @@ class Verifier:
             signed_part=part,
             from_address=outcome.from_address,
             notes=outcome.notes,
+            certificates=outcome.certificates,
         )
 
     # -- encrypted ---------------------------------------------------------
@@ -376,6 +378,7 @@ class Verifier:
         return _SignedOutcome(
             signers, tuple(dict.fromkeys(errors)), verified,
             from_address.text if from_address else None, tuple(notes),
+            tuple(cert.der for cert in signed_data.certificates),
         )
 
     def _signer_address_source(

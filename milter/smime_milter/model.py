@@ -99,3 +99,6 @@ class Verdict:
     from_address: str | None = None
     #: Notes that are not errors (e.g. why a layer was left unexamined).
     notes: tuple[str, ...] = field(default=())
+    #: DER of every certificate the SignedData carried, so the chain can be
+    #: re-validated later without the message.
+    certificates: tuple[bytes, ...] = field(default=())
