@@ -12,12 +12,21 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .chain import TrustStore, TrustStoreError
+from .chain import TrustStoreError
 from .cms import AlgorithmPolicy
-from .config import DEFAULT_CONFIG, Config, ConfigError, TrustConfig, load_config
-from .engine import Verifier
-from .envelope import load_decryption_key
+from .config import (
+    DEFAULT_CONFIG,
+    Config,
+    ConfigError,
+    TrustConfig,
+    check_socket,
+    load_config,
+)
+from .daemon import StartupError, run
 from .model import RevocationMode, Verdict
+from .pool import VerifyFailure
+from .store import StoreError
+from .wiring import build_verifier
 
 
 def utc_date(moment: datetime | None) -> str | None:
@@ -108,9 +117,48 @@ def _build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--decrypt-key", type=Path, action="append", default=[],
                         metavar="PEM", help="PEM with a recipient's private key and certificate")
 
-    check = commands.add_parser("check-config", help="validate a configuration file")
+    check = commands.add_parser(
+        "check-config", help="validate a configuration file and load what it names"
+    )
     check.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+
+    run = commands.add_parser("run", help="run the milter daemon")
+    run.add_argument("--config", type=Path, help=f"configuration file (default: {DEFAULT_CONFIG} "
+                     "when it exists, else the built-in defaults)")
+    run.add_argument("--socket", type=_socket_argument,
+                     help="libmilter socket: unix:/path or inet:port@host")
+    run.add_argument("--store", type=Path, metavar="DIR", help="LMDB store directory")
+    run.add_argument("--trust-anchors", type=Path, action="append", default=[],
+                     metavar="PATH", help="trust anchor PEM file or directory (repeatable)")
+    run.add_argument("--workers", type=int, help="verification processes (0: one per CPU)")
     return parser
+
+
+def _socket_argument(text: str) -> str:
+    try:
+        return check_socket(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _run_config(args: argparse.Namespace) -> Config:
+    """The file (if any) with the command line's overrides on top."""
+    path = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+    config = load_config(path) if path else Config()
+    milter = config.milter
+    if args.socket:
+        milter = replace(milter, socket=args.socket)
+    if args.workers is not None:
+        milter = replace(milter, workers=args.workers)
+    store = replace(config.store, path=args.store) if args.store else config.store
+    trust = config.trust
+    if args.trust_anchors:
+        trust = replace(trust, anchors=tuple(args.trust_anchors))
+    return replace(config, milter=milter, store=store, trust=trust)
+
+
+def _run_daemon(args: argparse.Namespace) -> int:
+    return run(_run_config(args), lambda: _run_config(args))
 
 
 def _verify_config(args: argparse.Namespace) -> Config:
@@ -129,13 +177,6 @@ def _verify_config(args: argparse.Namespace) -> Config:
         policy = replace(policy, algorithms=AlgorithmPolicy(
             allow_sha1=True, min_rsa_bits=policy.algorithms.min_rsa_bits))
     return replace(config, trust=trust, verify=policy)
-
-
-def build_verifier(config: Config, extra_keys: Sequence[Path] = ()) -> Verifier:
-    trust = TrustStore.load(config.trust.anchors, config.trust.intermediates, config.trust.crls)
-    keys = [load_decryption_key(k.key, k.certificate) for k in config.decrypt_keys]
-    keys.extend(load_decryption_key(path) for path in extra_keys)
-    return Verifier(trust, config.verify, keys)
 
 
 def _run_verify(args: argparse.Namespace) -> int:
@@ -164,10 +205,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "verify":
             return _run_verify(args)
         if args.command == "check-config":
-            load_config(args.config)
+            build_verifier(load_config(args.config))
             print(f"{args.config}: OK")
             return 0
-    except (ConfigError, TrustStoreError, ValueError) as exc:
+        if args.command == "run":
+            return _run_daemon(args)
+    except (ConfigError, TrustStoreError, StartupError, StoreError, VerifyFailure,
+            ValueError) as exc:
         print(f"smime-milter: {exc}", file=sys.stderr)
         return 1
     return 2

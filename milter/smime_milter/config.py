@@ -17,8 +17,12 @@ from .chain import SYSTEM_ANCHORS
 from .cms import AlgorithmPolicy
 from .engine import VerifyPolicy
 from .model import RevocationMode
+from .policy import MACHINERY_ACTIONS, Action, Actions, Policy, merged
 
 DEFAULT_CONFIG = Path("/etc/smime-milter/smime-milter.toml")
+DEFAULT_SOCKET = "unix:/run/smime-milter/smime-milter.sock"
+DEFAULT_STORE = Path("/var/lib/smime-milter/store")
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 class ConfigError(ValueError):
@@ -39,13 +43,82 @@ class DecryptKeyConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MilterConfig:
+    """The daemon: where it listens, who it runs as, its limits."""
+
+    #: libmilter syntax: ``unix:/path`` (or ``local:``), ``inet:port@host``, ``inet6:port@host``.
+    socket: str = DEFAULT_SOCKET
+    #: Permissions and group of a unix socket, so that only the MTA can connect.
+    socket_mode: int = 0o660
+    socket_group: str | None = None
+    #: Drop privileges to this user after opening the socket (when started as root).
+    user: str | None = None
+    #: Authentication-Results authserv-id; None: the MTA's ``j`` macro, else the host name.
+    authserv_id: str | None = None
+    #: Verification worker processes; 0 means one per CPU.
+    workers: int = 0
+    #: Seconds libmilter waits on the MTA before giving up on a connection.
+    timeout: int = 600
+    #: Seconds one verification may take before it counts as an internal error.
+    verify_timeout: float = 120.0
+    #: Messages larger than this are not examined (policy action ``oversize``).
+    max_message_size: int = 64 << 20
+    #: Bodies larger than this are spooled to a file instead of kept in memory.
+    spool_threshold: int = 1 << 20
+    #: Where spooled bodies go (None: the system's temporary directory).
+    spool_directory: Path | None = None
+    log_level: str = "info"
+    #: "stderr" (the journal, under systemd) or "syslog" (facility mail).
+    log_target: str = "stderr"
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    """The LMDB store the JMAP layer reads."""
+
+    path: Path = DEFAULT_STORE
+    map_size: int = 1 << 30
+    max_map_size: int = 1 << 36
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
-    """Everything the verifier needs; the milter sections extend this later."""
+    """Everything the verifier and the daemon need, from one file."""
 
     source: Path | None = None
     trust: TrustConfig = field(default_factory=TrustConfig)
     verify: VerifyPolicy = field(default_factory=VerifyPolicy)
     decrypt_keys: tuple[DecryptKeyConfig, ...] = ()
+    milter: MilterConfig = field(default_factory=MilterConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    policy: Policy = field(default_factory=Policy)
+
+
+_SOCKET = re.compile(r"^(?:(?:unix|local):/.+|inet6?:\d{1,5}(?:@[^\s@]+)?)$")
+
+
+def check_socket(text: str) -> str:
+    """Validate a libmilter socket specification (raises ValueError)."""
+    if not _SOCKET.match(text):
+        raise ValueError(f"not a milter socket (unix:/path or inet:port@host): {text!r}")
+    if text.startswith("inet") and not 0 < int(text.split(":", 1)[1].split("@", 1)[0]) < 65536:
+        raise ValueError(f"port out of range: {text!r}")
+    return text
+
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
+
+
+def parse_size(value: int | str) -> int:
+    """Bytes from an integer or a string such as ``"64M"`` (powers of 1024)."""
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("negative size")
+        return value
+    match = _SIZE.match(value)
+    if not match:
+        raise ValueError(f"not a size: {value!r}")
+    return int(match.group(1)) << (10 * " kmgt".index(match.group(2).lower() or " "))
 
 
 def _line_of(text: str, table: str, key: str) -> int:
@@ -56,12 +129,12 @@ def _line_of(text: str, table: str, key: str) -> int:
     for number, line in enumerate(text.splitlines(), start=1):
         match = header.match(line)
         if match:
-            current = match.group(1).replace(" ", "")
+            current = match.group(1).replace(" ", "").replace('"', "")
             if not key and current == table:
                 return number
             continue
         match = assignment.match(line)
-        if match and current == table and match.group(2) == key:
+        if match and current == table.replace('"', "") and match.group(2) == key:
             return number
     return 0
 
@@ -75,7 +148,7 @@ class _Reader:
     def error(self, key: str, reason: str) -> ConfigError:
         where = str(self.path) if self.path else "<config>"
         line = _line_of(self.text, self.table, key)
-        dotted = f"{self.table}.{key}" if self.table else key
+        dotted = ".".join(part for part in (self.table, key) if part)
         return ConfigError(f"{where}:{line}: {dotted}: {reason}")
 
     def take(self, key: str, kind: type, default: Any) -> Any:
@@ -106,12 +179,38 @@ class _Reader:
         except ValueError as exc:
             raise self.error(key, f"invalid value {value!r}") from exc
 
+    def size(self, key: str, default: int) -> int:
+        if key not in self.data:
+            return default
+        value = self.data.pop(key)
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise self.error(key, "expected a size in bytes (integer or \"64M\")")
+        try:
+            return parse_size(value)
+        except ValueError as exc:
+            raise self.error(key, str(exc)) from exc
+
+    def number(self, key: str, default: float, low: float, high: float) -> float:
+        value = self.data.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.error(key, f"expected a number, got {type(value).__name__}")
+        self.data.pop(key, None)
+        if not low <= value <= high:
+            raise self.error(key, f"must be between {low:g} and {high:g}")
+        return value
+
+    def optional_str(self, key: str) -> str | None:
+        value = self.take(key, str, None)
+        if value is not None and not value.strip():
+            raise self.error(key, "must not be empty (leave the key out for the default)")
+        return value
+
     def finish(self) -> None:
         for key in self.data:
             raise self.error(key, "unknown key")
 
 
-_TABLES = ("trust", "verify", "decrypt")
+_TABLES = ("trust", "verify", "decrypt", "milter", "store", "policy")
 
 
 def parse_config(text: str, path: Path | None = None) -> Config:
@@ -155,7 +254,128 @@ def parse_config(text: str, path: Path | None = None) -> Config:
     decrypt = _Reader(path, text, "decrypt", data.get("decrypt", {}))
     keys = tuple(DecryptKeyConfig(p) for p in decrypt.paths("keys", ()))
     decrypt.finish()
-    return Config(source=path, trust=trust_config, verify=policy, decrypt_keys=keys)
+    return Config(
+        source=path, trust=trust_config, verify=policy, decrypt_keys=keys,
+        milter=_milter_config(_Reader(path, text, "milter", data.get("milter", {}))),
+        store=_store_config(_Reader(path, text, "store", data.get("store", {}))),
+        policy=_policy(path, text, data.get("policy", {})),
+    )
+
+
+def _milter_config(reader: _Reader) -> MilterConfig:
+    defaults = MilterConfig()
+    mode_text = reader.take("socket_mode", str, None)
+    mode = defaults.socket_mode
+    if mode_text is not None:
+        if not re.fullmatch(r"0?[0-7]{3}", mode_text):
+            raise reader.error("socket_mode", f"expected an octal mode such as \"0660\", "
+                               f"got {mode_text!r}")
+        mode = int(mode_text, 8)
+    config = MilterConfig(
+        socket=reader.choice("socket", check_socket, defaults.socket),
+        socket_mode=mode,
+        socket_group=reader.optional_str("socket_group"),
+        user=reader.optional_str("user"),
+        authserv_id=reader.choice("authserv_id", _check_authserv_id, None),
+        workers=int(reader.number("workers", defaults.workers, 0, 256)),
+        timeout=int(reader.number("timeout", defaults.timeout, 1, 86400)),
+        verify_timeout=float(reader.number("verify_timeout", defaults.verify_timeout, 1, 3600)),
+        max_message_size=reader.size("max_message_size", defaults.max_message_size),
+        spool_threshold=reader.size("spool_threshold", defaults.spool_threshold),
+        spool_directory=_relative(reader, reader.optional_str("spool_directory")),
+        log_level=reader.choice("log_level", _one_of(LOG_LEVELS), defaults.log_level),
+        log_target=reader.choice("log_target", _one_of(("stderr", "syslog")),
+                                 defaults.log_target),
+    )
+    reader.finish()
+    return config
+
+
+def _relative(reader: _Reader, text: str | None) -> Path | None:
+    if text is None:
+        return None
+    base = reader.path.parent if reader.path else Path.cwd()
+    return base / text
+
+
+def _store_config(reader: _Reader) -> StoreConfig:
+    defaults = StoreConfig()
+    path_text = reader.optional_str("path")
+    map_size = reader.size("map_size", defaults.map_size)
+    max_map_size = reader.size("max_map_size", max(defaults.max_map_size, map_size))
+    if map_size < 1 << 20:
+        raise reader.error("map_size", "must be at least 1M")
+    if max_map_size < map_size:
+        raise reader.error("max_map_size", "must not be smaller than map_size")
+    reader.finish()
+    return StoreConfig(
+        path=_relative(reader, path_text) or defaults.path,
+        map_size=map_size, max_map_size=max_map_size,
+    )
+
+
+def _one_of(allowed: tuple[str, ...]) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        if value not in allowed:
+            raise ValueError(value)
+        return value
+    return check
+
+
+_AUTHSERV_ID = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+$")
+
+
+def _check_authserv_id(value: str) -> str:
+    """An RFC 8601 authserv-id we can write as a bare token."""
+    if not _AUTHSERV_ID.match(value):
+        raise ValueError(value)
+    return value
+
+
+def _actions(reader: _Reader) -> dict[str, Action]:
+    """The outcome -> action keys present in one table."""
+    found: dict[str, Action] = {}
+    for name in Actions.outcome_names():
+        action = reader.choice(name, Action, None)
+        if action is None:
+            continue
+        if name in ("oversize", "error") and action not in _MACHINERY_CHOICES[name]:
+            allowed = ", ".join(sorted(_MACHINERY_CHOICES[name]))
+            raise reader.error(name, f"{action.value!r} is not possible here (use {allowed})")
+        found[name] = action
+    return found
+
+
+_MACHINERY_CHOICES = {
+    # An oversized message was not examined, so it cannot be tagged with a status.
+    "oversize": MACHINERY_ACTIONS | {Action.QUARANTINE},
+    "error": MACHINERY_ACTIONS,
+}
+
+
+def _policy(path: Path | None, text: str, data: Mapping[str, Any]) -> Policy:
+    reader = _Reader(path, text, "policy", data)
+    defaults = Policy()
+    domains_data = reader.take("domains", dict, {})
+    base = merged(Actions(), _actions(reader))
+    monitor = reader.take("monitor", bool, defaults.monitor)
+    tag_subject = reader.take("tag_subject", str, defaults.tag_subject)
+    if "\n" in tag_subject or "\r" in tag_subject:
+        raise reader.error("tag_subject", "must be one line")
+    reader.finish()
+    domains: dict[str, Actions] = {}
+    for domain, table in domains_data.items():
+        name = f'policy.domains."{domain}"'
+        if not isinstance(table, dict):
+            raise _Reader(path, text, "policy.domains", {}).error(domain, "expected a table")
+        domain_reader = _Reader(path, text, name, table)
+        if not re.fullmatch(r"[A-Za-z0-9.-]+", domain) or domain.startswith("."):
+            raise domain_reader.error("", f"not a domain name: {domain!r}")
+        domains[domain.lower().rstrip(".")] = merged(
+base, _actions(domain_reader))
+        domain_reader.finish()
+    return Policy(actions=base, domains=tuple(domains.items()), monitor=monitor,
+                  tag_subject=tag_subject)
 
 
 def load_config(path: Path) -> Config:

@@ -1,0 +1,44 @@
+"""Build the long-lived objects (verifier, logging) from a Config.
+
+Shared by the command-line tools and the daemon so both read a config file
+the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .chain import TrustStore
+from .config import Config, MilterConfig
+from .engine import Verifier
+from .envelope import load_decryption_key
+
+
+def build_verifier(config: Config, extra_keys: Sequence[Path] = ()) -> Verifier:
+    """A Verifier over the configured trust anchors, CRLs and decryption keys."""
+    trust = TrustStore.load(config.trust.anchors, config.trust.intermediates, config.trust.crls)
+    keys = [load_decryption_key(k.key, k.certificate) for k in config.decrypt_keys]
+    keys.extend(load_decryption_key(path) for path in extra_keys)
+    return Verifier(trust, config.verify, keys)
+
+
+def configure_logging(milter: MilterConfig) -> None:
+    """stderr (the journal under systemd) or syslog facility mail, like other milters."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler: logging.Handler
+    if milter.log_target == "syslog":
+        handler = logging.handlers.SysLogHandler(
+            address="/dev/log", facility=logging.handlers.SysLogHandler.LOG_MAIL
+        )
+        handler.setFormatter(logging.Formatter("smime-milter[%(process)d]: %(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(milter.log_level.upper())
