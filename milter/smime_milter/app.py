@@ -1,0 +1,268 @@
+"""pymilter glue: callbacks in, engine and store in the middle, Plan out.
+
+One ``SmimeMilter`` per SMTP connection (libmilter gives each its own
+thread); per-message state is reset in ``envfrom`` because one connection can
+carry several messages. The daemon-wide objects live in a ``Runtime`` that a
+reload replaces atomically: a message uses the Runtime that was current when
+it reached end of data.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
+
+import Milter
+
+from .config import Config
+from .handling import Plan, plan_delivery, reply_text
+from .intake import MessageBuffer
+from .model import Verdict
+from .policy import Action, Decision, Outcome, decide, outcome_of
+from .pool import Job, VerifyFailure
+from .store import Record, StoreError, new_record_id
+
+log = logging.getLogger("smime_milter")
+
+
+class VerifyBackend(Protocol):
+    def verify(self, job: Job, timeout: float) -> Verdict: ...
+
+
+class RecordSink(Protocol):
+    def put_sync(self, record: Record, timeout: float | None = ...) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """What a message needs from the daemon; immutable, swapped whole on reload."""
+
+    config: Config
+    verifier: VerifyBackend
+    store: RecordSink
+    hostname: str
+
+
+class RuntimeHolder:
+    """The current Runtime (a plain attribute: reads and writes are atomic)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.current = runtime
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Examination:
+    """What end of data decided for one message (for the log line and the reply)."""
+
+    verdict: Verdict | None
+    decision: Decision
+    record_id: str | None
+    problem: str | None
+
+
+class SmimeMilter(Milter.Base):
+    """One SMTP connection."""
+
+    #: Set by the daemon before libmilter starts.
+    holder: RuntimeHolder
+    clock: Callable[[], datetime] = staticmethod(_utcnow)
+
+    def __init__(self) -> None:
+        self.mta_hostname: str | None = None
+        self.client = ""
+        self.buffer: MessageBuffer | None = None
+        self.sender = ""
+        self.recipients: list[str] = []
+
+    # -- callbacks ---------------------------------------------------------
+
+    @Milter.noreply
+    def connect(self, hostname: str, family: int, hostaddr: object) -> int:
+        self.client = f"{hostname}[{hostaddr[0] if isinstance(hostaddr, tuple) else ''}]"
+        self.mta_hostname = self.getsymval("j")
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    def envfrom(self, sender: str, *params: str) -> int:
+        self._reset()
+        milter = self.holder.current.config.milter
+        self.buffer = MessageBuffer(
+            milter.spool_threshold, milter.max_message_size, milter.spool_directory
+        )
+        self.sender = sender.strip("<>")
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    def envrcpt(self, recipient: str, *params: str) -> int:
+        self.recipients.append(recipient.strip("<>"))
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    @Milter.decode("bytes")
+    def header(self, name: str, value: bytes) -> int:
+        if self.buffer is not None:
+            self.buffer.add_header(name, value)
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    def eoh(self) -> int:
+        if self.buffer is not None:
+            self.buffer.end_of_headers()
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    def body(self, chunk: bytes) -> int:
+        if self.buffer is not None:
+            self.buffer.add_body(chunk)
+        return Milter.CONTINUE
+
+    def eom(self) -> int:
+        started = time.monotonic()
+        runtime = self.holder.current
+        queue_id = self.getsymval("i") or "NOQUEUE"
+        try:
+            if self.buffer is None:
+                raise RuntimeError("end of message without a message")
+            result = self._examine(runtime)
+            plan = plan_delivery(
+                self.buffer.headers, result.verdict, result.decision,
+                runtime.config.policy, self._authserv_id(runtime), result.record_id,
+            )
+            self._apply(plan)
+        except Exception as exc:  # the MTA must retry, never lose or pass unchecked
+            log.exception("queue_id=%s internal error at end of message: %s", queue_id, exc)
+            self.setreply("451", "4.3.0", reply_text(f"S/MIME milter internal error: {exc}"))
+            self._reset()
+            return Milter.TEMPFAIL
+        self._log(queue_id, result, plan, time.monotonic() - started)
+        self._reset()
+        return _RETURN[plan.action]
+
+    def abort(self) -> int:
+        self._reset()
+        return Milter.CONTINUE
+
+    def close(self) -> int:
+        self._reset()
+        return Milter.CONTINUE
+
+    # -- work --------------------------------------------------------------
+
+    def _reset(self) -> None:
+        if self.buffer is not None:
+            self.buffer.discard()
+        self.buffer = None
+        self.sender = ""
+        self.recipients = []
+
+    def _authserv_id(self, runtime: Runtime) -> str:
+        return runtime.config.milter.authserv_id or self.mta_hostname or runtime.hostname
+
+    def _examine(self, runtime: Runtime) -> Examination:
+        assert self.buffer is not None
+        policy = runtime.config.policy
+        received_at = self.clock()
+        if self.buffer.oversize:
+            decision = decide(policy, Outcome.OVERSIZE, self.recipients)
+            return Examination(None, decision, None, f"larger than {self.buffer.max_size} bytes")
+        try:
+            verdict = runtime.verifier.verify(self._job(received_at),
+                                              runtime.config.milter.verify_timeout)
+        except VerifyFailure as exc:
+            return Examination(None, decide(policy, Outcome.ERROR, self.recipients), None, str(exc))
+        decision = decide(policy, outcome_of(verdict.status), self.recipients)
+        if not decision.action.delivers:
+            return Examination(verdict, decision, None, None)
+        record_id = new_record_id()
+        try:
+            runtime.store.put_sync(self._record(verdict, record_id, received_at))
+        except (StoreError, TimeoutError) as exc:
+            log.error("store failure (%s); applying the error action", exc)
+            return Examination(verdict, decide(policy, Outcome.ERROR, self.recipients), None,
+                            f"store: {exc}")
+        return Examination(verdict, decision, record_id, None)
+
+    def _job(self, at: datetime) -> Job:
+        assert self.buffer is not None
+        path = self.buffer.spool_path
+        if path is not None:
+            return Job(at=at, path=path)
+        return Job(at=at, message=self.buffer.message())
+
+    def _record(self, verdict: Verdict, record_id: str, received_at: datetime) -> Record:
+        assert self.buffer is not None
+        return Record.from_verdict(
+            verdict,
+            record_id=record_id,
+            received_at=received_at,
+            envelope_sender=self.sender,
+            envelope_recipients=tuple(self.recipients),
+            message_id=self._first_header("message-id"),
+            queue_id=self.getsymval("i"),
+        )
+
+    def _first_header(self, name: str) -> str | None:
+        assert self.buffer is not None
+        for field_name, value in self.buffer.headers:
+            if field_name.lower() == name:
+                return " ".join(value.decode("utf-8", "replace").split()) or None
+        return None
+
+    def _apply(self, plan: Plan) -> None:
+        for name, index in plan.delete_headers:
+            self.chgheader(name, index, "")
+        for position, (name, value) in enumerate(plan.add_headers):
+            self.addheader(name, value, position)
+        if plan.subject is not None:
+            index, value = plan.subject
+            if index:
+                self.chgheader("Subject", index, value)
+            else:
+                self.addheader("Subject", value)
+        if plan.quarantine_reason is not None:
+            self.quarantine(plan.quarantine_reason)
+        if plan.reply is not None:
+            self.setreply(plan.reply.code, plan.reply.xcode, plan.reply.text)
+
+    def _log(self, queue_id: str, result: Examination, plan: Plan, seconds: float) -> None:
+        verdict = result.verdict
+        status = (verdict.status.value if verdict and verdict.status else "none")
+        signers = ",".join(
+            (signer.emails or ("?",))[0] for signer in (verdict.signers if verdict else ())
+        )
+        line = (
+            f"queue_id={queue_id} record={result.record_id or '-'} status={status} "
+            f"outcome={result.decision.outcome.value} action={plan.action.value} "
+            f"client={self.client} from=<{self.sender}> rcpts={len(self.recipients)} "
+            f"signers={signers or '-'} removed={len(plan.delete_headers)} "
+            f"size={self.buffer.size if self.buffer else 0} ms={seconds * 1000:.0f}"
+        )
+        if result.decision.monitored:
+            line += f" would={result.decision.intended.value}"
+        if plan.action is not Action.ACCEPT or result.problem:
+            reason = result.problem or (verdict.errors[0] if verdict and verdict.errors else "")
+            log.warning("%s reason=%r", line, reason)
+        else:
+            log.info("%s", line)
+
+
+_RETURN = {
+    Action.ACCEPT: Milter.CONTINUE,
+    Action.TAG: Milter.CONTINUE,
+    Action.QUARANTINE: Milter.CONTINUE,
+    Action.REJECT: Milter.REJECT,
+    Action.TEMPFAIL: Milter.TEMPFAIL,
+}
+
+
+def hostname() -> str:
+    return socket.getfqdn() or socket.gethostname()

@@ -1,0 +1,108 @@
+"""Run the real ``smime-milter run`` daemon as a subprocess for tests.
+
+The daemon is started exactly as an admin would start it (console script,
+TOML file), so these tests also cover option parsing, socket set-up, the
+worker pool and signal handling.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from smime_milter.store import Store
+
+SMIME_MILTER = Path(sys.executable).with_name("smime-milter")
+
+
+class MilterProcess:
+    """One daemon with its own config file, socket and store."""
+
+    def __init__(
+        self, directory: Path, anchors: Path, *, authserv_id: str = "mx.test.example",
+        extra_toml: str = "", workers: int = 2,
+    ) -> None:
+        self.directory = directory
+        self.socket = directory / "milter.sock"
+        self.store_path = directory / "store"
+        self.config = directory / "smime-milter.toml"
+        self.log_path = directory / "milter.log"
+        self.authserv_id = authserv_id
+        self.anchors = anchors
+        self.extra_toml = extra_toml
+        self.workers = workers
+        self.process: subprocess.Popen[bytes] | None = None
+        self.write_config()
+
+    def write_config(self, extra_toml: str | None = None) -> None:
+        if extra_toml is not None:
+            self.extra_toml = extra_toml
+        self.config.write_text(
+            f'[trust]\nanchors = ["{self.anchors}"]\nrevocation = "soft"\n'
+            f'[milter]\nsocket = "unix:{self.socket}"\nsocket_mode = "0666"\n'
+            f'authserv_id = "{self.authserv_id}"\nworkers = {self.workers}\n'
+            f'[store]\npath = "{self.store_path}"\nmap_size = "64M"\n'
+            + self.extra_toml
+        )
+
+    @property
+    def postfix_socket(self) -> str:
+        return f"unix:{self.socket}"
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.socket.unlink(missing_ok=True)
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [str(SMIME_MILTER), "run", "--config", str(self.config)],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"smime-milter exited at start:\n{self.log_text()}")
+            if self.socket.exists() and "listening on" in self.log_text():
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"smime-milter did not start:\n{self.log_text()}")
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def reload(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGUSR1)
+
+    def kill(self) -> None:
+        """kill -9 of the whole process group (daemon and workers)."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)  # stray workers, if any
+        return self.process.returncode
+
+    def open_store(self) -> Store:
+        return Store.open(self.store_path, readonly=True)
+
+    def __enter__(self) -> MilterProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,312 @@
+"""The milter in a real Postfix: SMTP in, Maildir and LMDB store out.
+
+Every test here runs the ``smime-milter run`` daemon as a subprocess and a
+throw-away Postfix (tests/support/postfix.py) whose smtpd talks to it over a
+unix socket, then inspects what Postfix delivered and what the store holds.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from email import message_from_bytes
+from email.message import Message
+from pathlib import Path
+
+import pytest
+
+from smime_milter.model import Status
+from smime_milter.stamp import parse_status_header
+from tests.support.daemon import MilterProcess
+from tests.support.pki import TestPki, build_pki
+from tests.support.postfix import (
+    POSTFIX_MISSING,
+    PostfixFactory,
+    PostfixInstance,
+    make_traversable,
+    postfix_available,
+)
+from tests.support.smime import multipart_signed, opaque_signed, text_entity, wrap_message
+
+pytestmark = pytest.mark.skipif(not postfix_available(), reason=POSTFIX_MISSING)
+
+AUTHSERV_ID = "mx.test.example"
+
+
+#: Mailboxes known to Postfix from the start: updating its table while mail flows
+#: makes virtual(8) restart and defer, so every test draws a fresh one from here.
+MAILBOXES = [f"box{n}@example.org" for n in range(40)]
+_next_mailbox = iter(MAILBOXES)
+
+
+@pytest.fixture
+def rcpt() -> str:
+    """A mailbox of this test's own, so each test reads only its own deliveries."""
+    return next(_next_mailbox)
+
+
+@pytest.fixture(scope="module")
+def live_pki() -> TestPki:
+    """The test PKI minted around today: the daemon validates at the wall clock."""
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return build_pki(today)
+
+
+@pytest.fixture(scope="module")
+def anchors(live_pki: TestPki, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("anchors") / "root.pem"
+    path.write_bytes(live_pki.root.cert_pem)
+    return path
+
+
+def _milter(directory: Path, anchors: Path, extra_toml: str = "") -> MilterProcess:
+    directory.mkdir(parents=True, exist_ok=True)
+    make_traversable(directory / "milter.sock")
+    return MilterProcess(directory, anchors, authserv_id=AUTHSERV_ID, extra_toml=extra_toml)
+
+
+@pytest.fixture(scope="module")
+def milter(tmp_path_factory: pytest.TempPathFactory, anchors: Path) -> Iterator[MilterProcess]:
+    with _milter(tmp_path_factory.mktemp("milter"), anchors) as daemon:
+        yield daemon
+
+
+@pytest.fixture(scope="module")
+def mta(tmp_path_factory: pytest.TempPathFactory, milter: MilterProcess
+        ) -> Iterator[PostfixInstance]:
+    settings = {"message_size_limit": 80 << 20, "virtual_mailbox_limit": 0,
+                "default_process_limit": 250,
+                "smtpd_client_connection_count_limit": 0}
+    with PostfixFactory(tmp_path_factory.mktemp("postfix")) as factory:
+        yield factory(milter=milter.postfix_socket, settings=settings, mailboxes=MAILBOXES)
+
+
+_counter = iter(range(10**9))
+
+
+def _unique(text: str) -> str:
+    return f"{text} #{next(_counter)} {time.monotonic_ns()}"
+
+
+def signed_message(pki: TestPki, subject: str, rcpt: str, body: str = "Hello Bob\n",
+                   extra_headers: tuple[tuple[str, str], ...] = ()) -> bytes:
+    return multipart_signed(text_entity(body), pki.rsa, to=rcpt, subject=subject,
+                            extra_headers=extra_headers)
+
+
+def tampered(message: bytes) -> bytes:
+    return message.replace(b"Hello Bob", b"Hello Eve", 1)
+
+
+def delivered_with(mta: PostfixInstance, address: str, subject: str,
+                   timeout: float = 30.0) -> Message:
+    """The one delivered copy whose Subject contains ``subject``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [m for m in map(message_from_bytes, mta.delivered(address))
+                 if subject in (m["Subject"] or "")]
+        if found:
+            assert len(found) == 1, f"{len(found)} copies of {subject!r}"
+            return found[0]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{subject!r} not delivered; log:\n{mta.log_text()[-3000:]}")
+        time.sleep(0.05)
+
+
+def stamps(message: Message) -> tuple[list[str], list[str]]:
+    """(our Authentication-Results values unfolded, SMIME-Status-At-Delivery values)."""
+    results = [" ".join(str(v).split()) for v in message.get_all("Authentication-Results", [])]
+    return ([r for r in results if r.lower().startswith(AUTHSERV_ID)],
+            [str(v) for v in message.get_all("SMIME-Status-At-Delivery", [])])
+
+
+def record_of(milter: MilterProcess, message: Message):  # type: ignore[no-untyped-def]
+    [status_value] = stamps(message)[1]
+    _, record_id = parse_status_header(status_value)
+    assert record_id is not None
+    store = milter.open_store()
+    record = store.get(record_id)
+    assert record is not None, f"record {record_id} not in the store"
+    return record
+
+
+def test_signed_message_is_stamped_and_recorded(
+    mta: PostfixInstance, milter: MilterProcess, live_pki: TestPki, rcpt: str
+) -> None:
+    subject = _unique("signed")
+    reply = mta.send(signed_message(live_pki, subject, rcpt), "alice@example.com", [rcpt])
+    assert reply.ok, reply
+    message = delivered_with(mta, rcpt, subject)
+    results, statuses = stamps(message)
+    assert len(results) == 1 and results[0].startswith(f"{AUTHSERV_ID}; smime=pass")
+    assert "body.smime-identifier=alice@example.com" in results[0]
+    assert parse_status_header(statuses[0])[0] is Status.SIGNED_VERIFIED
+    # Stamps go on top, above Postfix's own Received line (the delivery agent adds
+    # Return-Path and Delivered-To above them later).
+    names = list(message.keys())
+    received = names.index("Received")
+    assert names[received - 2:received] == ["Authentication-Results", "SMIME-Status-At-Delivery"]
+    record = record_of(milter, message)
+    assert record.status_at_delivery is Status.SIGNED_VERIFIED
+    assert record.status is Status.SIGNED_VERIFIED and record.errors is None
+    assert record.envelope_sender == "alice@example.com"
+    assert record.envelope_recipients == (rcpt,)
+    assert record.message_id == message["Message-ID"]
+    assert record.from_address == "alice@example.com"
+    assert record.queue_id and record.queue_id in mta.log_text()
+    assert record.signers[0].certificate == live_pki.rsa.cert_der
+    # Enough to re-validate without the message: the intermediate came along.
+    assert live_pki.intermediate.cert_der in record.certificates
+    assert abs((record.received_at - datetime.now(UTC)).total_seconds()) < 120
+
+
+def test_tampered_message_is_delivered_as_failed(
+    mta: PostfixInstance, milter: MilterProcess, live_pki: TestPki, rcpt: str
+) -> None:
+    subject = _unique("tampered")
+    message_bytes = tampered(signed_message(live_pki, subject, rcpt))
+    reply = mta.send(message_bytes, "alice@example.com", [rcpt])
+    assert reply.ok, reply
+    message = delivered_with(mta, rcpt, subject)
+    results, statuses = stamps(message)
+    assert results[0].startswith(f"{AUTHSERV_ID}; smime=fail")
+    assert parse_status_header(statuses[0])[0] is Status.SIGNED_FAILED
+    assert "Hello Eve" in message.as_string()
+    record = record_of(milter, message)
+    assert record.status_at_delivery is Status.SIGNED_FAILED
+    assert record.errors and any("digest" in e or "signature" in e for e in record.errors)
+
+
+def test_opaque_signed_message_is_verified(
+    mta: PostfixInstance, milter: MilterProcess, live_pki: TestPki, rcpt: str
+) -> None:
+    subject = _unique("opaque")
+    message_bytes = opaque_signed(text_entity("Hello Bob\n"), live_pki.rsa, to=rcpt,
+                                  subject=subject)
+    assert mta.send(message_bytes, "alice@example.com", [rcpt]).ok
+    message = delivered_with(mta, rcpt, subject)
+    assert record_of(milter, message).status_at_delivery is Status.SIGNED_VERIFIED
+
+
+def test_unsigned_message_gets_none(mta: PostfixInstance, milter: MilterProcess, rcpt: str
+                                   ) -> None:
+    subject = _unique("plain")
+    message_bytes = wrap_message(text_entity("just text\n"), to=rcpt, subject=subject)
+    assert mta.send(message_bytes, "carol@example.net", [rcpt]).ok
+    message = delivered_with(mta, rcpt, subject)
+    results, statuses = stamps(message)
+    assert results == [f"{AUTHSERV_ID}; smime=none"]
+    record = record_of(milter, message)
+    assert record.status_at_delivery is None and record.status is None
+    assert parse_status_header(statuses[0])[0] is None
+
+
+def test_forged_stamps_are_removed_and_others_kept(
+    mta: PostfixInstance, milter: MilterProcess, live_pki: TestPki, rcpt: str
+) -> None:
+    subject = _unique("forged")
+    forged = (
+        ("Authentication-Results", f"{AUTHSERV_ID}; smime=pass body.smime-identifier=x@y"),
+        ("SMIME-Status-At-Delivery", "signed/verified; record=rforgedforgedforgedforged0"),
+        ("Authentication-Results", "other.example; dkim=pass"),
+        ("Authentication-Results", f"(sneaky) {AUTHSERV_ID.upper()} 1; smime=pass"),
+        ("smime-status-at-delivery", "signed/verified"),
+    )
+    message_bytes = tampered(signed_message(live_pki, subject, rcpt, extra_headers=forged))
+    assert mta.send(message_bytes, "alice@example.com", [rcpt]).ok
+    message = delivered_with(mta, rcpt, subject)
+    results, statuses = stamps(message)
+    assert len(results) == 1 and "smime=fail" in results[0]
+    assert len(statuses) == 1 and parse_status_header(statuses[0])[0] is Status.SIGNED_FAILED
+    all_results = [" ".join(str(v).split()) for v in message.get_all("Authentication-Results")]
+    assert "other.example; dkim=pass" in all_results
+    assert not any("sneaky" in r or "x@y" in r for r in all_results)
+
+
+def test_several_messages_on_one_connection_each_get_their_own_record(
+    mta: PostfixInstance, milter: MilterProcess, live_pki: TestPki, rcpt: str
+) -> None:
+    import smtplib
+
+    subjects = [_unique("same-connection") for _ in range(3)]
+    messages = [signed_message(live_pki, subjects[0], rcpt),
+                wrap_message(text_entity("plain\n"), to=rcpt, subject=subjects[1]),
+                tampered(signed_message(live_pki, subjects[2], rcpt))]
+    mta.add_mailboxes(rcpt)
+    with smtplib.SMTP("127.0.0.1", mta.smtp_port) as smtp:
+        for data in messages:
+            smtp.sendmail("alice@example.com", [rcpt], data)
+    delivered = [delivered_with(mta, rcpt, s) for s in subjects]
+    records = [record_of(milter, m) for m in delivered]
+    assert [r.status_at_delivery for r in records] == [
+        Status.SIGNED_VERIFIED, None, Status.SIGNED_FAILED]
+    assert len({r.record_id for r in records}) == 3
+
+
+def test_fifty_megabyte_message(mta: PostfixInstance, milter: MilterProcess,
+                                live_pki: TestPki, rcpt: str) -> None:
+    subject = _unique("big")
+    line = "0123456789abcdef" * 4 + "\n"
+    body = "Hello Bob\n" + line * ((50 << 20) // len(line))
+    reply = mta.send(signed_message(live_pki, subject, rcpt, body), "alice@example.com", [rcpt],
+                     timeout=300)
+    assert reply.ok, reply
+    message = delivered_with(mta, rcpt, subject, timeout=120)
+    assert record_of(milter, message).status_at_delivery is Status.SIGNED_VERIFIED
+    assert len(message.as_bytes()) > 50 << 20
+    # The spool file is gone once the message is done.
+    assert not list(Path("/tmp").glob("smime-milter-*"))
+
+
+def test_two_hundred_parallel_sessions(mta: PostfixInstance, milter: MilterProcess,
+                                       live_pki: TestPki, rcpt: str) -> None:
+    base = _unique("parallel")
+    subjects = [f"{base} n{n}." for n in range(200)]
+    messages = [(subject, signed_message(live_pki, subject, rcpt)) for subject in subjects]
+    mta.add_mailboxes(rcpt)
+    barrier = threading.Barrier(200)
+
+    def send(item: tuple[str, bytes]) -> int:
+        barrier.wait(60)
+        return mta.send(item[1], "alice@example.com", [rcpt], timeout=300).code
+
+    with ThreadPoolExecutor(200) as pool:
+        codes = list(pool.map(send, messages))
+    assert codes == [250] * 200
+    delivered = [message_from_bytes(m) for m in mta.wait_for_delivery(rcpt, 200, timeout=120)]
+    assert sorted(str(m["Subject"]) for m in delivered) == sorted(s for s, _ in messages)
+    record_ids = set()
+    for message in delivered:
+        status, record_id = parse_status_header(stamps(message)[1][0])
+        assert status is Status.SIGNED_VERIFIED
+        record_ids.add(record_id)
+    assert len(record_ids) == 200
+
+
+def test_policy_reject_and_quarantine(tmp_path: Path, anchors: Path, live_pki: TestPki,
+                                      rcpt: str) -> None:
+    policy = ('[policy]\nfailed = "quarantine"\nnone = "tag"\n'
+              '[policy.domains."example.com"]\nfailed = "reject"\n')
+    with _milter(tmp_path / "milter", anchors, policy) as daemon, \
+            PostfixFactory(tmp_path / "pf") as factory:
+        mta = factory(milter=daemon.postfix_socket, mailboxes=[rcpt, "carol@example.com"])
+        bad = tampered(signed_message(live_pki, _unique("r"), rcpt))
+        rejected = mta.send(bad, "a@example.com", ["carol@example.com"])
+        assert rejected.code == 550, rejected
+        assert "5.7.1" in rejected.text and "signed/failed" in rejected.text
+        held_subject = _unique("held")
+        held = mta.send(tampered(signed_message(live_pki, held_subject, rcpt)), "a@example.com",
+                        [rcpt])
+        assert held.ok
+        mta.wait_until_idle(20)
+        assert any(entry.get("queue_name") == "hold" for entry in mta.queue())
+        assert mta.delivered(rcpt) == []
+        tagged = _unique("tagged")
+        mta.send(wrap_message(text_entity("x\n"), to=rcpt, subject=tagged), "a@example.com",
+                 [rcpt])
+        message = delivered_with(mta, rcpt, tagged)
+        assert message["Subject"].startswith("[S/MIME none] ")
+        assert "action=reject" in daemon.log_text() and "action=quarantine" in daemon.log_text()
