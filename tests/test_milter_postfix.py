@@ -62,10 +62,12 @@ def anchors(live_pki: TestPki, tmp_path_factory: pytest.TempPathFactory) -> Path
     return path
 
 
-def _milter(directory: Path, anchors: Path, extra_toml: str = "") -> MilterProcess:
+def _milter(directory: Path, anchors: Path, extra_toml: str = "", **options: str
+            ) -> MilterProcess:
     directory.mkdir(parents=True, exist_ok=True)
     make_traversable(directory / "milter.sock")
-    return MilterProcess(directory, anchors, authserv_id=AUTHSERV_ID, extra_toml=extra_toml)
+    return MilterProcess(directory, anchors, authserv_id=AUTHSERV_ID, extra_toml=extra_toml,
+                         **options)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")
@@ -310,3 +312,146 @@ def test_policy_reject_and_quarantine(tmp_path: Path, anchors: Path, live_pki: T
         message = delivered_with(mta, rcpt, tagged)
         assert message["Subject"].startswith("[S/MIME none] ")
         assert "action=reject" in daemon.log_text() and "action=quarantine" in daemon.log_text()
+
+
+def _send_until_accepted(mta: PostfixInstance, message: bytes, rcpt: str,
+                         attempts: int = 40) -> list[int]:
+    """Send like an SMTP client would: retry after a 4xx; returns every reply code."""
+    codes: list[int] = []
+    for _ in range(attempts):
+        code = mta.send(message, "alice@example.com", [rcpt], timeout=60).code
+        codes.append(code)
+        if code == 250 or code >= 500:
+            return codes
+        time.sleep(0.25)
+    return codes
+
+
+def test_kill_9_during_sends_loses_nothing_and_duplicates_nothing(
+    tmp_path: Path, anchors: Path, live_pki: TestPki, rcpt: str
+) -> None:
+    daemon = _milter(tmp_path / "milter", anchors)
+    daemon.start()
+    try:
+        with PostfixFactory(tmp_path / "pf") as factory:
+            mta = factory(milter=daemon.postfix_socket, mailboxes=[rcpt])
+            base = _unique("kill")
+            subjects = [f"{base} n{n}." for n in range(60)]
+            replies: dict[str, list[int]] = {}
+
+            def send(subject: str) -> None:
+                replies[subject] = _send_until_accepted(
+                    mta, signed_message(live_pki, subject, rcpt), rcpt)
+
+            with ThreadPoolExecutor(6) as pool:
+                futures = [pool.submit(send, subject) for subject in subjects]
+                time.sleep(0.5)
+                daemon.kill()  # kill -9 of the daemon and its workers, mid-flight
+                time.sleep(1.0)
+                daemon.start()
+                for future in futures:
+                    future.result()
+            assert all(codes[-1] == 250 for codes in replies.values()), replies
+            # Some sends really did hit the dead milter and were deferred, not lost.
+            assert any(450 <= code < 500 for codes in replies.values() for code in codes)
+            mta.wait_for_delivery(rcpt, len(subjects), timeout=60)
+            mta.wait_until_idle(20)
+            delivered = [message_from_bytes(m) for m in mta.delivered(rcpt)]
+            assert sorted(str(m["Subject"]) for m in delivered) == sorted(subjects)
+            store = daemon.open_store()
+            for message in delivered:
+                status, record_id = parse_status_header(stamps(message)[1][0])
+                assert status is Status.SIGNED_VERIFIED
+                assert record_id is not None and store.get(record_id) is not None
+    finally:
+        daemon.stop()
+
+
+def _wait_for_log(daemon: MilterProcess, text: str, count: int = 1, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while daemon.log_text().count(text) < count:
+        assert time.monotonic() < deadline, daemon.log_text()[-2000:]
+        time.sleep(0.05)
+
+
+def test_reload_under_load_drops_nothing_and_applies_the_new_policy(
+    tmp_path: Path, anchors: Path, live_pki: TestPki, rcpt: str
+) -> None:
+    with _milter(tmp_path / "milter", anchors) as daemon, \
+            PostfixFactory(tmp_path / "pf") as factory:
+        mta = factory(milter=daemon.postfix_socket, mailboxes=[rcpt])
+        base = _unique("reload")
+        reloads_done = threading.Event()
+        sent: list[tuple[str, int]] = []
+        counter = iter(range(10**6))
+
+        def sender() -> None:
+            # Keep mail flowing until every reload has happened, and a little after.
+            while not reloads_done.is_set() or len(sent) < 40:
+                subject = f"{base} n{next(counter)}."
+                code = mta.send(signed_message(live_pki, subject, rcpt), "alice@example.com",
+                                [rcpt]).code
+                sent.append((subject, code))
+
+        senders = [threading.Thread(target=sender) for _ in range(4)]
+        for thread in senders:
+            thread.start()
+        for round_number in range(1, 5):
+            time.sleep(0.3)
+            daemon.write_config('[policy]\nnone = "tag"\n' if round_number % 2 else "")
+            daemon.reload()
+            _wait_for_log(daemon, "reloaded configuration", round_number)
+        reloads_done.set()
+        for thread in senders:
+            thread.join()
+        assert [code for _, code in sent] == [250] * len(sent)
+        delivered = [message_from_bytes(m)
+                     for m in mta.wait_for_delivery(rcpt, len(sent), timeout=60)]
+        assert sorted(str(m["Subject"]) for m in delivered) == sorted(s for s, _ in sent)
+        for message in delivered:
+            assert parse_status_header(stamps(message)[1][0])[0] is Status.SIGNED_VERIFIED
+        # Round 4 removed the tag policy again; one more reload brings it back.
+        daemon.write_config('[policy]\nnone = "tag"\n')
+        daemon.reload()
+        _wait_for_log(daemon, "reloaded configuration", 5)
+        plain = _unique("after-reload")
+        mta.send(wrap_message(text_entity("x\n"), to=rcpt, subject=plain), "a@example.com",
+                 [rcpt])
+        assert delivered_with(mta, rcpt, plain)["Subject"] == f"[S/MIME none] {plain}"
+
+
+def test_bad_config_on_reload_keeps_the_running_one(
+    tmp_path: Path, anchors: Path, live_pki: TestPki, rcpt: str
+) -> None:
+    with _milter(tmp_path / "milter", anchors) as daemon, \
+            PostfixFactory(tmp_path / "pf") as factory:
+        mta = factory(milter=daemon.postfix_socket, mailboxes=[rcpt])
+        daemon.write_config('[policy]\nfailed = "explode"\n')
+        daemon.reload()
+        _wait_for_log(daemon, "reload failed")
+        assert "policy.failed: invalid value 'explode'" in daemon.log_text()
+        subject = _unique("still-running")
+        assert mta.send(signed_message(live_pki, subject, rcpt), "a@example.com", [rcpt]).ok
+        assert delivered_with(mta, rcpt, subject)
+
+
+def test_full_store_tempfails_instead_of_losing_or_passing_mail(
+    tmp_path: Path, anchors: Path, live_pki: TestPki, rcpt: str
+) -> None:
+    """A full store must not lose or pass mail: the MTA gets 451 and retries later."""
+    with _milter(tmp_path / "milter", anchors, map_size="1M", max_map_size="1M") as daemon, \
+            PostfixFactory(tmp_path / "pf") as factory:
+        mta = factory(milter=daemon.postfix_socket, mailboxes=[rcpt],
+                      settings={"message_size_limit": 80 << 20, "virtual_mailbox_limit": 0})
+        codes = []
+        for n in range(400):
+            codes.append(mta.send(signed_message(live_pki, _unique(f"fill {n}"), rcpt),
+                                  "a@example.com", [rcpt]).code)
+            if codes[-1] != 250:
+                break
+        assert codes[-1] == 451, codes[-5:]
+        assert "store failure reason=map-full" in daemon.log_text()
+        accepted = len(codes) - 1
+        mta.wait_for_delivery(rcpt, accepted, timeout=60)
+        mta.wait_until_idle(20)
+        assert len(mta.delivered(rcpt)) == accepted

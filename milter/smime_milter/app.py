@@ -24,7 +24,7 @@ from .handling import Plan, plan_delivery, reply_text
 from .intake import MessageBuffer
 from .model import Verdict
 from .policy import Action, Decision, Outcome, decide, outcome_of
-from .pool import Job, VerifyFailure
+from .pool import Job, PoolClosed, VerifyFailure
 from .store import Record, StoreError, new_record_id
 
 log = logging.getLogger("smime_milter")
@@ -175,8 +175,7 @@ class SmimeMilter(Milter.Base):
             decision = decide(policy, Outcome.OVERSIZE, self.recipients)
             return Examination(None, decision, None, f"larger than {self.buffer.max_size} bytes")
         try:
-            verdict = runtime.verifier.verify(self._job(received_at),
-                                              runtime.config.milter.verify_timeout)
+            verdict = self._verify(runtime, self._job(received_at))
         except VerifyFailure as exc:
             return Examination(None, decide(policy, Outcome.ERROR, self.recipients), None, str(exc))
         decision = decide(policy, outcome_of(verdict.status), self.recipients)
@@ -186,10 +185,19 @@ class SmimeMilter(Milter.Base):
         try:
             runtime.store.put_sync(self._record(verdict, record_id, received_at))
         except (StoreError, TimeoutError) as exc:
-            log.error("store failure (%s); applying the error action", exc)
+            log.error("store failure reason=%s: %s; applying the error action",
+                      getattr(exc, "reason", "timeout"), exc)
             return Examination(verdict, decide(policy, Outcome.ERROR, self.recipients), None,
                             f"store: {exc}")
         return Examination(verdict, decision, record_id, None)
+
+    def _verify(self, runtime: Runtime, job: Job) -> Verdict:
+        timeout = runtime.config.milter.verify_timeout
+        try:
+            return runtime.verifier.verify(job, timeout)
+        except PoolClosed:
+            # A reload swapped the pool between our picking it and submitting.
+            return self.holder.current.verifier.verify(job, timeout)
 
     def _job(self, at: datetime) -> Job:
         assert self.buffer is not None

@@ -32,6 +32,10 @@ class VerifyFailure(RuntimeError):
     """The verification machinery failed (not the message): the MTA should retry."""
 
 
+class PoolClosed(VerifyFailure):
+    """This pool was replaced by a reload; use the current one."""
+
+
 @dataclass(frozen=True, slots=True)
 class Job:
     """One message to verify: its bytes, or the path of the spool file holding them
@@ -98,6 +102,9 @@ class VerifierPool:
         executor = self._executor
         try:
             future = executor.submit(_verify_in_worker, job)
+        except RuntimeError as exc:  # shut down by a reload after the caller picked it
+            raise PoolClosed(str(exc)) from exc
+        try:
             return future.result(timeout)
         except FutureTimeout as exc:
             future.cancel()

@@ -25,7 +25,8 @@ class MilterProcess:
 
     def __init__(
         self, directory: Path, anchors: Path, *, authserv_id: str = "mx.test.example",
-        extra_toml: str = "", workers: int = 2,
+        extra_toml: str = "", workers: int = 2, map_size: str = "64M",
+        max_map_size: str = "1G",
     ) -> None:
         self.directory = directory
         self.socket = directory / "milter.sock"
@@ -36,6 +37,7 @@ class MilterProcess:
         self.anchors = anchors
         self.extra_toml = extra_toml
         self.workers = workers
+        self.map_size, self.max_map_size = map_size, max_map_size
         self.process: subprocess.Popen[bytes] | None = None
         self.write_config()
 
@@ -46,7 +48,8 @@ class MilterProcess:
             f'[trust]\nanchors = ["{self.anchors}"]\nrevocation = "soft"\n'
             f'[milter]\nsocket = "unix:{self.socket}"\nsocket_mode = "0666"\n'
             f'authserv_id = "{self.authserv_id}"\nworkers = {self.workers}\n'
-            f'[store]\npath = "{self.store_path}"\nmap_size = "64M"\n'
+            f'[store]\npath = "{self.store_path}"\nmap_size = "{self.map_size}"\n'
+            f'max_map_size = "{self.max_map_size}"\n'
             + self.extra_toml
         )
 
