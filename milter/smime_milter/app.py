@@ -140,7 +140,8 @@ class SmimeMilter(Milter.Base):
             self._apply(plan)
         except Exception as exc:  # the MTA must retry, never lose or pass unchecked
             log.exception("queue_id=%s internal error at end of message: %s", queue_id, exc)
-            self.setreply("451", "4.3.0", reply_text(f"S/MIME milter internal error: {exc}"))
+            self.setreply("451", "4.3.0",
+                          _libmilter_text(reply_text(f"S/MIME milter internal error: {exc}")))
             self._reset()
             return Milter.TEMPFAIL
         self._log(queue_id, result, plan, time.monotonic() - started)
@@ -239,7 +240,7 @@ class SmimeMilter(Milter.Base):
         if plan.quarantine_reason is not None:
             self.quarantine(plan.quarantine_reason)
         if plan.reply is not None:
-            self.setreply(plan.reply.code, plan.reply.xcode, plan.reply.text)
+            self.setreply(plan.reply.code, plan.reply.xcode, _libmilter_text(plan.reply.text))
 
     def _log(self, queue_id: str, result: Examination, plan: Plan, seconds: float) -> None:
         verdict = result.verdict
@@ -270,6 +271,12 @@ _RETURN = {
     Action.REJECT: Milter.REJECT,
     Action.TEMPFAIL: Milter.TEMPFAIL,
 }
+
+
+def _libmilter_text(text: str) -> str:
+    """libmilter formats reply text with printf: a lone '%' (legal in a mail
+    address) would make setreply fail and turn a reject into a tempfail."""
+    return text.replace("%", "%%")
 
 
 def hostname() -> str:

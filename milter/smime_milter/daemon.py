@@ -8,7 +8,8 @@ and only then are the store and the worker pool started.
 Signals: SIGUSR1 (``systemctl reload``) re-reads the configuration and
 trust anchors without dropping a connection; SIGTERM, SIGINT and SIGHUP stop
 libmilter gracefully (libmilter itself treats HUP as stop, so reload uses
-USR1 rather than fighting it for the signal).
+USR1 rather than fighting it for the signal). All of them are blocked in
+every thread and taken by sigwait, in our signal thread or libmilter's.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import signal
 import stat
 import threading
 from collections.abc import Callable
+from multiprocessing import forkserver, resource_tracker
 from pathlib import Path
 
 import Milter
@@ -128,25 +130,47 @@ def _make_runtime(config: Config, store: Store) -> Runtime:
     return Runtime(config=config, verifier=pool, store=store, hostname=hostname())
 
 
-def _reload_loop(holder: RuntimeHolder, load: Callable[[], Config], store: Store) -> None:
-    """Wait for SIGUSR1; build a complete new Runtime before swapping it in, so a
-    bad edit keeps the running configuration and no message sees half of each."""
+def _start_multiprocessing_helpers() -> None:
+    """Start multiprocessing's helper processes now, from the main thread.
+
+    Python's resource tracker *unblocks* SIGINT and SIGTERM in whichever thread
+    first starts it; started later from the pool's manager thread, that thread
+    would take a stop signal with its default action and kill the daemon in the
+    middle of a message.
+    """
+    resource_tracker.ensure_running()
+    forkserver.ensure_running()
+
+
+def _signal_loop(holder: RuntimeHolder, load: Callable[[], Config], store: Store) -> None:
+    """Wait for our signals. Stop signals stop libmilter (its own signal thread
+    may take them first, with the same effect); SIGUSR1 reloads."""
     while True:
-        signal.sigwait({RELOAD_SIGNAL})
-        old = holder.current
-        try:
-            config = load()
-            if config.store != old.config.store or config.milter.socket != old.config.milter.socket:
-                log.warning("reload: store and socket changes take effect after a restart")
-            runtime = _make_runtime(config, store)
-        except Exception as exc:
-            log.error("reload failed, keeping the running configuration: %s", exc)
-            continue
-        holder.current = runtime
-        configure_logging(config.milter)
-        log.info("reloaded configuration and trust anchors")
-        # Messages still verifying on the old pool finish there.
-        threading.Thread(target=_close_pool, args=(old,), daemon=True).start()
+        signum = signal.sigwait(STOP_SIGNALS | {RELOAD_SIGNAL})
+        if signum in STOP_SIGNALS:
+            log.info("%s received, finishing open connections", signal.Signals(signum).name)
+            libmilter.stop()
+            return
+        _reload(holder, load, store)
+
+
+def _reload(holder: RuntimeHolder, load: Callable[[], Config], store: Store) -> None:
+    """Build a complete new Runtime before swapping it in, so a bad edit keeps
+    the running configuration and no message sees half of each."""
+    old = holder.current
+    try:
+        config = load()
+        if config.store != old.config.store or config.milter.socket != old.config.milter.socket:
+            log.warning("reload: store and socket changes take effect after a restart")
+        runtime = _make_runtime(config, store)
+    except Exception as exc:
+        log.error("reload failed, keeping the running configuration: %s", exc)
+        return
+    holder.current = runtime
+    configure_logging(config.milter)
+    log.info("reloaded configuration and trust anchors")
+    # Messages still verifying on the old pool finish there.
+    threading.Thread(target=_close_pool, args=(old,), daemon=True).start()
 
 
 def _close_pool(runtime: Runtime) -> None:
@@ -157,6 +181,7 @@ def _close_pool(runtime: Runtime) -> None:
 
 def run(config: Config, load: Callable[[], Config]) -> int:
     """Serve until libmilter is told to stop; returns the exit status."""
+    _start_multiprocessing_helpers()
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS | {RELOAD_SIGNAL})
     configure_logging(config.milter)
     socket_path = _open_socket(config)
@@ -166,8 +191,8 @@ def run(config: Config, load: Callable[[], Config]) -> int:
     try:
         holder = RuntimeHolder(_make_runtime(config, store))
         SmimeMilter.holder = holder
-        threading.Thread(target=_reload_loop, args=(holder, load, store), daemon=True,
-                         name="reload").start()
+        threading.Thread(target=_signal_loop, args=(holder, load, store), daemon=True,
+                         name="signals").start()
         log.info("listening on %s (store %s, %d workers)", config.milter.socket,
                  config.store.path, holder.current.verifier.workers)  # type: ignore[attr-defined]
         libmilter.main()
