@@ -33,7 +33,7 @@ from .app import Runtime, RuntimeHolder, SmimeMilter, hostname
 from .config import Config
 from .pool import VerifierPool
 from .store import Store
-from .wiring import configure_logging
+from .wiring import build_verifier, configure_logging
 
 log = logging.getLogger("smime_milter")
 
@@ -121,6 +121,9 @@ def _drop_privileges(user: str | None) -> None:
 
 
 def _make_runtime(config: Config, store: Store) -> Runtime:
+    # Load anchors and keys here first: a bad file is then one clear error, not a
+    # traceback from every worker's initializer.
+    build_verifier(config)
     pool = VerifierPool(config, config.milter.workers)
     try:
         pool.check()
