@@ -662,3 +662,14 @@ def test_authserv_id_of_is_total(value: str | bytes) -> None:
     found = authserv_id_of(value)
     assert found is None or isinstance(found, str)
     claims_authserv_id(value, "example.com")
+
+
+def test_issuer_is_written_as_rfc4514_from_the_certificate(pki) -> None:  # type: ignore[no-untyped-def]
+    from tests.support.smime import multipart_signed, text_entity
+    from tests.support.verdicts import NOW, make_verifier
+
+    verdict = make_verifier(pki).verify(multipart_signed(text_entity("hi\n"), pki.rsa), at=NOW)
+    value = " ".join(authentication_results("mx.example.org", verdict).split())
+    assert 'body.smime-issuer="CN=Test Intermediate CA,O=smime-milter tests"' in value
+    digits = f"{pki.rsa.cert.serial_number:X}"
+    assert f"body.smime-serial={digits.zfill(len(digits) + len(digits) % 2)} " in value

@@ -28,6 +28,8 @@ from collections.abc import Iterable
 from itertools import islice
 from urllib.parse import unquote
 
+from cryptography import x509
+
 from smime_milter.mime import Address, parse_address
 from smime_milter.model import SignerResult, Status, Verdict
 
@@ -232,7 +234,7 @@ def _certificate_properties(signer: SignerResult) -> list[str]:
     -serial`` show it (a decimal rendering of a 20-octet serial runs to 49
     digits and matches nothing an admin can look up).
     """
-    serial, issuer = signer.serial, signer.issuer
+    serial, issuer = signer.serial, _rfc4514_issuer(signer)
     if (serial is None or not issuer or len(issuer) > MAX_QUOTED
             or abs(serial).bit_length() > MAX_SERIAL_BITS):
         return []
@@ -242,6 +244,17 @@ def _certificate_properties(signer: SignerResult) -> list[str]:
     if len(quoted) > MAX_QUOTED:
         return []
     return [f"body.smime-serial={digits}", f"body.smime-issuer={quoted}"]
+
+
+def _rfc4514_issuer(signer: SignerResult) -> str:
+    """The issuer as an RFC 4514 string ("CN=Example CA,O=Example"), which tools
+    can match, rather than the display form; falls back to the latter."""
+    if signer.certificate is not None:
+        try:
+            return x509.load_der_x509_certificate(signer.certificate).issuer.rfc4514_string()
+        except ValueError:
+            pass
+    return signer.issuer
 
 
 def _fold(head: str, resinfos: list[list[str]]) -> str:
