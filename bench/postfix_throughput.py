@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,6 +61,8 @@ Regards
 class Throughput:
     messages: int
     seconds: float
+    #: Delivered copies picked evenly from the Maildir (``samples=`` of measure_throughput).
+    samples: tuple[bytes, ...] = field(default=(), repr=False)
 
     @property
     def per_second(self) -> float:
@@ -74,11 +76,13 @@ def measure_throughput(
     milter: str | None = None,
     settings: Mapping[str, Setting] | None = None,
     timeout: float = 600.0,
+    samples: int = 0,
 ) -> Throughput:
     """Deliver *count* copies of *message* through a fresh Postfix; time first SMTP
     connection to last Maildir delivery.  *milter* is a Postfix milter socket
     (``unix:/path`` or ``inet:host:port``) that must already be listening; *settings*
-    are extra main.cf parameters."""
+    are extra main.cf parameters.  *samples* delivered copies, spread evenly over the
+    run, are read back (after the clock stops) for the caller to check."""
     with (
         tempfile.TemporaryDirectory(prefix="postfix-bench-") as base,
         PostfixInstance(Path(base), milter, settings=settings, mailboxes=[RECIPIENT]) as mta,
@@ -105,10 +109,14 @@ def measure_throughput(
         while mta.delivered_count(RECIPIENT) < count:
             if time.monotonic() > deadline:
                 raise TimeoutError(
-                    f"{mta.delivered_count(RECIPIENT)} of {count} delivered in {timeout}s"
+                    f"{mta.delivered_count(RECIPIENT)} of {count} delivered in {timeout}s\n"
+                    + "\n".join(mta.log_text().splitlines()[-20:])
                 )
             time.sleep(0.005)
-        return Throughput(count, time.monotonic() - started)
+        seconds = time.monotonic() - started
+        paths = mta.message_paths(RECIPIENT) if samples > 0 else []
+        picked = [paths[i * len(paths) // samples] for i in range(min(samples, len(paths)))]
+        return Throughput(count, seconds, tuple(path.read_bytes() for path in picked))
 
 
 def main(argv: list[str] | None = None) -> None:
