@@ -21,7 +21,7 @@ import pytest
 from smime_milter.model import Status
 from smime_milter.stamp import parse_status_header
 from tests.support.daemon import MilterProcess
-from tests.support.pki import TestPki, build_pki
+from tests.support.pki import TestPki
 from tests.support.postfix import (
     POSTFIX_MISSING,
     PostfixFactory,
@@ -46,20 +46,6 @@ _next_mailbox = iter(MAILBOXES)
 def rcpt() -> str:
     """A mailbox of this test's own, so each test reads only its own deliveries."""
     return next(_next_mailbox)
-
-
-@pytest.fixture(scope="module")
-def live_pki() -> TestPki:
-    """The test PKI minted around today: the daemon validates at the wall clock."""
-    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    return build_pki(today)
-
-
-@pytest.fixture(scope="module")
-def anchors(live_pki: TestPki, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("anchors") / "root.pem"
-    path.write_bytes(live_pki.root.cert_pem)
-    return path
 
 
 def _milter(directory: Path, anchors: Path, extra_toml: str = "", **options: str

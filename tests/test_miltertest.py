@@ -27,7 +27,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import replace
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -52,7 +51,7 @@ from tests.support.miltertest import (
     run_session,
     smtp_reply_is,
 )
-from tests.support.pki import TestPki, build_pki
+from tests.support.pki import TestPki
 from tests.support.smime import multipart_signed, text_entity, wrap_message
 
 pytestmark = pytest.mark.skipif(MILTERTEST is None, reason=MILTERTEST_MISSING)
@@ -81,20 +80,6 @@ class Daemon(MilterProcess):
         at = lines.index("[milter]\n") + 1
         lines[at:at] = [self.milter_toml]
         self.config.write_text("".join(lines))
-
-
-@pytest.fixture(scope="module")
-def live_pki() -> TestPki:
-    """The test PKI minted around today: the daemon validates at the wall clock."""
-    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    return build_pki(today)
-
-
-@pytest.fixture(scope="module")
-def anchors(live_pki: TestPki, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("anchors") / "root.pem"
-    path.write_bytes(live_pki.root.cert_pem)
-    return path
 
 
 @pytest.fixture(scope="module")
