@@ -105,7 +105,8 @@ def plan_delivery(
     else:
         result = "temperror" if decision.outcome is Outcome.ERROR else "neutral"
         additions.append(
-            (stamp.AR_HEADER, f"{authserv_id}; smime={result} (not examined: {reason})")
+            (stamp.AR_HEADER, stamp.unexamined_results(authserv_id, result,
+                                                       f"not examined: {reason}"))
         )
 
     subject = None

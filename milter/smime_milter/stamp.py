@@ -155,6 +155,13 @@ def authentication_results(authserv_id: str, verdict: Verdict) -> str:
     return _fold(_authserv_value(authserv_id), resinfos)
 
 
+def unexamined_results(authserv_id: str, result: str, reason: str) -> str:
+    """The value for a message the milter did not examine (too large, or its
+    own machinery failed and policy said deliver anyway): one result with the
+    reason as a comment, quoted and cleaned like every other value."""
+    return f"{_authserv_value(authserv_id)}; smime={result} {_comment((reason,), result)}"
+
+
 def _unverified_reason(verdict: Verdict) -> tuple[str, ...]:
     """Why S/MIME content was not checked: the engine's notes, else the layer."""
     if verdict.notes:
