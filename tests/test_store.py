@@ -251,21 +251,33 @@ def test_replacing_a_record_keeps_its_id_and_content(store: Store) -> None:
 
 
 def test_on_disk_layout_matches_the_schema_document(path: Path) -> None:
-    kept = record(record_id="rkept", status=Status.SIGNED_VERIFIED)
+    crl = b"\x30\x82a CRL" * 10
+    kept = record(
+        record_id="rkept", status=Status.SIGNED_VERIFIED, crls=(crl,),
+        message_errors=("message has 2 From header fields",),
+        signers=(signer(errors=("untrusted root",), chain_errors=("untrusted root",)),),
+    )
     with Store.open(path) as opened:
         opened.put_sync(kept)
         opened.update("rkept", status=Status.SIGNED_FAILED, errors=("revoked",))
+        opened.record_trust("00ff", RECEIVED).result()
     with raw_env(path) as env, env.begin() as txn:
         names = sorted(key.decode() for key in txn.cursor().iternext(values=False))
-        assert names == sorted(["meta", "records", "certs", "changes", *INDEXES])
+        assert names == sorted(["meta", "records", "certs", "crls", "changes", *INDEXES,
+                                "verify_due"])
         meta = dict(txn.cursor(db=raw_db(env, txn, "meta")))
         assert meta == {b"schema": str(SCHEMA_VERSION).encode(), b"state": b"2",
-                        b"min_state": b"0"}
+                        b"min_state": b"0", b"trust_generation": b"00ff",
+                        b"trust_changed_at": str(int(RECEIVED.timestamp())).encode()}
         assert dict(txn.cursor(db=raw_db(env, txn, "changes"))) == {
             (1).to_bytes(8, "big"): b"crkept", (2).to_bytes(8, "big"): b"urkept",
         }
         certs = dict(txn.cursor(db=raw_db(env, txn, "certs")))
         assert certs == {sha(der).encode(): der for der in (LEAF, INTERMEDIATE, ROOT)}
+        assert dict(txn.cursor(db=raw_db(env, txn, "crls"))) == {sha(crl).encode(): crl}
+        assert dict(txn.cursor(db=raw_db(env, txn, "verify_due"))) == {
+            int(RECEIVED.timestamp()).to_bytes(8, "big") + b"rkept": b""
+        }
         for index, members in [("has_smime", {b"rkept": b""}), ("has_verified_smime", {}),
                                ("has_verified_smime_at_delivery", {b"rkept": b""})]:
             assert dict(txn.cursor(db=raw_db(env, txn, index))) == members
@@ -294,15 +306,18 @@ def test_on_disk_layout_matches_the_schema_document(path: Path) -> None:
             "signatureOk": True,
             "chainOk": True,
             "fromMatch": True,
-            "errors": [],
+            "errors": ["untrusted root"],
             "signingTime": "2026-06-01T12:29:00Z",
             "certificate": sha(LEAF),
             "path": [sha(LEAF), sha(INTERMEDIATE), sha(ROOT)],
+            "chainErrors": ["untrusted root"],
         }],
         "certificates": [sha(LEAF), sha(INTERMEDIATE)],
         "layer": "multipart/signed",
         "signedPart": "1",
         "notes": ["a note"],
+        "crls": [sha(crl)],
+        "messageErrors": ["message has 2 From header fields"],
     }
 
 
@@ -702,9 +717,9 @@ def test_read_only_open_of_a_missing_store(tmp_path: Path) -> None:
 def test_schema_mismatch(path: Path) -> None:
     Store.open(path).close()
     with raw_env(path, readonly=False) as env, env.begin(write=True) as txn:
-        txn.put(b"schema", b"2", db=env.open_db(b"meta", txn=txn, create=False))
+        txn.put(b"schema", b"1", db=env.open_db(b"meta", txn=txn, create=False))
     for readonly in (False, True):
-        with pytest.raises(StoreError, match="schema version b'2'") as caught:
+        with pytest.raises(StoreError, match="schema version b'1'.*ingest") as caught:
             Store.open(path, readonly=readonly)
         assert caught.value.reason == "schema"
 

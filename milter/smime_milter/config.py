@@ -22,6 +22,8 @@ from .policy import MACHINERY_ACTIONS, Action, Actions, Policy, merged
 DEFAULT_CONFIG = Path("/etc/smime-milter/smime-milter.toml")
 DEFAULT_SOCKET = "unix:/run/smime-milter/smime-milter.sock"
 DEFAULT_STORE = Path("/var/lib/smime-milter/store")
+#: Trust anchors managed by ``smime-milter trust add|remove``.
+DEFAULT_ANCHOR_DIRECTORY = Path("/etc/smime-milter/anchors")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -34,6 +36,16 @@ class TrustConfig:
     anchors: tuple[Path, ...] = (SYSTEM_ANCHORS,)
     intermediates: tuple[Path, ...] = ()
     crls: tuple[Path, ...] = ()
+    #: Anchors added with ``smime-milter trust add`` (trusted in addition to
+    #: ``anchors``; a missing directory holds none).
+    anchor_directory: Path = DEFAULT_ANCHOR_DIRECTORY
+
+    @property
+    def all_anchors(self) -> tuple[Path, ...]:
+        """Every anchor source: the configured ones and the managed directory."""
+        if self.anchor_directory.is_dir():
+            return (*self.anchors, self.anchor_directory)
+        return self.anchors
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +94,18 @@ class StoreConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class JmapConfig:
+    """The JMAP read API (``smime-milter jmap`` and ``smime_milter.jmap``)."""
+
+    #: How long a computed smimeStatus is reused (RFC 9219: at most 24 hours).
+    cache_lifetime: float = 3600.0
+    #: ``unix:/path`` to serve the JMAP API over HTTP (``jmap --listen``).
+    listen: str | None = None
+    #: Mode of that socket; give the JMAP server's user the service group.
+    listen_mode: int = 0o660
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """Everything the verifier and the daemon need, from one file."""
 
@@ -92,6 +116,7 @@ class Config:
     milter: MilterConfig = field(default_factory=MilterConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     policy: Policy = field(default_factory=Policy)
+    jmap: JmapConfig = field(default_factory=JmapConfig)
 
 
 _SOCKET = re.compile(r"^(?:(?:unix|local):/.+|inet6?:\d{1,5}(?:@[^\s@]+)?)$")
@@ -210,7 +235,7 @@ class _Reader:
             raise self.error(key, "unknown key")
 
 
-_TABLES = ("trust", "verify", "decrypt", "milter", "store", "policy")
+_TABLES = ("trust", "verify", "decrypt", "milter", "store", "policy", "jmap")
 
 
 def parse_config(text: str, path: Path | None = None) -> Config:
@@ -234,6 +259,8 @@ def parse_config(text: str, path: Path | None = None) -> Config:
         anchors=trust.paths("anchors", defaults.anchors),
         intermediates=trust.paths("intermediates", ()),
         crls=trust.paths("crls", ()),
+        anchor_directory=_relative(trust, trust.optional_str("anchor_directory"))
+        or defaults.anchor_directory,
     )
     revocation = trust.choice("revocation", RevocationMode, RevocationMode.SOFT)
     trust.finish()
@@ -259,18 +286,40 @@ def parse_config(text: str, path: Path | None = None) -> Config:
         milter=_milter_config(_Reader(path, text, "milter", data.get("milter", {}))),
         store=_store_config(_Reader(path, text, "store", data.get("store", {}))),
         policy=_policy(path, text, data.get("policy", {})),
+        jmap=_jmap_config(_Reader(path, text, "jmap", data.get("jmap", {}))),
     )
+
+
+def check_listen(text: str) -> str:
+    """A ``unix:/absolute/path`` listening address (raises ValueError)."""
+    if not re.fullmatch(r"unix:/\S+", text):
+        raise ValueError(f"not a unix socket address (unix:/path): {text!r}")
+    return text
+
+
+def _octal_mode(reader: _Reader, key: str, default: int) -> int:
+    text = reader.take(key, str, None)
+    if text is None:
+        return default
+    if not re.fullmatch(r"0?[0-7]{3}", text):
+        raise reader.error(key, f"expected an octal mode such as \"0660\", got {text!r}")
+    return int(text, 8)
+
+
+def _jmap_config(reader: _Reader) -> JmapConfig:
+    defaults = JmapConfig()
+    config = JmapConfig(
+        cache_lifetime=float(reader.number("cache_lifetime", defaults.cache_lifetime, 0, 86400)),
+        listen=reader.choice("listen", check_listen, None),
+        listen_mode=_octal_mode(reader, "listen_mode", defaults.listen_mode),
+    )
+    reader.finish()
+    return config
 
 
 def _milter_config(reader: _Reader) -> MilterConfig:
     defaults = MilterConfig()
-    mode_text = reader.take("socket_mode", str, None)
-    mode = defaults.socket_mode
-    if mode_text is not None:
-        if not re.fullmatch(r"0?[0-7]{3}", mode_text):
-            raise reader.error("socket_mode", f"expected an octal mode such as \"0660\", "
-                               f"got {mode_text!r}")
-        mode = int(mode_text, 8)
+    mode = _octal_mode(reader, "socket_mode", defaults.socket_mode)
     config = MilterConfig(
         socket=reader.choice("socket", check_socket, defaults.socket),
         socket_mode=mode,

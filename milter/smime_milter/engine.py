@@ -24,6 +24,7 @@ from .cms import AlgorithmPolicy, CmsError, SignedData, check_signature, parse_s
 from .der import read as read_der
 from .envelope import DecryptionKey, decrypt
 from .model import ChainResult, RevocationMode, SignerResult, Status, Verdict
+from .status import signed_status
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +55,13 @@ class _Layer:
 
 @dataclass(frozen=True, slots=True)
 class _SignedOutcome:
+    """What a signed layer yields before its status is decided."""
+
     signers: tuple[SignerResult, ...]
-    errors: tuple[str, ...]
-    verified: bool
-    from_address: str | None
-    notes: tuple[str, ...] = ()
+    message_errors: tuple[str, ...]
+    from_address: str | None = None
     certificates: tuple[bytes, ...] = ()
+    crls: tuple[bytes, ...] = ()
 
 
 def _layer_of(entity: mime.Entity) -> _Layer:
@@ -144,10 +146,6 @@ def _cms_content_type(blob: bytes) -> str | None:
     except (ValueError, IndexError):
         return None
     return _CMS_TYPES.get(blob[element.start : element.end])
-
-
-def _signer_label(signer: SignerResult, number: int) -> str:
-    return (signer.emails[0] if signer.emails else signer.subject) or f"#{number}"
 
 
 def _listing(numbers: list[str], limit: int = 10) -> str:
@@ -261,8 +259,7 @@ class Verifier:
         layer = _layer_of(top)
         if layer.kind in ("detached", "opaque"):
             outcome = self._evaluate_signed(layer, top, at)
-            status = Status.SIGNED_VERIFIED if outcome.verified else Status.SIGNED_FAILED
-            return self._verdict(status, outcome, layer, verified_at, "1")
+            return self._verdict(outcome, layer, verified_at, "1", encrypted=False)
         if layer.kind == "enveloped":
             return self._evaluate_enveloped(layer, top, at, verified_at)
         if layer.kind == "foreign-signed":
@@ -273,19 +270,22 @@ class Verifier:
         return self._evaluate_nested(top, at, verified_at)
 
     def _verdict(
-        self, status: Status, outcome: _SignedOutcome, layer: _Layer, verified_at: datetime,
-        part: str,
+        self, outcome: _SignedOutcome, layer: _Layer, verified_at: datetime, part: str,
+        *, encrypted: bool,
     ) -> Verdict:
+        decided = signed_status(outcome.signers, outcome.message_errors, encrypted=encrypted)
         return Verdict(
-            status=status,
-            errors=None if status.is_verified else (outcome.errors or ("signature not verified",)),
+            status=decided.status,
+            errors=decided.errors,
             verified_at=verified_at,
             signers=outcome.signers,
             layer="multipart/signed" if layer.kind == "detached" else "signed-data",
             signed_part=part,
             from_address=outcome.from_address,
-            notes=outcome.notes,
+            notes=decided.notes,
             certificates=outcome.certificates,
+            crls=outcome.crls,
+            message_errors=outcome.message_errors,
         )
 
     # -- encrypted ---------------------------------------------------------
@@ -309,9 +309,7 @@ class Verifier:
             return Verdict(Status.UNKNOWN, None, None, layer="enveloped-data",
                            notes=("decrypted content is not signed",))
         outcome = self._evaluate_signed(inner_layer, top, at)
-        status = (Status.ENCRYPTED_SIGNED_VERIFIED if outcome.verified
-                  else Status.ENCRYPTED_SIGNED_FAILED)
-        verdict = self._verdict(status, outcome, inner_layer, verified_at, "1")
+        verdict = self._verdict(outcome, inner_layer, verified_at, "1", encrypted=True)
         return replace(verdict, layer=f"enveloped-data/{verdict.layer}")
 
     # -- S/MIME only below the top level ------------------------------------
@@ -335,9 +333,9 @@ class Verifier:
             f"part(s) {_listing(unsigned) or 'around it'} not signed"
         )
         return self._verdict(
-            Status.SIGNED_FAILED,
-            replace(outcome, errors=(partial, *outcome.errors), verified=False),
+            replace(outcome, message_errors=(partial, *outcome.message_errors)),
             layer, verified_at, f"{number}.1" if layer.kind == "detached" else number,
+            encrypted=False,
         )
 
     # -- signed layers -------------------------------------------------------
@@ -346,39 +344,32 @@ class Verifier:
                          ) -> _SignedOutcome:
         """Check every SignerInfo of a signed layer and bind it to From."""
         if layer.problem or layer.der is None:
-            return _SignedOutcome((), (layer.problem or "signature missing",), False, None)
+            return _SignedOutcome((), (layer.problem or "signature missing",))
         try:
             signed_data = parse_signed_data(layer.der)
         except CmsError as exc:
-            return _SignedOutcome((), (str(exc),), False, None)
+            return _SignedOutcome((), (str(exc),))
         if layer.kind == "detached":
             content = layer.signed_content or b""
             inner = layer.inner
         else:
             if signed_data.econtent is None:
-                return _SignedOutcome((), ("signed-data carries no content",), False, None)
+                return _SignedOutcome((), ("signed-data carries no content",))
             content = signed_data.econtent
             inner = mime.try_parse_entity(content)
         if not signed_data.signer_infos:
-            return _SignedOutcome((), ("signed-data carries no signature",), False, None)
+            return _SignedOutcome((), ("signed-data carries no signature",))
 
         from_address, message_errors = self._signer_address_source(header_source, inner)
         signers = tuple(
             self._check_signer(signer_info, signed_data, content, from_address, at)
             for signer_info in signed_data.signer_infos
         )
-        verified = not message_errors and any(signer.ok for signer in signers)
-        errors: list[str] = list(message_errors)
-        notes: list[str] = []
-        several = len(signers) > 1
-        for number, signer in enumerate(signers, start=1):
-            for error in signer.errors:
-                line = f"signer {_signer_label(signer, number)}: {error}" if several else error
-                (notes if verified else errors).append(line)
         return _SignedOutcome(
-            signers, tuple(dict.fromkeys(errors)), verified,
-            from_address.text if from_address else None, tuple(notes),
+            signers, tuple(message_errors),
+            from_address.text if from_address else None,
             tuple(cert.der for cert in signed_data.certificates),
+            tuple(signed_data.crls),
         )
 
     def _signer_address_source(
@@ -422,7 +413,6 @@ class Verifier:
         if info is not None:
             others = [c.cert for c in signed_data.certificates if c.sha256 != info.sha256]
             chain = self.chains.validate(info.cert, others, signed_data.crls, at)
-            errors.extend(chain.errors)
             emails = info.emails
         from_match = False
         if info is not None and from_address is not None:
@@ -439,6 +429,7 @@ class Verifier:
                     f"From address {from_address.text} does not match the certificate "
                     f"({', '.join(emails)})"
                 )
+        # Chain errors last: SignerResult.with_chain replaces exactly them.
         return SignerResult(
             emails=emails,
             subject=info.subject if info else "",
@@ -449,10 +440,11 @@ class Verifier:
             signature_ok=check.ok,
             chain_ok=chain.ok,
             from_match=from_match,
-            errors=tuple(errors),
+            errors=(*errors, *chain.errors),
             signing_time=check.signing_time,
             certificate=info.der if info else None,
             path=chain.path,
+            chain_errors=chain.errors,
         )
 
 

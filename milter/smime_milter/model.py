@@ -7,7 +7,7 @@ threads and stored without anyone changing it behind the caller's back.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 
@@ -73,10 +73,25 @@ class SignerResult:
     certificate: bytes | None = None
     #: DER of the validated path, end entity first (empty when it failed).
     path: tuple[bytes, ...] = ()
+    #: The trailing entries of ``errors`` that came from path validation, so
+    #: the chain can be re-validated at another moment without the message.
+    chain_errors: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
         return self.signature_ok and self.chain_ok and self.from_match and not self.errors
+
+    def with_chain(self, chain: ChainResult) -> SignerResult:
+        """This signer with its path validation replaced by ``chain`` (the
+        signature and From binding are facts of the message and stay)."""
+        kept = self.errors[: len(self.errors) - len(self.chain_errors)]
+        return replace(
+            self,
+            chain_ok=chain.ok,
+            errors=(*kept, *chain.errors),
+            path=chain.path,
+            chain_errors=chain.errors,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,3 +117,9 @@ class Verdict:
     #: DER of every certificate the SignedData carried, so the chain can be
     #: re-validated later without the message.
     certificates: tuple[bytes, ...] = field(default=())
+    #: DER of the CRLs the SignedData carried (used again on re-validation).
+    crls: tuple[bytes, ...] = field(default=())
+    #: Errors about the message rather than a signer (From missing, a
+    #: signature covering only part of the message...): while there are any,
+    #: no re-validation of the signers can make the message verified.
+    message_errors: tuple[str, ...] = field(default=())

@@ -18,9 +18,15 @@ from .engine import Verifier
 from .envelope import load_decryption_key
 
 
+def load_trust(config: Config) -> TrustStore:
+    """The configured anchors (with the ``trust add`` directory), intermediates, CRLs."""
+    trust = config.trust
+    return TrustStore.load(trust.all_anchors, trust.intermediates, trust.crls)
+
+
 def build_verifier(config: Config, extra_keys: Sequence[Path] = ()) -> Verifier:
     """A Verifier over the configured trust anchors, CRLs and decryption keys."""
-    trust = TrustStore.load(config.trust.anchors, config.trust.intermediates, config.trust.crls)
+    trust = load_trust(config)
     keys = [load_decryption_key(k.key, k.certificate) for k in config.decrypt_keys]
     keys.extend(load_decryption_key(path) for path in extra_keys)
     return Verifier(trust, config.verify, keys)

@@ -1,0 +1,291 @@
+"""The status of a stored record at another moment, without the message.
+
+At delivery the engine records every signer's signature check, From binding
+and certificates. Whether a signature *holds* never changes; whether its
+certificate chain is acceptable does (expiry, revocation, trust anchors).
+So a record is re-validated by validating each signer's chain again at the
+new moment and deciding the status with the same function the engine uses
+(``status.signed_status``): an unchanged outcome gives identical status and
+errors, which keeps Email/changes quiet.
+
+:class:`Refresher` applies this to the store: RFC 9219 lets a server cache
+``smimeStatus`` for up to 24 hours; a status older than the configured
+lifetime, or computed before the trust anchors last changed, is stale and is
+re-validated as of now when someone asks for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from asn1crypto import x509
+
+from .chain import ChainValidator
+from .model import Status
+from .status import signed_status
+from .store import Record, StatusView, Store
+
+log = logging.getLogger(__name__)
+
+#: RFC 9219 §4.1: results "MAY be cached for up to 24 hours".
+MAX_CACHE_LIFETIME = timedelta(hours=24)
+DEFAULT_CACHE_LIFETIME = timedelta(hours=1)
+_BATCH = 512
+
+
+@dataclass(frozen=True, slots=True)
+class Assessment:
+    """A record's status and errors as of one moment."""
+
+    status: Status | None
+    errors: tuple[str, ...] | None
+
+
+class Revalidator:
+    """Re-validates stored records against one ChainValidator; thread-safe."""
+
+    def __init__(self, chains: ChainValidator, cert_cache_size: int = 10_000) -> None:
+        self.chains = chains
+        self._certs: OrderedDict[bytes, x509.Certificate] = OrderedDict()
+        self._cache_size = cert_cache_size
+        self._lock = threading.Lock()
+
+    @property
+    def generation(self) -> str:
+        """The trust-anchor set statuses are computed with."""
+        return self.chains.trust.generation
+
+    def assess(self, record: Record, at: datetime) -> Assessment | None:
+        """The record's status as of ``at``; None when nothing in it can be
+        re-validated (no signer certificate), so the stored status stands."""
+        if not record.revalidatable:
+            return None
+        others = [self._cert(der) for der in record.certificates]
+        signers = []
+        for signer in record.signers:
+            if signer.certificate is None:
+                signers.append(signer)
+                continue
+            leaf = self._cert(signer.certificate)
+            extra = [cert for cert, der in zip(others, record.certificates, strict=True)
+                     if der != signer.certificate]
+            signers.append(signer.with_chain(self.chains.validate(leaf, extra, record.crls, at)))
+        encrypted = (record.layer or "").startswith("enveloped-data/")
+        decided = signed_status(signers, record.message_errors, encrypted=encrypted)
+        return Assessment(decided.status, decided.errors)
+
+    def _cert(self, der: bytes) -> x509.Certificate:
+        with self._lock:
+            cert = self._certs.get(der)
+            if cert is not None:
+                self._certs.move_to_end(der)
+                return cert
+        cert = x509.Certificate.load(der)
+        with self._lock:
+            self._certs[der] = cert
+            while len(self._certs) > self._cache_size:
+                self._certs.popitem(last=False)
+        return cert
+
+
+@dataclass(frozen=True, slots=True)
+class AtDeliveryChange:
+    """An at-delivery status that a newly added trust anchor changed."""
+
+    record_id: str
+    old: Assessment
+    new: Assessment
+
+
+class Refresher:
+    """Keeps current statuses within the cache lifetime and the trust epoch.
+
+    Over a writable store, re-validated statuses are written back (a change
+    of status or errors is an Email/changes update; a new smimeVerifiedAt
+    alone is not). Over a read-only store they are kept in memory for the
+    life of this object, and Email/changes cannot see them.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        revalidator: Revalidator,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        lifetime: timedelta = DEFAULT_CACHE_LIFETIME,
+        readonly: bool = False,
+    ) -> None:
+        if not timedelta(0) <= lifetime <= MAX_CACHE_LIFETIME:
+            raise ValueError(f"cache lifetime must be between 0 and 24 hours, got {lifetime}")
+        self.store = store
+        self.revalidator = revalidator
+        self.clock = clock
+        self.lifetime = lifetime
+        self.readonly = readonly
+        self._overlay: dict[str, StatusView] = {}
+        self._trust_changed_at = datetime.fromtimestamp(0, UTC)
+        self._lock = threading.Lock()
+        self.sync_trust()
+
+    # ----------------------------------------------------------------- trust
+
+    def sync_trust(self) -> None:
+        """Records our anchor set in the store; a different one than last
+        recorded makes every status verified before now stale."""
+        generation = self.revalidator.generation
+        epoch = self.store.trust_epoch()
+        if epoch is not None and epoch.generation == generation:
+            self._trust_changed_at = epoch.changed_at
+            return
+        now = self.clock()
+        # The first generation ever recorded starts no epoch: statuses
+        # written before it were computed by a milter with these anchors.
+        changed_at = datetime.fromtimestamp(0, UTC) if epoch is None else now
+        if not self.readonly:
+            self.store.record_trust(generation, changed_at).result()
+            epoch = self.store.trust_epoch()
+            changed_at = epoch.changed_at if epoch is not None else changed_at
+        self._trust_changed_at = changed_at
+        with self._lock:
+            self._overlay.clear()
+
+    # ----------------------------------------------------------------- staleness
+
+    def cutoff(self) -> datetime:
+        """Statuses verified before this moment are stale."""
+        return max(self.clock() - self.lifetime, self._trust_changed_at)
+
+    def is_stale(self, view: StatusView, cutoff: datetime | None = None) -> bool:
+        if not view.revalidatable or view.verified_at is None:
+            return False
+        return view.verified_at < (cutoff or self.cutoff())
+
+    # ----------------------------------------------------------------- reads
+
+    def views(self, ids: Iterable[str], *, fresh: bool) -> dict[str, StatusView]:
+        """Status views of the records among ``ids``; with ``fresh``, stale
+        ones are re-validated first (in bulk) and their new values returned."""
+        found = self.store.views(ids)
+        with self._lock:
+            for record_id in found.keys() & self._overlay.keys():
+                found[record_id] = self._overlay[record_id]
+        if fresh:
+            cutoff = self.cutoff()
+            stale = [rid for rid, view in found.items() if self.is_stale(view, cutoff)]
+            found.update(self.refresh(stale))
+        return found
+
+    def stale_ids(self) -> Iterator[str]:
+        """Every record id whose stored status is stale (the ``verify_due``
+        index), oldest first."""
+        with self._lock:
+            overlay = dict(self._overlay)
+        cutoff = self.cutoff()
+        for record_id in self.store.due(cutoff):
+            fresh = overlay.get(record_id)
+            if fresh is None or fresh.verified_at is None or fresh.verified_at < cutoff:
+                yield record_id
+
+    # ----------------------------------------------------------------- writes
+
+    def refresh(self, ids: Iterable[str]) -> dict[str, StatusView]:
+        """Re-validates ``ids`` as of now; returns their new views."""
+        updated: dict[str, StatusView] = {}
+        batch: list[str] = []
+        for record_id in ids:
+            batch.append(record_id)
+            if len(batch) >= _BATCH:
+                updated.update(self._refresh_batch(batch))
+                batch = []
+        if batch:
+            updated.update(self._refresh_batch(batch))
+        return updated
+
+    def refresh_due(self) -> int:
+        """Re-validates every stale record (the periodic job); returns how many."""
+        return len(self.refresh(self.stale_ids()))
+
+    def _refresh_batch(self, ids: list[str]) -> dict[str, StatusView]:
+        now = self.clock()
+        records = self.store.get_many(ids)
+        results: dict[str, StatusView] = {}
+        pending = []
+        for record_id, record in records.items():
+            assessment = self.revalidator.assess(record, now)
+            if assessment is None:
+                continue
+            view = StatusView(
+                record_id=record_id,
+                received_at=record.received_at,
+                status_at_delivery=record.status_at_delivery,
+                errors_at_delivery=record.errors_at_delivery,
+                status=assessment.status,
+                errors=assessment.errors,
+                verified_at=now.replace(microsecond=0),
+                revalidatable=True,
+            )
+            results[record_id] = view
+            if record.status != view.status or record.errors != view.errors:
+                log.info(
+                    "record %s: smimeStatus %s -> %s%s", record_id,
+                    record.status, view.status,
+                    f" ({'; '.join(view.errors)})" if view.errors else "",
+                )
+            if not self.readonly:
+                pending.append(self.store.update(
+                    record_id, status=view.status, errors=view.errors, verified_at=now
+                ))
+        for future in pending:
+            future.result()
+        if self.readonly:
+            with self._lock:
+                self._overlay.update(results)
+        return results
+
+
+def reassess_at_delivery(store: Store, revalidator: Revalidator) -> list[AtDeliveryChange]:
+    """After trust anchors were *added*: re-evaluates, as of its receivedAt,
+    every record whose at-delivery status failed on a signer's chain, and
+    writes back the ones that changed (RFC 9219 §4.1: smimeStatusAtDelivery
+    changes only when anchors are added)."""
+    changes: list[AtDeliveryChange] = []
+    batch: list[str] = []
+
+    def flush() -> None:
+        candidates = [
+            view.record_id
+            for view in store.views(batch).values()
+            if view.status_at_delivery is not None and view.status_at_delivery.is_failed
+        ]
+        pending = []
+        for record in store.get_many(candidates).values():
+            if all(signer.chain_ok for signer in record.signers if signer.certificate):
+                continue  # no chain failed: a new anchor changes nothing
+            new = revalidator.assess(record, record.received_at)
+            old = Assessment(record.status_at_delivery, record.errors_at_delivery)
+            if new is None or new == old:
+                continue
+            changes.append(AtDeliveryChange(record.record_id, old, new))
+            pending.append(store.update(
+                record.record_id, status_at_delivery=new.status, errors_at_delivery=new.errors
+            ))
+            log.info(
+                "record %s: smimeStatusAtDelivery %s -> %s after a trust anchor was added",
+                record.record_id, old.status, new.status,
+            )
+        for future in pending:
+            future.result()
+        batch.clear()
+
+    for record_id in store.record_ids():
+        batch.append(record_id)
+        if len(batch) >= _BATCH:
+            flush()
+    if batch:
+        flush()
+    return changes
