@@ -131,7 +131,28 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--trust-anchors", type=Path, action="append", default=[],
                      metavar="PATH", help="trust anchor PEM file or directory (repeatable)")
     run.add_argument("--workers", type=int, help="verification processes (0: one per CPU)")
+    run.set_defaults(handler=_run_daemon)
+    verify.set_defaults(handler=_run_verify)
+    check.set_defaults(handler=_run_check_config)
     return parser
+
+
+def _service_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--config`` and ``--store``, for the commands that work on the store."""
+    parser.add_argument("--config", type=Path, help=f"configuration file (default: "
+                        f"{DEFAULT_CONFIG} when it exists, else the built-in defaults)")
+    parser.add_argument("--store", type=Path, metavar="DIR",
+                        help="LMDB store directory (default: the configured store.path)")
+
+
+def _service_config(args: argparse.Namespace) -> Config:
+    """The configuration named by ``--config`` (or the default file when it
+    exists), with ``--store`` on top."""
+    path = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+    config = load_config(path) if path else Config()
+    if args.store:
+        config = replace(config, store=replace(config.store, path=args.store))
+    return config
 
 
 def _socket_argument(text: str) -> str:
@@ -143,18 +164,16 @@ def _socket_argument(text: str) -> str:
 
 def _run_config(args: argparse.Namespace) -> Config:
     """The file (if any) with the command line's overrides on top."""
-    path = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
-    config = load_config(path) if path else Config()
+    config = _service_config(args)
     milter = config.milter
     if args.socket:
         milter = replace(milter, socket=args.socket)
     if args.workers is not None:
         milter = replace(milter, workers=args.workers)
-    store = replace(config.store, path=args.store) if args.store else config.store
     trust = config.trust
     if args.trust_anchors:
         trust = replace(trust, anchors=tuple(args.trust_anchors))
-    return replace(config, milter=milter, store=store, trust=trust)
+    return replace(config, milter=milter, trust=trust)
 
 
 def _run_daemon(args: argparse.Namespace) -> int:
@@ -199,22 +218,20 @@ def _run_verify(args: argparse.Namespace) -> int:
     return status
 
 
+def _run_check_config(args: argparse.Namespace) -> int:
+    build_verifier(load_config(args.config))
+    print(f"{args.config}: OK")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     try:
-        if args.command == "verify":
-            return _run_verify(args)
-        if args.command == "check-config":
-            build_verifier(load_config(args.config))
-            print(f"{args.config}: OK")
-            return 0
-        if args.command == "run":
-            return _run_daemon(args)
+        return int(args.handler(args))
     except (ConfigError, TrustStoreError, StartupError, StoreError, VerifyFailure,
             ValueError) as exc:
         print(f"smime-milter: {exc}", file=sys.stderr)
         return 1
-    return 2
 
 
 if __name__ == "__main__":
