@@ -263,8 +263,8 @@ def test_on_disk_layout_matches_the_schema_document(path: Path) -> None:
         opened.record_trust("00ff", RECEIVED).result()
     with raw_env(path) as env, env.begin() as txn:
         names = sorted(key.decode() for key in txn.cursor().iternext(values=False))
-        assert names == sorted(["meta", "records", "certs", "crls", "changes", *INDEXES,
-                                "verify_due"])
+        assert names == sorted(["meta", "records", "status", "certs", "crls", "changes",
+                                *INDEXES, "verify_due"])
         meta = dict(txn.cursor(db=raw_db(env, txn, "meta")))
         assert meta == {b"schema": str(SCHEMA_VERSION).encode(), b"state": b"2",
                         b"min_state": b"0", b"trust_generation": b"00ff",
@@ -277,6 +277,15 @@ def test_on_disk_layout_matches_the_schema_document(path: Path) -> None:
         assert dict(txn.cursor(db=raw_db(env, txn, "crls"))) == {sha(crl).encode(): crl}
         assert dict(txn.cursor(db=raw_db(env, txn, "verify_due"))) == {
             int(RECEIVED.timestamp()).to_bytes(8, "big") + b"rkept": b""
+        }
+        assert json.loads(txn.get(b"rkept", db=raw_db(env, txn, "status"))) == {
+            "receivedAt": "2026-06-01T12:30:05Z",
+            "smimeStatusAtDelivery": "signed/verified",
+            "smimeErrorsAtDelivery": None,
+            "smimeStatus": "signed/failed",
+            "smimeErrors": ["revoked"],
+            "smimeVerifiedAt": "2026-06-01T12:30:05Z",
+            "revalidatable": True,
         }
         for index, members in [("has_smime", {b"rkept": b""}), ("has_verified_smime", {}),
                                ("has_verified_smime_at_delivery", {b"rkept": b""})]:

@@ -180,6 +180,11 @@ class Refresher:
             found.update(self.refresh(stale))
         return found
 
+    def overlaid(self, ids: Iterable[str]) -> dict[str, StatusView]:
+        """The in-memory statuses among ``ids`` (read-only stores only)."""
+        with self._lock:
+            return {rid: self._overlay[rid] for rid in ids if rid in self._overlay}
+
     def stale_ids(self) -> Iterator[str]:
         """Every record id whose stored status is stale (the ``verify_due``
         index), oldest first."""

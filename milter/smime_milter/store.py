@@ -48,7 +48,14 @@ SCHEMA_VERSION = 2
 INDEXES = ("has_smime", "has_verified_smime", "has_verified_smime_at_delivery")
 
 #: Every named sub-database of schema version 2.
-_DB_NAMES = ("meta", "records", "certs", "crls", "changes", *INDEXES, "verify_due")
+_DB_NAMES = (
+    "meta", "records", "status", "certs", "crls", "changes", *INDEXES, "verify_due"
+)
+#: The record members the ``status`` sub-database repeats, for cheap reads.
+_STATUS_MEMBERS = (
+    "receivedAt", "smimeStatusAtDelivery", "smimeErrorsAtDelivery", "smimeStatus",
+    "smimeErrors", "smimeVerifiedAt",
+)
 _MAX_DBS = 16
 #: Keys read per read transaction by the iterators, so none holds a snapshot
 #: (and blocks map growth) for long.
@@ -255,8 +262,8 @@ def _normalized_signer(signer: SignerResult) -> SignerResult:
 # --------------------------------------------------------------------------- JSON form
 
 
-def _date_json(moment: datetime | None) -> str | None:
-    """RFC 8620 UTCDate without fractional seconds."""
+def utc_date(moment: datetime | None) -> str | None:
+    """RFC 8620 UTCDate without fractional seconds: ``2020-07-07T14:15:18Z``."""
     if moment is None:
         return None
     return _utc(moment).replace(tzinfo=None).isoformat() + "Z"
@@ -305,6 +312,9 @@ def _tuple_or_none(values: list[str] | None) -> tuple[str, ...] | None:
     return None if values is None else tuple(values)
 
 
+_decode_json = json.JSONDecoder().decode
+
+
 def _json_bytes(value: Any) -> bytes:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
@@ -347,7 +357,7 @@ def _signer_json(signer: SignerResult, certs: _CertRefs) -> dict[str, Any]:
         "chainOk": bool(signer.chain_ok),
         "fromMatch": bool(signer.from_match),
         "errors": _texts(signer.errors),
-        "signingTime": _date_json(signer.signing_time),
+        "signingTime": utc_date(signer.signing_time),
         "certificate": certs.ref_or_none(signer.certificate),
         "path": [certs.ref(der) for der in signer.path],
         "chainErrors": _texts(signer.chain_errors),
@@ -358,7 +368,7 @@ def _record_json(record: Record, certs: _CertRefs, crls: _CertRefs) -> dict[str,
     """Every field but ``changeState``, which the writer assigns."""
     return {
         "id": record.record_id,
-        "receivedAt": _date_json(record.received_at),
+        "receivedAt": utc_date(record.received_at),
         "envelopeSender": _text(record.envelope_sender),
         "envelopeRecipients": _texts(record.envelope_recipients),
         "messageId": _text_or_none(record.message_id),
@@ -368,7 +378,7 @@ def _record_json(record: Record, certs: _CertRefs, crls: _CertRefs) -> dict[str,
         "smimeErrorsAtDelivery": _texts_or_none(record.errors_at_delivery),
         "smimeStatus": _status_json(record.status),
         "smimeErrors": _texts_or_none(record.errors),
-        "smimeVerifiedAt": _date_json(record.verified_at),
+        "smimeVerifiedAt": utc_date(record.verified_at),
         "signers": [_signer_json(signer, certs) for signer in record.signers],
         "certificates": [certs.ref(der) for der in record.certificates],
         "layer": _text_or_none(record.layer),
@@ -424,17 +434,23 @@ def _record_value(
     )
 
 
-def _view_value(doc: dict[str, Any]) -> StatusView:
-    verified_at = doc["smimeVerifiedAt"]
+def _status_entry(doc: dict[str, Any]) -> bytes:
+    """The ``status`` sub-database value of a record document."""
+    view = {name: doc[name] for name in _STATUS_MEMBERS}
+    view["revalidatable"] = _due_key(doc) is not None
+    return _json_bytes(view)
+
+
+def _view_value(record_id: str, doc: dict[str, Any]) -> StatusView:
     return StatusView(
-        record_id=doc["id"],
+        record_id=record_id,
         received_at=datetime.fromisoformat(doc["receivedAt"]),
         status_at_delivery=_status_value(doc["smimeStatusAtDelivery"]),
         errors_at_delivery=_tuple_or_none(doc["smimeErrorsAtDelivery"]),
         status=_status_value(doc["smimeStatus"]),
         errors=_tuple_or_none(doc["smimeErrors"]),
-        verified_at=_date_value(verified_at),
-        revalidatable=_due_key(doc) is not None,
+        verified_at=_date_value(doc["smimeVerifiedAt"]),
+        revalidatable=doc["revalidatable"],
     )
 
 
@@ -635,6 +651,7 @@ class _Batch:
     ) -> None:
         key = record_id.encode("ascii")
         self.txn.put(key, body, db=self.dbs["records"])
+        self.txn.put(key, _status_entry(doc), db=self.dbs["status"])
         for index, member in _index_flags(doc).items():
             if member:
                 self.txn.put(key, b"", db=self.dbs[index], overwrite=False)
@@ -1134,7 +1151,7 @@ class Store:
         if errors is not UNSET:
             patch["smimeErrors"] = _texts_or_none(errors)
         if verified_at is not UNSET:
-            patch["smimeVerifiedAt"] = _date_json(verified_at)
+            patch["smimeVerifiedAt"] = utc_date(verified_at)
         if status_at_delivery is not UNSET:
             patch["smimeStatusAtDelivery"] = _status_json(status_at_delivery)
         if errors_at_delivery is not UNSET:
@@ -1180,15 +1197,15 @@ class Store:
         """The status members of the records among ``ids`` that exist, from
         one snapshot; several times cheaper than :meth:`get_many`."""
         self._check_open()
-        db = self._env.dbs["records"]
+        db = self._env.dbs["status"]
         found: dict[str, StatusView] = {}
-        with self._env.reading("reading records") as txn:
+        with self._env.reading("reading statuses") as txn:
             for record_id in ids:
                 key = _id_key(record_id)
                 raw = None if key is None else txn.get(key, db=db)
                 if raw is not None:
                     try:
-                        found[record_id] = _view_value(json.loads(raw))
+                        found[record_id] = _view_value(record_id, _decode_json(raw.decode()))
                     except (ValueError, KeyError, TypeError, AttributeError) as exc:
                         raise StoreError(
                             "corrupt",

@@ -9,19 +9,42 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from .chain import TrustStore
+from .chain import ChainValidator, TrustStore
 from .config import Config, MilterConfig
 from .engine import Verifier
 from .envelope import load_decryption_key
+from .revalidate import Refresher, Revalidator
+from .store import Store
 
 
 def load_trust(config: Config) -> TrustStore:
     """The configured anchors (with the ``trust add`` directory), intermediates, CRLs."""
     trust = config.trust
     return TrustStore.load(trust.all_anchors, trust.intermediates, trust.crls)
+
+
+def build_refresher(
+    config: Config,
+    store: Store,
+    *,
+    readonly: bool = False,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> Refresher:
+    """The re-validation machinery of the JMAP API over ``store``, with the
+    configured anchors, revocation mode and cache lifetime."""
+    chains = ChainValidator(
+        load_trust(config),
+        revocation=config.verify.revocation,
+        allow_sha1=config.verify.algorithms.allow_sha1,
+    )
+    return Refresher(
+        store, Revalidator(chains), clock=clock,
+        lifetime=timedelta(seconds=config.jmap.cache_lifetime), readonly=readonly,
+    )
 
 
 def build_verifier(config: Config, extra_keys: Sequence[Path] = ()) -> Verifier:
