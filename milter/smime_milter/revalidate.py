@@ -256,7 +256,7 @@ class Refresher:
 def reassess_at_delivery(store: Store, revalidator: Revalidator) -> list[AtDeliveryChange]:
     """After trust anchors were *added*: re-evaluates, as of its receivedAt,
     every record whose at-delivery status failed on a signer's chain, and
-    writes back the ones that changed (RFC 9219 §4.1: smimeStatusAtDelivery
+    writes back the ones whose status changed (RFC 9219 §4.1: smimeStatusAtDelivery
     changes only when anchors are added)."""
     changes: list[AtDeliveryChange] = []
     batch: list[str] = []
@@ -273,7 +273,10 @@ def reassess_at_delivery(store: Store, revalidator: Revalidator) -> list[AtDeliv
                 continue  # no chain failed: a new anchor changes nothing
             new = revalidator.assess(record, record.received_at)
             old = Assessment(record.status_at_delivery, record.errors_at_delivery)
-            if new is None or new == old:
+            if new is None or new.status == old.status:
+                # Still failed for another reason: the at-delivery errors are
+                # not a JMAP property, so rewriting them would only make
+                # clients refetch (an Email/changes update) for nothing.
                 continue
             changes.append(AtDeliveryChange(record.record_id, old, new))
             pending.append(store.update(
