@@ -24,6 +24,7 @@ def test_example_policy_file_is_valid_and_matches_defaults() -> None:
     assert config.milter == defaults.milter
     assert config.store == defaults.store
     assert config.policy == defaults.policy
+    assert config.jmap == defaults.jmap
 
 
 def test_values_are_read(tmp_path: Path) -> None:
@@ -130,3 +131,32 @@ def test_check_config_command(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.strip() == f"smime-milter: {bad}:2: verify.foo: unknown key"
     assert result.stdout == ""
+
+
+def test_jmap_and_anchor_directory(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[trust]\nanchor_directory = "mine"\n'
+                    '[jmap]\ncache_lifetime = 600\nlisten = "unix:/run/x/jmap.sock"\n'
+                    'listen_mode = "0600"\n')
+    config = load_config(path)
+    assert config.trust.anchor_directory == tmp_path / "mine"
+    assert config.trust.all_anchors == config.trust.anchors  # missing: holds none
+    (tmp_path / "mine").mkdir()
+    assert config.trust.all_anchors == (*config.trust.anchors, tmp_path / "mine")
+    assert (config.jmap.cache_lifetime, config.jmap.listen, config.jmap.listen_mode) == (
+        600, "unix:/run/x/jmap.sock", 0o600)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("[jmap]\ncache_lifetime = 90000\n", r"c.toml:2: jmap.cache_lifetime: must be between"),
+    ("[jmap]\ncache_lifetime = true\n", r"c.toml:2: jmap.cache_lifetime: expected a number"),
+    ('[jmap]\nlisten = "inet:80"\n', r"c.toml:2: jmap.listen: invalid value"),
+    ('[jmap]\nlisten_mode = "rw"\n', r"c.toml:2: jmap.listen_mode: expected an octal mode"),
+    ('[jmap]\nlifetime = 5\n', r"c.toml:2: jmap.lifetime: unknown key"),
+    ('[trust]\nanchor_directory = ""\n', r"c.toml:2: trust.anchor_directory: must not be"),
+])
+def test_jmap_errors_name_file_line_and_key(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)

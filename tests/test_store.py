@@ -728,7 +728,7 @@ def test_schema_mismatch(path: Path) -> None:
     with raw_env(path, readonly=False) as env, env.begin(write=True) as txn:
         txn.put(b"schema", b"1", db=env.open_db(b"meta", txn=txn, create=False))
     for readonly in (False, True):
-        with pytest.raises(StoreError, match="schema version b'1'.*ingest") as caught:
+        with pytest.raises(StoreError, match=r"schema version b'1'.*ingest") as caught:
             Store.open(path, readonly=readonly)
         assert caught.value.reason == "schema"
 
