@@ -20,6 +20,7 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -201,25 +202,31 @@ class Refresher:
     def refresh(self, ids: Iterable[str]) -> dict[str, StatusView]:
         """Re-validates ``ids`` as of now; returns their new views."""
         updated: dict[str, StatusView] = {}
+        # The writes of one batch are committed while the next is validated;
+        # everything is committed before this returns.
+        pending: list[Future[bool]] = []
         batch: list[str] = []
         for record_id in ids:
             batch.append(record_id)
             if len(batch) >= _BATCH:
-                updated.update(self._refresh_batch(batch))
+                updated.update(self._refresh_batch(batch, pending))
                 batch = []
         if batch:
-            updated.update(self._refresh_batch(batch))
+            updated.update(self._refresh_batch(batch, pending))
+        for future in pending:
+            future.result()
         return updated
 
     def refresh_due(self) -> int:
         """Re-validates every stale record (the periodic job); returns how many."""
         return len(self.refresh(self.stale_ids()))
 
-    def _refresh_batch(self, ids: list[str]) -> dict[str, StatusView]:
+    def _refresh_batch(
+        self, ids: list[str], pending: list[Future[bool]]
+    ) -> dict[str, StatusView]:
         now = self.clock()
         records = self.store.get_many(ids)
         results: dict[str, StatusView] = {}
-        pending = []
         for record_id, record in records.items():
             assessment = self.revalidator.assess(record, now)
             if assessment is None:
@@ -245,8 +252,6 @@ class Refresher:
                 pending.append(self.store.update(
                     record_id, status=view.status, errors=view.errors, verified_at=now
                 ))
-        for future in pending:
-            future.result()
         if self.readonly:
             with self._lock:
                 self._overlay.update(results)
