@@ -13,7 +13,7 @@ from typing import Any
 
 from . import __version__
 from .anchors import AnchorEntry, add_anchors, list_anchors, remove_anchors
-from .chain import ChainValidator, TrustStore, TrustStoreError
+from .chain import TrustStore, TrustStoreError
 from .cms import AlgorithmPolicy
 from .config import (
     DEFAULT_CONFIG,
@@ -30,9 +30,9 @@ from .jmap_http import listen_argument, serve
 from .jmap_protocol import JmapProtocol, RequestError
 from .model import RevocationMode, Verdict
 from .pool import VerifyFailure
-from .revalidate import AtDeliveryChange, Revalidator, reassess_at_delivery
+from .revalidate import AtDeliveryChange, apply_anchor_change
 from .store import Store, StoreError, utc_date
-from .wiring import build_refresher, build_verifier, load_trust
+from .wiring import build_refresher, build_revalidator, build_verifier, load_trust
 
 
 def parse_moment(text: str) -> datetime:
@@ -433,19 +433,18 @@ def _update_store(config: Config, trust: TrustStore, *, added: bool) -> None:
         return
     with Store.open(path, map_size=config.store.map_size,
                     max_map_size=config.store.max_map_size) as store:
-        if store.record_trust(trust.generation, datetime.now(UTC)).result():
-            print(f"store {path}: smimeStatus values verified before now are stale and get "
-                  "re-validated when read (or by `smime-milter refresh`)")
-        if not added:
-            print("smimeStatusAtDelivery is left unchanged: removing an anchor does not "
-                  "change the status at delivery (RFC 9219 §4.1)")
-            return
-        chains = ChainValidator(trust, revocation=config.verify.revocation,
-                                allow_sha1=config.verify.algorithms.allow_sha1)
-        changes = reassess_at_delivery(store, Revalidator(chains))
-    for change in changes:
-        print(_at_delivery_line(change))
-    print(f"smimeStatusAtDelivery changed for {len(changes)} record(s)")
+        change = apply_anchor_change(store, build_revalidator(config, trust), added=added,
+                                     now=datetime.now(UTC))
+    if change.epoch_started:
+        print(f"store {path}: smimeStatus values verified before now are stale and get "
+              "re-validated when read (or by `smime-milter refresh`)")
+    if not added:
+        print("smimeStatusAtDelivery is left unchanged: removing an anchor does not "
+              "change the status at delivery (RFC 9219 §4.1)")
+        return
+    for line in change.at_delivery:
+        print(_at_delivery_line(line))
+    print(f"smimeStatusAtDelivery changed for {len(change.at_delivery)} record(s)")
 
 
 def _run_trust_add(args: argparse.Namespace) -> int:

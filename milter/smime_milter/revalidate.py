@@ -258,6 +258,27 @@ class Refresher:
         return results
 
 
+@dataclass(frozen=True, slots=True)
+class AnchorChange:
+    """What recording a new trust-anchor set did to the store."""
+
+    #: The set differs from the recorded one: current statuses became stale.
+    epoch_started: bool
+    #: At-delivery statuses changed by added anchors (none after a removal).
+    at_delivery: tuple[AtDeliveryChange, ...]
+
+
+def apply_anchor_change(
+    store: Store, revalidator: Revalidator, *, added: bool, now: datetime
+) -> AnchorChange:
+    """Records the revalidator's anchor set as current (statuses verified
+    before ``now`` become stale) and, when anchors were added, re-assesses
+    smimeStatusAtDelivery, which RFC 9219 §4.1 lets only added anchors change."""
+    started = store.record_trust(revalidator.generation, now).result()
+    changes = reassess_at_delivery(store, revalidator) if added else []
+    return AnchorChange(started, tuple(changes))
+
+
 def reassess_at_delivery(store: Store, revalidator: Revalidator) -> list[AtDeliveryChange]:
     """After trust anchors were *added*: re-evaluates, as of its receivedAt,
     every record whose at-delivery status failed on a signer's chain, and

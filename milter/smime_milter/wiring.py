@@ -27,6 +27,17 @@ def load_trust(config: Config) -> TrustStore:
     return TrustStore.load(trust.all_anchors, trust.intermediates, trust.crls)
 
 
+def build_revalidator(config: Config, trust: TrustStore | None = None) -> Revalidator:
+    """Re-validation with ``trust`` (default: the configured anchors) and the
+    configured revocation mode and algorithm policy."""
+    chains = ChainValidator(
+        trust or load_trust(config),
+        revocation=config.verify.revocation,
+        allow_sha1=config.verify.algorithms.allow_sha1,
+    )
+    return Revalidator(chains)
+
+
 def build_refresher(
     config: Config,
     store: Store,
@@ -36,13 +47,8 @@ def build_refresher(
 ) -> Refresher:
     """The re-validation machinery of the JMAP API over ``store``, with the
     configured anchors, revocation mode and cache lifetime."""
-    chains = ChainValidator(
-        load_trust(config),
-        revocation=config.verify.revocation,
-        allow_sha1=config.verify.algorithms.allow_sha1,
-    )
     return Refresher(
-        store, Revalidator(chains), clock=clock,
+        store, build_revalidator(config), clock=clock,
         lifetime=timedelta(seconds=config.jmap.cache_lifetime), readonly=readonly,
     )
 
