@@ -242,9 +242,12 @@ def test_query_over_candidates_keeps_their_order_and_counts_unknown_as_null(worl
     assert result["ids"] == [world.ids["short"], world.ids["alice"]]
 
 
-def test_query_refreshes_stale_statuses_in_bulk(world: World) -> None:
+@pytest.mark.parametrize("explicit", [False, True], ids=["all records", "candidates"])
+def test_query_refreshes_stale_statuses_in_bulk(world: World, explicit: bool) -> None:
     now = DELIVERED + timedelta(days=3)
-    assert world.query({"hasVerifiedSmime": True}, now=now) == {"alice", "opaque", "late"}
+    candidates = list(world.ids.values()) if explicit else None
+    assert world.query({"hasVerifiedSmime": True}, now=now, candidates=candidates) == {
+        "alice", "opaque", "late"}
     with Store.open(world.store, readonly=True) as store:
         records = store.get_many(world.ids.values())
     assert all(r.verified_at == now for r in records.values() if r.revalidatable)

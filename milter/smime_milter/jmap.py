@@ -22,7 +22,7 @@ The JSON protocol around these (``smime-milter jmap``) is in ``jmap_protocol``.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -48,6 +48,8 @@ _INDEX_OF = {
     "hasVerifiedSmimeAtDelivery": "has_verified_smime_at_delivery",
 }
 OPERATORS = ("AND", "OR", "NOT")
+#: Up to this many query candidates, stale ones are found by reading each.
+FEW_CANDIDATES = 2_000
 
 
 def capabilities() -> dict[str, dict[str, Any]]:
@@ -100,8 +102,9 @@ def _value(view: StatusView, name: str) -> Any:
 class SmimeJmap:
     """The RFC 9219 methods over one store; thread-safe."""
 
-    def __init__(self, refresher: Refresher) -> None:
+    def __init__(self, refresher: Refresher, *, few_candidates: int = FEW_CANDIDATES) -> None:
         self.refresher = refresher
+        self.few_candidates = few_candidates
 
     @classmethod
     def open(
@@ -200,8 +203,14 @@ class SmimeJmap:
                     members.discard(record_id)
         return frozenset(members)
 
-    def _refresh_stale(self, ids: Iterable[str]) -> None:
-        """Re-validates, in bulk, the candidates whose cached status is stale."""
+    def _refresh_stale(self, ids: list[str]) -> None:
+        """Re-validates, in bulk, the candidates whose cached status is stale:
+        a few candidates are looked up one by one, many by one scan of the
+        stale ones (the ``verify_due`` index), which is short when little is
+        stale."""
+        if len(ids) <= self.few_candidates:
+            self.refresher.views(ids, fresh=True)
+            return
         wanted = set(ids)
         stale = [record_id for record_id in self.refresher.stale_ids() if record_id in wanted]
         if stale:
