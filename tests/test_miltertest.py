@@ -25,6 +25,7 @@ site can expect on the wire:
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -430,3 +431,31 @@ def test_oversize_message_is_accepted_unexamined(
 
 def split_body(data: bytes) -> bytes:
     return data.partition(b"\r\n\r\n")[2]
+
+
+# -- trust files ------------------------------------------------------------------------
+
+
+def test_an_anchor_added_to_the_anchor_directory_is_used_without_a_reload(
+    tmp_path_factory: pytest.TempPathFactory, anchors: Path, live_pki: TestPki, tmp_path: Path
+) -> None:
+    """``smime-milter trust add`` writes into trust.anchor_directory; the running
+    daemon notices the file within seconds (no SIGUSR1), like the JMAP service."""
+    daemon = Daemon(tmp_path_factory.mktemp("mta"), anchors, authserv_id=AUTHSERV_ID)
+    data = multipart_signed(text_entity("Hello Bob\n"), live_pki.untrusted,
+                            from_addr="untrusted@example.com", to="bob@example.org")
+
+    def status() -> Status | None:
+        [result] = session(daemon, tmp_path, message(data, "untrusted@example.com",
+                                                     ["bob@example.org"]))
+        return parse_status_header(result.value(STATUS))[0]
+
+    with daemon:
+        assert status() is Status.SIGNED_FAILED
+        daemon.anchor_directory.mkdir()
+        (daemon.anchor_directory / "other-root.pem").write_bytes(live_pki.other_root.cert_pem)
+        deadline = time.monotonic() + 30
+        while status() is not Status.SIGNED_VERIFIED:
+            assert time.monotonic() < deadline, daemon.log_text()
+            time.sleep(0.5)
+        assert "trust anchor, intermediate or CRL files changed: reloading" in daemon.log_text()

@@ -396,8 +396,8 @@ def _run_ingest(args: argparse.Namespace) -> int:
 
 
 _RELOAD_REMINDER = (
-    "a running milter uses the new trust anchors after "
-    "`systemctl reload smime-milter` (SIGUSR1)"
+    "a running milter and JMAP service use the new trust anchors within 5 seconds "
+    "(at once after `systemctl reload smime-milter`, SIGUSR1)"
 )
 
 

@@ -33,7 +33,7 @@ from .app import Runtime, RuntimeHolder, SmimeMilter, hostname
 from .config import Config
 from .pool import VerifierPool
 from .store import Store
-from .wiring import build_verifier, configure_logging
+from .wiring import build_verifier, configure_logging, trust_files
 
 log = logging.getLogger("smime_milter")
 
@@ -133,6 +133,10 @@ def _make_runtime(config: Config, store: Store) -> Runtime:
     return Runtime(config=config, verifier=pool, store=store, hostname=hostname())
 
 
+#: Seconds between looks at the trust files' modification times.
+TRUST_CHECK_INTERVAL = 5.0
+
+
 def _start_multiprocessing_helpers() -> None:
     """Start multiprocessing's helper processes now, from the main thread.
 
@@ -147,14 +151,28 @@ def _start_multiprocessing_helpers() -> None:
 
 def _signal_loop(holder: RuntimeHolder, load: Callable[[], Config], store: Store) -> None:
     """Wait for our signals. Stop signals stop libmilter (its own signal thread
-    may take them first, with the same effect); SIGUSR1 reloads."""
+    may take them first, with the same effect); SIGUSR1 reloads. Between
+    signals, every TRUST_CHECK_INTERVAL seconds, an edited trust anchor,
+    intermediate or CRL file (``smime-milter trust add``, a CRL fetch job)
+    reloads too, so the milter and the JMAP API judge with the same anchors."""
+    watched = trust_files(holder.current.config)
     while True:
-        signum = signal.sigwait(STOP_SIGNALS | {RELOAD_SIGNAL})
-        if signum in STOP_SIGNALS:
-            log.info("%s received, finishing open connections", signal.Signals(signum).name)
+        info = signal.sigtimedwait(STOP_SIGNALS | {RELOAD_SIGNAL}, TRUST_CHECK_INTERVAL)
+        if info is None:
+            current = trust_files(holder.current.config)
+            if current == watched:
+                continue
+            watched = current
+            log.info("trust anchor, intermediate or CRL files changed: reloading")
+            _reload(holder, load, store)
+            continue
+        if info.si_signo in STOP_SIGNALS:
+            log.info("%s received, finishing open connections",
+                     signal.Signals(info.si_signo).name)
             libmilter.stop()
             return
         _reload(holder, load, store)
+        watched = trust_files(holder.current.config)
 
 
 def _reload(holder: RuntimeHolder, load: Callable[[], Config], store: Store) -> None:

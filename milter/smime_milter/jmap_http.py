@@ -45,11 +45,10 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -65,7 +64,7 @@ from .jmap_protocol import (
     RequestError,
 )
 from .store import Store
-from .wiring import build_refresher, configure_logging
+from .wiring import build_refresher, configure_logging, trust_files
 
 log = logging.getLogger(__name__)
 
@@ -124,45 +123,6 @@ def session_document() -> dict[str, Any]:
     }
 
 
-# --------------------------------------------------------------------------- trust files
-
-Fingerprint = tuple[tuple[str, int, int], ...]
-
-
-def _entries(path: Path) -> Iterator[tuple[str, int, int]]:
-    """``(path, mtime_ns, size)`` of ``path`` or of the files in it; a
-    missing path counts too (it may appear later)."""
-    try:
-        info = path.stat()
-    except OSError:
-        yield (str(path), -1, -1)
-        return
-    if not stat.S_ISDIR(info.st_mode):
-        yield (str(path), info.st_mtime_ns, info.st_size)
-        return
-    # The directory itself: a file removed or renamed changes its mtime.
-    yield (str(path), info.st_mtime_ns, -2)
-    try:
-        names = sorted(os.listdir(path))
-    except OSError:
-        return
-    for name in names:
-        child = path / name
-        try:
-            child_info = child.stat()
-        except OSError:
-            continue
-        yield (str(child), child_info.st_mtime_ns, child_info.st_size)
-
-
-def trust_fingerprint(config: Config) -> Fingerprint:
-    """What changes when any anchor, intermediate or CRL file does."""
-    trust = config.trust
-    paths: Iterable[Path] = (*trust.anchors, trust.anchor_directory, *trust.intermediates,
-                             *trust.crls)
-    return tuple(entry for path in paths for entry in _entries(Path(path)))
-
-
 # --------------------------------------------------------------------------- the service
 
 
@@ -187,7 +147,7 @@ class JmapService:
         self.check_interval = check_interval
         self._monotonic = monotonic
         self._check_lock = threading.Lock()
-        self._fingerprint = trust_fingerprint(config)
+        self._fingerprint = trust_files(config)
         self._protocol = self._build()
         self._checked_at = monotonic()
 
@@ -215,7 +175,7 @@ class JmapService:
             return False
         try:
             self._checked_at = self._monotonic()
-            fingerprint = trust_fingerprint(self.config)
+            fingerprint = trust_files(self.config)
             if fingerprint == self._fingerprint:
                 return False
             try:

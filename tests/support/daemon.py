@@ -26,7 +26,7 @@ class MilterProcess:
     def __init__(
         self, directory: Path, anchors: Path, *, authserv_id: str = "mx.test.example",
         extra_toml: str = "", workers: int = 2, map_size: str = "64M",
-        max_map_size: str = "1G",
+        max_map_size: str = "1G", anchor_directory: Path | None = None,
     ) -> None:
         self.directory = directory
         self.socket = directory / "milter.sock"
@@ -35,6 +35,7 @@ class MilterProcess:
         self.log_path = directory / "milter.log"
         self.authserv_id = authserv_id
         self.anchors = anchors
+        self.anchor_directory = anchor_directory or directory / "anchors.d"
         self.extra_toml = extra_toml
         self.workers = workers
         self.map_size, self.max_map_size = map_size, max_map_size
@@ -46,6 +47,7 @@ class MilterProcess:
             self.extra_toml = extra_toml
         self.config.write_text(
             f'[trust]\nanchors = ["{self.anchors}"]\nrevocation = "soft"\n'
+            f'anchor_directory = "{self.anchor_directory}"\n'
             f'[milter]\nsocket = "unix:{self.socket}"\nsocket_mode = "0666"\n'
             f'authserv_id = "{self.authserv_id}"\nworkers = {self.workers}\n'
             f'[store]\npath = "{self.store_path}"\nmap_size = "{self.map_size}"\n'
