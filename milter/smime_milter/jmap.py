@@ -186,14 +186,15 @@ class SmimeJmap:
         if filter is None:
             return ids
         universe = frozenset(ids)
-        sets = {name: self._members(name, ids) for name in _filter_names(filter)}
+        sets = {name: self._members(name, ids, universe) for name in _filter_names(filter)}
         matched = _evaluate(filter, universe, sets)
         return [record_id for record_id in ids if record_id in matched]
 
-    def _members(self, name: str, ids: list[str]) -> frozenset[str]:
-        """The ids among ``ids`` for which filter ``name`` is true."""
+    def _members(self, name: str, ids: list[str], universe: frozenset[str]) -> frozenset[str]:
+        """The ids among ``ids`` (as a set: ``universe``) for which filter
+        ``name`` is true."""
         if name == "hasVerifiedSmime":
-            self._refresh_stale(ids)
+            self._refresh_stale(ids, universe)
         members = self.store.in_index(_INDEX_OF[name], ids)
         if name == "hasVerifiedSmime" and self.refresher.readonly:
             for record_id, view in self.refresher.overlaid(ids).items():
@@ -203,7 +204,7 @@ class SmimeJmap:
                     members.discard(record_id)
         return frozenset(members)
 
-    def _refresh_stale(self, ids: list[str]) -> None:
+    def _refresh_stale(self, ids: list[str], universe: frozenset[str]) -> None:
         """Re-validates, in bulk, the candidates whose cached status is stale:
         a few candidates are looked up one by one, many by one scan of the
         stale ones (the ``verify_due`` index), which is short when little is
@@ -211,8 +212,7 @@ class SmimeJmap:
         if len(ids) <= self.few_candidates:
             self.refresher.views(ids, fresh=True)
             return
-        wanted = set(ids)
-        stale = [record_id for record_id in self.refresher.stale_ids() if record_id in wanted]
+        stale = [record_id for record_id in self.refresher.stale_ids() if record_id in universe]
         if stale:
             self.refresher.refresh(stale)
 
