@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -74,3 +76,31 @@ def test_closed_pool_refuses_new_jobs(pool: VerifierPool, live_pki: TestPki) -> 
     pool.close()
     with pytest.raises(PoolClosed):
         pool.verify(_job(message=b"x"), 5)
+
+
+def test_a_job_waiting_for_a_worker_is_told_at_once_when_the_pool_closes(
+    pool: VerifierPool,
+) -> None:
+    """A reload closes the old pool while connections wait for its busy workers:
+    they must learn PoolClosed (and retry on the new pool), not time out into a 451."""
+    busy = pool._borrow(5)  # the only worker is busy with someone else's message
+    outcome: list[BaseException] = []
+
+    def waiter() -> None:
+        try:
+            pool.verify(_job(message=b"Subject: x\r\n\r\nhi\r\n"), 60)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    threads = [threading.Thread(target=waiter) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.2)
+    started = time.monotonic()
+    pool.close()
+    for thread in threads:
+        thread.join(10)
+    assert time.monotonic() - started < 5
+    assert [type(exc) for exc in outcome] == [PoolClosed] * 3
+    pool._give_back(busy, healthy=True)  # the busy worker is stopped, not reused
+    assert not busy.process.is_alive()

@@ -194,11 +194,16 @@ class SmimeMilter(Milter.Base):
 
     def _verify(self, runtime: Runtime, job: Job) -> Verdict:
         timeout = runtime.config.milter.verify_timeout
-        try:
-            return runtime.verifier.verify(job, timeout)
-        except PoolClosed:
-            # A reload swapped the pool between our picking it and submitting.
-            return self.holder.current.verifier.verify(job, timeout)
+        verifier = runtime.verifier
+        while True:
+            try:
+                return verifier.verify(job, timeout)
+            except PoolClosed:
+                # A reload swapped the pool between our picking it and submitting;
+                # follow it to the current one (reloads may come back to back).
+                if self.holder.current.verifier is verifier:
+                    raise
+                verifier = self.holder.current.verifier
 
     def _job(self, at: datetime) -> Job:
         assert self.buffer is not None

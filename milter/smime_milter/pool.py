@@ -98,7 +98,7 @@ class VerifierPool:
         self.config = config
         self.workers = workers or os.cpu_count() or 1
         self._context = multiprocessing.get_context("forkserver")
-        self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
+        self._idle: queue.SimpleQueue[_Worker | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._closed = False
         for _ in range(self.workers):
@@ -117,7 +117,7 @@ class VerifierPool:
     def check(self, timeout: float = 120.0) -> None:
         """Wait until every worker is ready; fail now (bad anchors, unreadable keys)
         rather than on the first message."""
-        workers = [self._idle.get() for _ in range(self.workers)]
+        workers = [self._borrow(timeout) for _ in range(self.workers)]
         try:
             for worker in workers:
                 self._await_ready(worker, timeout)
@@ -136,13 +136,20 @@ class VerifierPool:
             raise VerifyFailure(f"verification worker did not start: {value}")
         worker.ready = True
 
-    def verify(self, job: Job, timeout: float) -> Verdict:
+    def _borrow(self, timeout: float) -> _Worker:
         if self._closed:
             raise PoolClosed("verification pool closed")
         try:
             worker = self._idle.get(timeout=timeout)
         except queue.Empty:
             raise VerifyFailure(f"no verification worker free within {timeout:g}s") from None
+        if worker is None:  # close()'s wake-up marker: pass it on to the next waiter
+            self._idle.put(None)
+            raise PoolClosed("verification pool closed")
+        return worker
+
+    def verify(self, job: Job, timeout: float) -> Verdict:
+        worker = self._borrow(timeout)
         healthy = False
         try:
             self._await_ready(worker, timeout)
@@ -161,9 +168,10 @@ class VerifierPool:
         return verdict
 
     def _give_back(self, worker: _Worker, healthy: bool) -> None:
-        if healthy and not self._closed:
-            self._idle.put(worker)
-            return
+        with self._lock:  # never put a worker back after close() has drained the queue
+            if healthy and not self._closed:
+                self._idle.put(worker)
+                return
         self._stop(worker, graceful=healthy)
         if not healthy:
             log.error("verification worker %s replaced", worker.process.pid)
@@ -183,12 +191,19 @@ class VerifierPool:
         worker.conn.close()
 
     def close(self) -> None:
-        """Stop idle workers now; busy ones stop when they hand their answer back."""
+        """Stop idle workers now; busy ones stop when they hand their answer back.
+        Connections waiting for a worker get PoolClosed at once."""
         with self._lock:
+            if self._closed:
+                return
             self._closed = True
         while True:
             try:
                 worker = self._idle.get_nowait()
             except queue.Empty:
-                return
-            self._stop(worker, graceful=True)
+                break
+            if worker is not None:
+                self._stop(worker, graceful=True)
+        # A connection waiting for a worker of a replaced pool is woken at once (and
+        # retries on the new pool) instead of timing out into a tempfail.
+        self._idle.put(None)
