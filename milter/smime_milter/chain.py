@@ -27,6 +27,7 @@ from pyhanko_certvalidator.policy_decl import (
     NO_REVOCATION,
     REQUIRE_REVINFO,
     CertRevTrustPolicy,
+    DisallowWeakAlgorithmsPolicy,
     FreshnessReqType,
     RevocationCheckingPolicy,
     RevocationCheckingRule,
@@ -157,6 +158,7 @@ class ChainValidator:
         *,
         revocation: RevocationMode = RevocationMode.SOFT,
         allow_sha1: bool = False,
+        min_rsa_bits: int = 2048,
         cache_size: int = 20_000,
         bucket_seconds: int = 60,
     ) -> None:
@@ -166,6 +168,12 @@ class ChainValidator:
         self._generation = trust.generation
         self._trust_manager = SimpleTrustManager.build(trust_roots=list(trust.anchors))
         self._weak = frozenset({"md2", "md5"} | (set() if allow_sha1 else {"sha1"}))
+        # [verify] min_rsa_bits governs certificate keys as well as signer keys;
+        # a legacy policy below 2048 bits also admits DSA keys of that size.
+        self._algorithms = DisallowWeakAlgorithmsPolicy(
+            self._weak, rsa_key_size_threshold=min_rsa_bits,
+            dsa_key_size_threshold=min_rsa_bits if min_rsa_bits < 2048 else 3192,
+        )
         self._cache: OrderedDict[tuple, _CacheEntry] = OrderedDict()
         self._cache_size = cache_size
         self._bucket = bucket_seconds
@@ -252,7 +260,7 @@ class ChainValidator:
                     moment=at,
                     allow_fetching=False,
                     revinfo_policy=policy,
-                    weak_hash_algos=self._weak,
+                    algorithm_usage_policy=self._algorithms,
                 )
                 validator = CertificateValidator(
                     leaf, list(extra_certs), validation_context=context

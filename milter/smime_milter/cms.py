@@ -42,6 +42,8 @@ _HASHES: dict[str, type[hashes.HashAlgorithm]] = {
 _CURVES = frozenset({"secp256r1", "secp384r1", "secp521r1"})
 MAX_SIGNER_INFOS = 16
 MAX_CERTIFICATES = 64
+#: Countersignatures examined on one SignerInfo (RFC 5652 §11.4 allows any number).
+MAX_COUNTERSIGNATURES = 16
 
 
 class CmsError(ValueError):
@@ -110,6 +112,37 @@ def parse_signed_data(der: bytes) -> SignedData:
     except (ValueError, TypeError, KeyError, IndexError, OverflowError) as exc:
         raise CmsError(f"malformed CMS SignedData: {_short(exc)}") from exc
     return SignedData(econtent_type, econtent, certificates, crls, signer_infos)
+
+
+def countersignatures(signer_info: asn1_cms.SignerInfo) -> tuple[asn1_cms.SignerInfo, ...]:
+    """The SignerInfos of the countersignature unsigned attributes (RFC 5652
+    §11.4), each of which signs ``signature_octets(signer_info)``.
+
+    Raises CmsError when the attributes cannot be parsed.
+    """
+    try:
+        attributes = signer_info["unsigned_attrs"]
+        if isinstance(attributes, core.Void):
+            return ()
+        found: list[asn1_cms.SignerInfo] = []
+        for attribute in attributes:
+            if attribute["type"].dotted != OID_COUNTERSIGNATURE:
+                continue
+            for value in attribute["values"]:
+                _ = value["sid"].chosen.contents, value["signature"].native, digest_name(value)
+                found.append(value)
+    except (ValueError, TypeError, KeyError, IndexError, OverflowError) as exc:
+        raise CmsError(f"malformed countersignature attribute: {_short(exc)}") from exc
+    if len(found) > MAX_COUNTERSIGNATURES:
+        raise CmsError(f"more than {MAX_COUNTERSIGNATURES} countersignatures on one signer")
+    return tuple(found)
+
+
+def signature_octets(signer_info: asn1_cms.SignerInfo) -> bytes:
+    """The contents octets of ``signature``: what a countersignature's
+    message-digest covers (RFC 5652 §11.4), without tag and length."""
+    value: bytes = signer_info["signature"].native
+    return value
 
 
 def _certificates(choices: core.Asn1Value) -> tuple[CertInfo, ...]:

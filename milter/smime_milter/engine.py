@@ -20,7 +20,16 @@ from asn1crypto import core
 from . import mime
 from .certs import cert_info_of
 from .chain import ChainValidator, TrustStore
-from .cms import AlgorithmPolicy, CmsError, SignedData, check_signature, parse_signed_data
+from .cms import (
+    AlgorithmPolicy,
+    CmsError,
+    SignatureCheck,
+    SignedData,
+    check_signature,
+    countersignatures,
+    parse_signed_data,
+    signature_octets,
+)
 from .der import read as read_der
 from .envelope import DecryptionKey, decrypt
 from .model import ChainResult, RevocationMode, SignerResult, Status, Verdict
@@ -29,6 +38,8 @@ from .status import signed_status
 log = logging.getLogger(__name__)
 
 HP_PARAMS = ("hp", "protected-headers")
+#: Countersignatures of countersignatures examined (RFC 5652 allows any depth).
+MAX_COUNTERSIGNATURE_DEPTH = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +241,7 @@ class Verifier:
             trust,
             revocation=self.policy.revocation,
             allow_sha1=self.policy.algorithms.allow_sha1,
+            min_rsa_bits=self.policy.algorithms.min_rsa_bits,
         )
         self._local_certs = tuple(cert_info_of(c) for c in self.chains.trust.intermediates)
 
@@ -408,30 +420,60 @@ class Verifier:
         )
         info = check.certificate
         errors = list(check.errors)
-        chain = ChainResult(False)
-        emails: tuple[str, ...] = ()
-        if info is not None:
-            others = [c.cert for c in signed_data.certificates if c.sha256 != info.sha256]
-            chain = self.chains.validate(info.cert, others, signed_data.crls, at)
-            emails = info.emails
         from_match = False
         if info is not None and from_address is not None:
-            addresses = [mime.parse_address(email) for email in emails]
+            addresses = [mime.parse_address(email) for email in info.emails]
             from_match = any(
                 a is not None and a.matches(from_address,
                                             casefold_local=self.policy.casefold_local_part)
                 for a in addresses
             )
-            if not emails:
+            if not info.emails:
                 errors.append("signer certificate carries no email address")
             elif not from_match:
                 errors.append(
                     f"From address {from_address.text} does not match the certificate "
-                    f"({', '.join(emails)})"
+                    f"({', '.join(info.emails)})"
                 )
+        return self._signer_result(check, errors, signed_data, at, from_match,
+                                   self._countersigners(signer_info, signed_data, at, 1))
+
+    def _countersigners(
+        self, parent: asn1_cms.SignerInfo, signed_data: SignedData, at: datetime, depth: int
+    ) -> tuple[SignerResult, ...]:
+        """Each countersignature checked over the parent's signature value
+        (RFC 5652 §11.4), and its own countersignatures below it."""
+        try:
+            counters = countersignatures(parent)
+        except CmsError as exc:
+            return (_broken_countersignature(str(exc)),)
+        if counters and depth > MAX_COUNTERSIGNATURE_DEPTH:
+            return (_broken_countersignature("countersignatures nested too deeply"),)
+        results = []
+        for counter in counters:
+            check = check_signature(
+                counter, signature_octets(parent),
+                [*signed_data.certificates, *self._local_certs],
+                self.policy.algorithms, expected_content_type=None,
+            )
+            results.append(self._signer_result(
+                check, list(check.errors), signed_data, at, False,
+                self._countersigners(counter, signed_data, at, depth + 1),
+            ))
+        return tuple(results)
+
+    def _signer_result(
+        self, check: SignatureCheck, errors: list[str], signed_data: SignedData, at: datetime,
+        from_match: bool, countersigners: tuple[SignerResult, ...],
+    ) -> SignerResult:
+        info = check.certificate
+        chain = ChainResult(False)
+        if info is not None:
+            others = [c.cert for c in signed_data.certificates if c.sha256 != info.sha256]
+            chain = self.chains.validate(info.cert, others, signed_data.crls, at)
         # Chain errors last: SignerResult.with_chain replaces exactly them.
         return SignerResult(
-            emails=emails,
+            emails=info.emails if info else (),
             subject=info.subject if info else "",
             issuer=info.issuer if info else "",
             serial=info.serial if info else None,
@@ -445,7 +487,17 @@ class Verifier:
             certificate=info.der if info else None,
             path=chain.path,
             chain_errors=chain.errors,
+            countersignatures=countersigners,
         )
+
+
+def _broken_countersignature(reason: str) -> SignerResult:
+    """A countersignature attribute that could not be read: it proves nothing."""
+    return SignerResult(
+        emails=(), subject="", issuer="", serial=None, digest_algorithm="unknown",
+        signature_algorithm="unknown", signature_ok=False, chain_ok=False, from_match=False,
+        errors=(reason,),
+    )
 
 
 def _single_address(values: list[str], errors: list[str]) -> mime.Address | None:

@@ -13,6 +13,8 @@ import quopri
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from email.errors import ObsoleteHeaderDefect
+from email.headerregistry import HeaderRegistry
 from email.utils import getaddresses
 from functools import lru_cache
 
@@ -304,4 +306,36 @@ def _mailbox_tuple(values: tuple[str, ...]) -> tuple[Address | None, ...]:
     for name, addr in getaddresses(list(values)):
         if addr or name:
             found.append(parse_address(addr) if addr else None)
+    return tuple(found)
+
+
+_ADDRESS_HEADERS = HeaderRegistry()
+
+
+def address_list(value: str) -> tuple[Address, ...]:
+    """The mailboxes of one RFC 5322 ``address-list`` value (groups flattened,
+    the obsolete empty members of RFC 5322 §4.4 tolerated).
+
+    Raises MimeError when the value is not an address-list, so a caller can
+    say "malformed" instead of guessing what was meant.
+    """
+    unfolded = _LINE_END.sub(b"", value.encode("utf-8", "surrogateescape")).decode(
+        "utf-8", "surrogateescape")
+    try:
+        header = _ADDRESS_HEADERS("to", unfolded)  # "to": parsed as an address-list
+    except Exception as exc:
+        # The stdlib parser raises IndexError, AttributeError, TypeError or
+        # UnboundLocalError on some malformed input instead of a defect.
+        raise MimeError("not an address list") from exc
+    defects = [d for d in header.defects if not isinstance(d, ObsoleteHeaderDefect)]
+    if defects:
+        raise MimeError(f"not an address list: {defects[0]}")
+    found: list[Address] = []
+    for entry in header.addresses:
+        address = parse_address(entry.addr_spec) if entry.addr_spec != "<>" else None
+        if address is None:
+            raise MimeError(f"not a mailbox: {entry.addr_spec!r}")
+        found.append(address)
+    if not found:
+        raise MimeError("the address list names no mailbox")
     return tuple(found)

@@ -76,10 +76,20 @@ class SignerResult:
     #: The trailing entries of ``errors`` that came from path validation, so
     #: the chain can be re-validated at another moment without the message.
     chain_errors: tuple[str, ...] = ()
+    #: Countersignatures on this SignerInfo (RFC 5652 §11.4), each checked over
+    #: this signer's signature value and validated like a signer, but not bound
+    #: to From (``from_match`` is False): MMHS authorizing users sign this way.
+    countersignatures: tuple[SignerResult, ...] = ()
 
     @property
     def ok(self) -> bool:
         return self.signature_ok and self.chain_ok and self.from_match and not self.errors
+
+    @property
+    def proven(self) -> bool:
+        """The signature holds and the certificate validated: the holder of
+        ``emails`` signed, whatever the From field says."""
+        return self.signature_ok and self.chain_ok
 
     def with_chain(self, chain: ChainResult) -> SignerResult:
         """This signer with its path validation replaced by ``chain`` (the

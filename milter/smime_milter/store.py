@@ -43,6 +43,7 @@ from typing import Any
 import lmdb
 
 from .model import SignerResult, Status, Verdict
+from .release import ReleaseDecision
 
 SCHEMA_VERSION = 2
 INDEXES = ("has_smime", "has_verified_smime", "has_verified_smime_at_delivery")
@@ -149,6 +150,11 @@ class Record:
     crls: tuple[bytes, ...] = ()
     #: Errors about the message rather than a signer (see Verdict).
     message_errors: tuple[str, ...] = ()
+    #: MMHS draft-and-release outcome, when a release rule applied.
+    release: ReleaseDecision | None = None
+    #: Where an unreleased message went instead of ``envelope_recipients``
+    #: (a release-officer address, or "hold"); None when it was not diverted.
+    diverted_to: str | None = None
 
     @property
     def revalidatable(self) -> bool:
@@ -251,12 +257,13 @@ def _utc_or_none(moment: datetime | None) -> datetime | None:
 
 
 def _normalized_signer(signer: SignerResult) -> SignerResult:
-    if signer.signing_time is None:
+    countersignatures = tuple(map(_normalized_signer, signer.countersignatures))
+    if signer.signing_time is None and all(
+        a is b for a, b in zip(countersignatures, signer.countersignatures, strict=True)
+    ):
         return signer
-    signing_time = _utc(signer.signing_time)
-    if signing_time is signer.signing_time:
-        return signer
-    return replace(signer, signing_time=signing_time)
+    signing_time = None if signer.signing_time is None else _utc(signer.signing_time)
+    return replace(signer, signing_time=signing_time, countersignatures=countersignatures)
 
 
 # --------------------------------------------------------------------------- JSON form
@@ -361,7 +368,27 @@ def _signer_json(signer: SignerResult, certs: _CertRefs) -> dict[str, Any]:
         "certificate": certs.ref_or_none(signer.certificate),
         "path": [certs.ref(der) for der in signer.path],
         "chainErrors": _texts(signer.chain_errors),
+        **({"countersignatures": [_signer_json(counter, certs)
+                                  for counter in signer.countersignatures]}
+           if signer.countersignatures else {}),
     }
+
+
+def _release_json(decision: ReleaseDecision) -> dict[str, Any]:
+    return {
+        "rule": _text(decision.rule),
+        "released": decision.released,
+        "required": decision.required,
+        "authorized": _texts(decision.authorized),
+        "reasons": _texts(decision.reasons),
+    }
+
+
+def _release_value(doc: dict[str, Any]) -> ReleaseDecision:
+    return ReleaseDecision(
+        rule=doc["rule"], released=doc["released"], required=doc["required"],
+        authorized=tuple(doc["authorized"]), reasons=tuple(doc["reasons"]),
+    )
 
 
 def _record_json(record: Record, certs: _CertRefs, crls: _CertRefs) -> dict[str, Any]:
@@ -386,6 +413,9 @@ def _record_json(record: Record, certs: _CertRefs, crls: _CertRefs) -> dict[str,
         "notes": _texts(record.notes),
         "crls": [crls.ref(der) for der in record.crls],
         "messageErrors": _texts(record.message_errors),
+        # Optional members (absent in records written before draft-and-release).
+        **({"release": _release_json(record.release)} if record.release else {}),
+        **({"divertedTo": _text(record.diverted_to)} if record.diverted_to else {}),
     }
 
 
@@ -405,6 +435,9 @@ def _signer_value(doc: dict[str, Any], cert: Callable[[str], bytes]) -> SignerRe
         certificate=None if doc["certificate"] is None else cert(doc["certificate"]),
         path=tuple(map(cert, doc["path"])),
         chain_errors=tuple(doc["chainErrors"]),
+        countersignatures=tuple(
+            _signer_value(counter, cert) for counter in doc.get("countersignatures", ())
+        ),
     )
 
 
@@ -431,6 +464,8 @@ def _record_value(
         notes=tuple(doc["notes"]),
         crls=tuple(map(crl, doc["crls"])),
         message_errors=tuple(doc["messageErrors"]),
+        release=_release_value(doc["release"]) if "release" in doc else None,
+        diverted_to=doc.get("divertedTo"),
     )
 
 

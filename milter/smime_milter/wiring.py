@@ -36,6 +36,7 @@ def build_revalidator(config: Config, trust: TrustStore | None = None) -> Revali
         trust or load_trust(config),
         revocation=config.verify.revocation,
         allow_sha1=config.verify.algorithms.allow_sha1,
+        min_rsa_bits=config.verify.algorithms.min_rsa_bits,
     )
     return Revalidator(chains)
 
