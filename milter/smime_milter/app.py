@@ -13,18 +13,20 @@ import logging
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Protocol
 
 import Milter
 
+from . import mime
 from .config import Config
 from .handling import Plan, plan_delivery, reply_text
 from .intake import MessageBuffer
 from .model import Verdict
 from .policy import Action, Decision, Outcome, decide, outcome_of
 from .pool import Job, PoolClosed, VerifyFailure
+from .release import MessageContext, ReleaseDecision, ReleaseRule, assess, divert, select_rule
 from .store import Record, StoreError, new_record_id
 
 log = logging.getLogger("smime_milter")
@@ -67,6 +69,13 @@ class Examination:
     decision: Decision
     record_id: str | None
     problem: str | None
+    #: Draft-and-release: the rule that applied and its outcome.
+    rule: ReleaseRule | None = None
+    release: ReleaseDecision | None = None
+
+    @property
+    def diverted(self) -> bool:
+        return self.rule is not None and self.release is not None and not self.release.released
 
 
 class SmimeMilter(Milter.Base):
@@ -78,6 +87,8 @@ class SmimeMilter(Milter.Base):
 
     def __init__(self) -> None:
         self.mta_hostname: str | None = None
+        self.daemon_name: str | None = None
+        self.daemon_port: int | None = None
         self.client = ""
         self.buffer: MessageBuffer | None = None
         self.sender = ""
@@ -89,6 +100,9 @@ class SmimeMilter(Milter.Base):
     def connect(self, hostname: str, family: int, hostaddr: object) -> int:
         self.client = f"{hostname}[{hostaddr[0] if isinstance(hostaddr, tuple) else ''}]"
         self.mta_hostname = self.getsymval("j")
+        self.daemon_name = self.getsymval("{daemon_name}")
+        port = self.getsymval("{daemon_port}") or ""
+        self.daemon_port = int(port) if port.isdigit() else None
         return Milter.CONTINUE
 
     @Milter.noreply
@@ -133,9 +147,12 @@ class SmimeMilter(Milter.Base):
             if self.buffer is None:
                 raise RuntimeError("end of message without a message")
             result = self._examine(runtime)
+            diversion = (divert(result.rule, result.release, self.recipients)
+                         if result.diverted and result.rule and result.release else None)
             plan = plan_delivery(
                 self.buffer.headers, result.verdict, result.decision,
                 runtime.config.policy, self._authserv_id(runtime), result.record_id,
+                result.release, diversion,
             )
             self._apply(plan)
         except Exception as exc:  # the MTA must retry, never lose or pass unchecked
@@ -171,26 +188,73 @@ class SmimeMilter(Milter.Base):
     def _examine(self, runtime: Runtime) -> Examination:
         assert self.buffer is not None
         policy = runtime.config.policy
+        rule = select_rule(runtime.config.release.rules, self._release_context())
         received_at = self.clock()
         if self.buffer.oversize:
             decision = decide(policy, Outcome.OVERSIZE, self.recipients)
-            return Examination(None, decision, None, f"larger than {self.buffer.max_size} bytes")
+            problem = f"larger than {self.buffer.max_size} bytes"
+            if rule is None or not decision.action.delivers:
+                return Examination(None, decision, None, problem)
+            # Too large to check an authorization: held back, never released.
+            unexamined = Verdict(None, None, None, notes=(f"not examined: {problem}",))
+            return self._recorded(runtime, unexamined, decision, received_at, rule, None,
+                                  problem)
         try:
             verdict = self._verify(runtime, self._job(received_at))
         except VerifyFailure as exc:
-            return Examination(None, decide(policy, Outcome.ERROR, self.recipients), None, str(exc))
+            decision = decide(policy, Outcome.ERROR, self.recipients)
+            if rule is not None:
+                # Draft-and-release fails closed: nothing unexamined leaves.
+                decision = Decision(Action.TEMPFAIL, Outcome.ERROR, Action.TEMPFAIL)
+            return Examination(None, decision, None, str(exc))
         decision = decide(policy, outcome_of(verdict.status), self.recipients)
         if not decision.action.delivers:
             return Examination(verdict, decision, None, None)
+        return self._recorded(runtime, verdict, decision, received_at, rule, verdict, None)
+
+    def _recorded(
+        self, runtime: Runtime, record_verdict: Verdict, decision: Decision,
+        received_at: datetime, rule: ReleaseRule | None, verdict: Verdict | None,
+        problem: str | None,
+    ) -> Examination:
+        """Decide release (when a rule applies), then store the record: the
+        message only continues once its record, with the original recipients
+        of a diverted message, is safely written."""
+        assert self.buffer is not None
+        release = None
+        if rule is not None:
+            release = assess(rule, self._text_headers(), verdict,
+                             casefold_local_part=runtime.config.verify.casefold_local_part)
         record_id = new_record_id()
+        record = replace(
+            self._record(record_verdict, record_id, received_at), release=release,
+            diverted_to=rule.divert_to if rule and release and not release.released else None,
+        )
         try:
-            runtime.store.put_sync(self._record(verdict, record_id, received_at))
+            runtime.store.put_sync(record)
         except (StoreError, TimeoutError) as exc:
             log.error("store failure reason=%s: %s; applying the error action",
                       getattr(exc, "reason", "timeout"), exc)
-            return Examination(verdict, decide(policy, Outcome.ERROR, self.recipients), None,
-                            f"store: {exc}")
-        return Examination(verdict, decision, record_id, None)
+            decision = decide(runtime.config.policy, Outcome.ERROR, self.recipients)
+            if rule is not None:
+                decision = Decision(Action.TEMPFAIL, Outcome.ERROR, Action.TEMPFAIL)
+            return Examination(verdict, decision, None, f"store: {exc}")
+        return Examination(verdict, decision, record_id, problem, rule, release)
+
+    def _text_headers(self) -> list[tuple[str, str]]:
+        assert self.buffer is not None
+        return [(name, value.decode("utf-8", "replace")) for name, value in self.buffer.headers]
+
+    def _release_context(self) -> MessageContext:
+        senders = [value for name, value in self._text_headers()
+                   if name.lower() in ("from", "sender")]
+        return MessageContext(
+            envelope_sender=self.sender,
+            header_senders=tuple(a.text for a in mime.mailbox_list(senders) if a is not None),
+            recipients=tuple(self.recipients),
+            daemon_name=self.daemon_name,
+            daemon_port=self.daemon_port,
+        )
 
     def _verify(self, runtime: Runtime, job: Job) -> Verdict:
         timeout = runtime.config.milter.verify_timeout
@@ -232,6 +296,12 @@ class SmimeMilter(Milter.Base):
         return None
 
     def _apply(self, plan: Plan) -> None:
+        # Any failure here raises and eom tempfails: the MTA then discards every
+        # edit already made, so a message is never half-diverted.
+        for recipient in plan.delete_recipients:
+            self.delrcpt(f"<{recipient}>")
+        for recipient in plan.add_recipients:
+            self.addrcpt(f"<{recipient}>")
         for name, index in plan.delete_headers:
             self.chgheader(name, index, "")
         for position, (name, value) in enumerate(plan.add_headers):
@@ -262,6 +332,12 @@ class SmimeMilter(Milter.Base):
         )
         if result.decision.monitored:
             line += f" would={result.decision.intended.value}"
+        if result.release is not None:
+            state = "released" if result.release.released else "held"
+            line += f" release={state} rule={result.release.rule}"
+            if not result.release.released:
+                log.warning("%s reason=%r", line, result.release.summary)
+                return
         if plan.action is not Action.ACCEPT or result.problem:
             reason = result.problem or (verdict.errors[0] if verdict and verdict.errors else "")
             log.warning("%s reason=%r", line, reason)

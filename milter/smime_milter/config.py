@@ -13,11 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .chain import SYSTEM_ANCHORS
+from . import mime
+from .chain import SYSTEM_ANCHORS, TrustStoreError, load_certificates
 from .cms import AlgorithmPolicy
 from .engine import VerifyPolicy
 from .model import RevocationMode
 from .policy import MACHINERY_ACTIONS, Action, Actions, Policy, merged
+from .release import HOLD, ReleaseRule
 
 DEFAULT_CONFIG = Path("/etc/smime-milter/smime-milter.toml")
 DEFAULT_SOCKET = "unix:/run/smime-milter/smime-milter.sock"
@@ -105,6 +107,21 @@ class JmapConfig:
     listen_mode: int = 0o660
 
 
+#: How ``smime-milter release`` hands a released message back to the MTA.
+DEFAULT_SUBMIT = "sendmail:/usr/sbin/sendmail"
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseConfig:
+    """MMHS draft-and-release: the rules (first match wins) and how released
+    messages are re-submitted."""
+
+    rules: tuple[ReleaseRule, ...] = ()
+    #: ``sendmail:/path`` (run as ``sendmail -i -f SENDER -- RCPT...``) or
+    #: ``smtp:host:port`` (plain SMTP to the local MTA).
+    submit: str = DEFAULT_SUBMIT
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """Everything the verifier and the daemon need, from one file."""
@@ -117,6 +134,7 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     policy: Policy = field(default_factory=Policy)
     jmap: JmapConfig = field(default_factory=JmapConfig)
+    release: ReleaseConfig = field(default_factory=ReleaseConfig)
 
 
 _SOCKET = re.compile(r"^(?:(?:unix|local):/.+|inet6?:\d{1,5}(?:@[^\s@]+)?)$")
@@ -146,20 +164,25 @@ def parse_size(value: int | str) -> int:
     return int(match.group(1)) << (10 * " kmgt".index(match.group(2).lower() or " "))
 
 
-def _line_of(text: str, table: str, key: str) -> int:
-    """Best-effort line number of ``key`` inside ``[table]`` (1-based, 0 if unknown)."""
+def _line_of(text: str, table: str, key: str, occurrence: int = 0) -> int:
+    """Best-effort line number of ``key`` inside ``[table]`` (1-based, 0 if
+    unknown); ``occurrence`` picks one ``[[table]]`` of an array of tables."""
     current = ""
+    seen = 0
     header = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
     assignment = re.compile(r"^\s*(\"?)([A-Za-z0-9_.-]+)\1\s*=")
+    wanted = table.replace('"', "")
     for number, line in enumerate(text.splitlines(), start=1):
         match = header.match(line)
         if match:
             current = match.group(1).replace(" ", "").replace('"', "")
-            if not key and current == table:
+            if current == wanted:
+                seen += 1
+            if not key and current == table and seen == occurrence + 1:
                 return number
             continue
         match = assignment.match(line)
-        if match and current == table.replace('"', "") and match.group(2) == key:
+        if match and current == wanted and seen == occurrence + 1 and match.group(2) == key:
             return number
     return 0
 
@@ -167,13 +190,16 @@ def _line_of(text: str, table: str, key: str) -> int:
 class _Reader:
     """Pops typed values out of a parsed table, remembering what was used."""
 
-    def __init__(self, path: Path | None, text: str, table: str, data: Mapping[str, Any]):
+    def __init__(self, path: Path | None, text: str, table: str, data: Mapping[str, Any],
+                 occurrence: int | None = None):
         self.path, self.text, self.table, self.data = path, text, table, dict(data)
+        self.occurrence = occurrence
 
     def error(self, key: str, reason: str) -> ConfigError:
         where = str(self.path) if self.path else "<config>"
-        line = _line_of(self.text, self.table, key)
-        dotted = ".".join(part for part in (self.table, key) if part)
+        line = _line_of(self.text, self.table, key, self.occurrence or 0)
+        table = self.table if self.occurrence is None else f"{self.table}[{self.occurrence}]"
+        dotted = ".".join(part for part in (table, key) if part)
         return ConfigError(f"{where}:{line}: {dotted}: {reason}")
 
     def take(self, key: str, kind: type, default: Any) -> Any:
@@ -235,7 +261,7 @@ class _Reader:
             raise self.error(key, "unknown key")
 
 
-_TABLES = ("trust", "verify", "decrypt", "milter", "store", "policy", "jmap")
+_TABLES = ("trust", "verify", "decrypt", "milter", "store", "policy", "jmap", "release")
 
 
 def parse_config(text: str, path: Path | None = None) -> Config:
@@ -287,6 +313,7 @@ def parse_config(text: str, path: Path | None = None) -> Config:
         store=_store_config(_Reader(path, text, "store", data.get("store", {}))),
         policy=_policy(path, text, data.get("policy", {})),
         jmap=_jmap_config(_Reader(path, text, "jmap", data.get("jmap", {}))),
+        release=_release_config(path, text, data.get("release", {})),
     )
 
 
@@ -425,6 +452,121 @@ base, _actions(domain_reader))
         domain_reader.finish()
     return Policy(actions=base, domains=tuple(domains.items()), monitor=monitor,
                   tag_subject=tag_subject)
+
+
+_RULE_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_DOMAIN = re.compile(r"(?=.{1,253}$)[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*")
+
+
+def check_submit(text: str) -> str:
+    """``sendmail:/absolute/path`` or ``smtp:host:port`` (raises ValueError)."""
+    kind, _, rest = text.partition(":")
+    if kind == "sendmail" and rest.startswith("/"):
+        return text
+    host, _, port = rest.rpartition(":")
+    if kind == "smtp" and host and port.isdigit() and 0 < int(port) < 65536:
+        return text
+    raise ValueError(f"expected sendmail:/path or smtp:host:port, got {text!r}")
+
+
+def _release_config(path: Path | None, text: str, data: Mapping[str, Any]) -> ReleaseConfig:
+    reader = _Reader(path, text, "release", data)
+    rules_data = reader.take("rules", list, [])
+    submit = reader.choice("submit", check_submit, DEFAULT_SUBMIT)
+    reader.finish()
+    rules: list[ReleaseRule] = []
+    for index, table in enumerate(rules_data):
+        if not isinstance(table, dict):
+            raise reader.error("rules", "expected [[release.rules]] tables")
+        rule = _release_rule(_Reader(path, text, "release.rules", table, index), index)
+        if any(existing.name == rule.name for existing in rules):
+            raise _Reader(path, text, "release.rules", {}, index).error(
+                "name", f"rule name {rule.name!r} is used twice")
+        rules.append(rule)
+    return ReleaseConfig(rules=tuple(rules), submit=submit)
+
+
+def _release_rule(reader: _Reader, index: int) -> ReleaseRule:
+    name = reader.take("name", str, f"rule{index + 1}")
+    if not _RULE_NAME.fullmatch(name):
+        raise reader.error("name", "use letters, digits, '.', '_' and '-' (at most 64)")
+    releasers = _address_or_domain_list(reader, "releasers")
+    if not releasers:
+        raise reader.error("releasers", "required: the addresses or domains that may release")
+    divert_to = reader.take("divert_to", str, None)
+    if divert_to is None:
+        raise reader.error("divert_to", f"required: a release-officer address or {HOLD!r}")
+    if divert_to != HOLD and (mime.parse_address(divert_to) is None
+                              or any(c in divert_to for c in "<>, \t\r\n")):
+        raise reader.error("divert_to", f"not an address or {HOLD!r}: {divert_to!r}")
+    if isinstance(reader.data.get("required"), float):
+        raise reader.error("required", "expected an integer")
+    required = int(reader.number("required", 1, 1, 100))
+    everything = reader.take("all", bool, False)
+    senders = _address_or_domain_list(reader, "senders")
+    recipient_domains = _domain_list(reader, "recipient_domains")
+    daemons = _string_list(reader, "daemons")
+    ports = _port_list(reader, "ports")
+    selectors = senders or recipient_domains or daemons or ports
+    if everything and selectors:
+        raise reader.error("all", "all = true applies to every message: drop the other "
+                                  "selectors or all")
+    if not everything and not selectors:
+        raise reader.error("", "a rule needs a selector (senders, recipient_domains, "
+                               "daemons, ports) or all = true")
+    releaser_cas = _certificate_digests(reader, "releaser_cas")
+    reader.finish()
+    return ReleaseRule(
+        name=name, releasers=releasers, divert_to=divert_to, required=required,
+        all=everything, senders=senders, recipient_domains=recipient_domains,
+        daemons=daemons, ports=ports, releaser_cas=releaser_cas,
+    )
+
+
+def _string_list(reader: _Reader, key: str) -> tuple[str, ...]:
+    value = reader.take(key, list, [])
+    if not all(isinstance(item, str) and item.strip() for item in value):
+        raise reader.error(key, "expected a list of non-empty strings")
+    return tuple(value)
+
+
+def _domain_list(reader: _Reader, key: str) -> tuple[str, ...]:
+    found = []
+    for item in _string_list(reader, key):
+        if not _DOMAIN.fullmatch(item.rstrip(".")):
+            raise reader.error(key, f"not a domain name: {item!r}")
+        found.append(item.lower().rstrip("."))
+    return tuple(found)
+
+
+def _address_or_domain_list(reader: _Reader, key: str) -> tuple[str, ...]:
+    found = []
+    for item in _string_list(reader, key):
+        if "@" in item:
+            address = mime.parse_address(item)
+            if address is None or item.strip() != item or "<" in item:
+                raise reader.error(key, f"not an address: {item!r}")
+            found.append(item)
+        elif _DOMAIN.fullmatch(item.rstrip(".")):
+            found.append(item.lower().rstrip("."))
+        else:
+            raise reader.error(key, f"not an address or domain: {item!r}")
+    return tuple(found)
+
+
+def _port_list(reader: _Reader, key: str) -> tuple[int, ...]:
+    value = reader.take(key, list, [])
+    if not all(isinstance(p, int) and not isinstance(p, bool) and 0 < p < 65536 for p in value):
+        raise reader.error(key, "expected a list of TCP ports (1-65535)")
+    return tuple(value)
+
+
+def _certificate_digests(reader: _Reader, key: str) -> tuple[bytes, ...]:
+    paths = reader.paths(key, ())
+    try:
+        return tuple(cert.sha256 for cert in load_certificates(paths))
+    except TrustStoreError as exc:
+        raise reader.error(key, str(exc)) from exc
 
 
 def load_config(path: Path) -> Config:

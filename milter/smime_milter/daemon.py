@@ -86,7 +86,8 @@ def _open_socket(config: Config) -> Path | None:
     # A Python exception in a callback must make the MTA retry, never accept.
     libmilter.set_exception_policy(libmilter.TEMPFAIL)
     Milter.factory = SmimeMilter
-    Milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS | Milter.QUARANTINE)
+    Milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS | Milter.QUARANTINE
+                     | Milter.ADDRCPT | Milter.DELRCPT)
     _register()
     try:
         libmilter.opensocket(True)

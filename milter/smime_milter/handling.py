@@ -14,6 +14,19 @@ from dataclasses import dataclass
 from . import stamp
 from .model import Verdict
 from .policy import Action, Decision, Outcome, Policy
+from .release import (
+    ORIGINAL_RECIPIENTS_HEADER,
+    RELEASE_STATUS_HEADER,
+    Diversion,
+    ReleaseDecision,
+    status_stamp,
+)
+
+#: Fields only this milter writes: every incoming copy is a forgery.
+_OWN_FIELDS = frozenset(
+    name.lower() for name in (stamp.STATUS_HEADER, ORIGINAL_RECIPIENTS_HEADER,
+                              RELEASE_STATUS_HEADER)
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,12 +51,16 @@ class Plan:
     subject: tuple[int, str] | None = None
     quarantine_reason: str | None = None
     reply: Reply | None = None
+    #: Envelope recipients to remove, then to add (draft-and-release diversion).
+    delete_recipients: tuple[str, ...] = ()
+    add_recipients: tuple[str, ...] = ()
 
 
 def forged_headers(headers: Sequence[tuple[str, bytes]], authserv_id: str
                    ) -> tuple[tuple[str, int], ...]:
-    """Incoming copies of our own fields: every SMIME-Status-At-Delivery and
-    every Authentication-Results claiming our authserv-id.
+    """Incoming copies of our own fields: every SMIME-Status-At-Delivery,
+    MMHS-Original-Recipients and SMIME-Release-Status, and every
+    Authentication-Results claiming our authserv-id.
 
     Returned highest index first, because Postfix renumbers the remaining
     fields after each deletion.
@@ -52,10 +69,10 @@ def forged_headers(headers: Sequence[tuple[str, bytes]], authserv_id: str
     found: list[tuple[str, int]] = []
     for name, value in headers:
         key = name.lower()
-        if key not in (stamp.STATUS_HEADER.lower(), stamp.AR_HEADER.lower()):
+        if key not in _OWN_FIELDS and key != stamp.AR_HEADER.lower():
             continue
         counts[key] = counts.get(key, 0) + 1
-        if key == stamp.STATUS_HEADER.lower() or stamp.claims_authserv_id(value, authserv_id):
+        if key in _OWN_FIELDS or stamp.claims_authserv_id(value, authserv_id):
             found.append((name, counts[key]))
     return tuple(sorted(found, key=lambda item: (item[0].lower(), -item[1])))
 
@@ -86,9 +103,13 @@ def plan_delivery(
     policy: Policy,
     authserv_id: str,
     record_id: str | None,
+    release: ReleaseDecision | None = None,
+    diversion: Diversion | None = None,
 ) -> Plan:
     """The edits for one message. Forged copies of our fields are always
-    removed, even when nothing else is added, so they never reach a mailbox."""
+    removed, even when nothing else is added, so they never reach a mailbox.
+    ``release`` is the draft-and-release outcome when a rule applied, and
+    ``diversion`` the edits that hold an unreleased message back."""
     deletions = forged_headers(headers, authserv_id)
     action = decision.action
     reason = _reason(verdict, decision)
@@ -113,6 +134,16 @@ def plan_delivery(
     if action is Action.TAG and verdict is not None:
         subject = _tagged_subject(headers, policy, verdict)
     quarantine = reply_text(reason) if action is Action.QUARANTINE else None
+    if diversion is not None:
+        additions.extend(diversion.add_headers)
+        if diversion.quarantine_reason is not None:
+            held = reply_text(diversion.quarantine_reason)
+            quarantine = f"{quarantine}; {held}" if quarantine else held
+        return Plan(action, deletions, tuple(additions), subject, quarantine,
+                    delete_recipients=diversion.delete_recipients,
+                    add_recipients=diversion.add_recipients)
+    if release is not None:
+        additions.append((RELEASE_STATUS_HEADER, status_stamp(release, None)))
     return Plan(action, deletions, tuple(additions), subject, quarantine)
 
 
