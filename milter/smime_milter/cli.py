@@ -28,6 +28,7 @@ from .ingest import IngestResult, ingest_message, message_files
 from .jmap import SmimeJmap
 from .jmap_http import listen_argument, serve
 from .jmap_protocol import JmapProtocol, RequestError
+from .mixer_cli import add_mixer_parser
 from .model import RevocationMode, Verdict
 from .pool import VerifyFailure
 from .revalidate import AtDeliveryChange, apply_anchor_change
@@ -201,6 +202,7 @@ def _build_parser() -> argparse.ArgumentParser:
     trust_list.add_argument("--json", action="store_true", help="a JSON array of anchors")
     _service_arguments(trust_list)
     trust_list.set_defaults(handler=_run_trust_list)
+    add_mixer_parser(commands)
     verify.set_defaults(handler=_run_verify)
     check.set_defaults(handler=_run_check_config)
     return parser
