@@ -31,6 +31,7 @@ from .jmap_protocol import JmapProtocol, RequestError
 from .mixer_cli import add_mixer_parser
 from .model import RevocationMode, Verdict
 from .pool import VerifyFailure
+from .release_cli import add_release_parsers
 from .revalidate import AtDeliveryChange, apply_anchor_change
 from .store import Store, StoreError, utc_date
 from .wiring import build_refresher, build_revalidator, build_verifier, load_trust
@@ -203,6 +204,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _service_arguments(trust_list)
     trust_list.set_defaults(handler=_run_trust_list)
     add_mixer_parser(commands)
+    add_release_parsers(commands, _service_arguments, _service_config)
     verify.set_defaults(handler=_run_verify)
     check.set_defaults(handler=_run_check_config)
     return parser

@@ -94,7 +94,7 @@ class ReleaseDecision:
         counted = f"{len(self.authorized)} of {self.required} authorizations"
         if self.released:
             return f"released by {', '.join(self.authorized)} ({counted})"
-        return f"not released ({counted}): {self.reasons[0] if self.reasons else 'no proof'}"
+        return f"not released ({counted}): {'; '.join(self.reasons) or 'no proof'}"
 
 
 def select_rule(rules: Sequence[ReleaseRule], context: MessageContext) -> ReleaseRule | None:
@@ -184,13 +184,29 @@ def assess(
             if proof.kind == "countersignature":
                 notes.append(f"countersignature by {who}, who is not listed in "
                              f"{AUTHORIZING_USERS_HEADER}, does not count")
-    if len(authorized) < rule.required:
-        reasons.insert(0, f"{len(authorized)} of {rule.required} required authorizations")
+    if len(authorized) < rule.required and not reasons:
+        reasons.append(f"{len(authorized)} of {rule.required} required authorizations")
     # A listed user without a valid proof makes the field a false claim: the
     # message is not released even when others are enough (fail closed).
     released = not reasons
     return ReleaseDecision(rule.name, released, rule.required, tuple(authorized),
                            (*reasons, *notes))
+
+
+def proven_users(
+    headers: Sequence[tuple[str, str]], verdict: Verdict | None, *,
+    casefold_local_part: bool = False,
+) -> tuple[str, ...]:
+    """The users of a well-formed MMHS-Authorizing-Users field whose
+    authorization is proven, whatever the release policy says of them (what an
+    authorizing user's agent checks in step 2 of the procedure)."""
+    reasons: list[str] = []
+    listed = _listed_users(headers, reasons) or ()
+    proofs = _proofs(verdict, reasons)
+    return tuple(
+        user.text for user in listed
+        if any(p.signer.proven and _proves(p, user, casefold_local_part) for p in proofs)
+    )
 
 
 def _listed_users(headers: Sequence[tuple[str, str]], reasons: list[str]
