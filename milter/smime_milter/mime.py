@@ -13,8 +13,8 @@ import quopri
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from email.errors import ObsoleteHeaderDefect
-from email.headerregistry import HeaderRegistry
+from email.errors import NonASCIILocalPartDefect, ObsoleteHeaderDefect
+from email.headerregistry import AddressHeader, HeaderRegistry
 from email.utils import getaddresses
 from functools import lru_cache
 
@@ -310,31 +310,47 @@ def _mailbox_tuple(values: tuple[str, ...]) -> tuple[Address | None, ...]:
 
 
 _ADDRESS_HEADERS = HeaderRegistry()
+#: RFC 5322 §4 obsolete syntax (receivers must accept it) and RFC 6532 UTF-8
+#: local parts are tolerated; any other defect means "not an address-list".
+_TOLERATED_DEFECTS = (ObsoleteHeaderDefect, NonASCIILocalPartDefect)
+_FOLDING = re.compile(r"\r?\n(?=[ \t])")
 
 
-def address_list(value: str) -> tuple[Address, ...]:
-    """The mailboxes of one RFC 5322 ``address-list`` value (groups flattened,
-    the obsolete empty members of RFC 5322 §4.4 tolerated).
-
-    Raises MimeError when the value is not an address-list, so a caller can
-    say "malformed" instead of guessing what was meant.
-    """
-    unfolded = _LINE_END.sub(b"", value.encode("utf-8", "surrogateescape")).decode(
-        "utf-8", "surrogateescape")
+def address_header(value: str) -> AddressHeader:
+    """One RFC 5322 ``address-list`` value parsed strictly, display names and
+    groups kept (raises MimeError with the reason)."""
+    unfolded = _FOLDING.sub("", value)
+    if "\r" in unfolded or "\n" in unfolded:
+        raise MimeError("a line break that is not folding")
+    try:
+        unfolded.encode("utf-8")
+    except UnicodeEncodeError:
+        raise MimeError("not UTF-8") from None
     try:
         header = _ADDRESS_HEADERS("to", unfolded)  # "to": parsed as an address-list
     except Exception as exc:
         # The stdlib parser raises IndexError, AttributeError, TypeError or
         # UnboundLocalError on some malformed input instead of a defect.
         raise MimeError("not an address list") from exc
-    defects = [d for d in header.defects if not isinstance(d, ObsoleteHeaderDefect)]
+    defects = [d for d in header.defects if not isinstance(d, _TOLERATED_DEFECTS)]
     if defects:
         raise MimeError(f"not an address list: {defects[0]}")
-    found: list[Address] = []
     for entry in header.addresses:
-        address = parse_address(entry.addr_spec) if entry.addr_spec != "<>" else None
+        if not entry.username or not entry.domain:
+            raise MimeError(f"{entry.addr_spec!r} is not a mailbox")
+    return header
+
+
+def address_list(value: str) -> tuple[Address, ...]:
+    """The mailboxes of one RFC 5322 ``address-list`` value (groups flattened),
+    normalised for comparison. Raises MimeError when the value is not an
+    address-list or names no mailbox, so a caller can say "malformed"
+    instead of guessing what was meant."""
+    found: list[Address] = []
+    for entry in address_header(value).addresses:
+        address = parse_address(entry.addr_spec)
         if address is None:
-            raise MimeError(f"not a mailbox: {entry.addr_spec!r}")
+            raise MimeError(f"{entry.addr_spec!r} is not a mailbox")
         found.append(address)
     if not found:
         raise MimeError("the address list names no mailbox")

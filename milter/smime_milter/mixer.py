@@ -41,13 +41,11 @@ Decisions the texts leave open:
 from __future__ import annotations
 
 import base64
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from email.errors import NonASCIILocalPartDefect, ObsoleteHeaderDefect
-from email.headerregistry import Address, AddressHeader, HeaderRegistry
+from email.headerregistry import Address, AddressHeader
 
-from .mime import MimeError, parse_entity
+from .mime import MimeError, address_header, parse_entity
 
 FROM = "From"
 SENDER = "Sender"
@@ -55,9 +53,6 @@ MMHS_AUTHORIZING_USERS = "MMHS-Authorizing-Users"
 
 #: Defects the parser reports for syntax a receiver must still accept:
 #: RFC 5322 section 4 obsolete syntax and RFC 6532 UTF-8 local parts.
-_TOLERATED_DEFECTS = (ObsoleteHeaderDefect, NonASCIILocalPartDefect)
-_ADDRESS_HEADERS = HeaderRegistry()
-_FOLD = re.compile(r"\r?\n(?=[ \t])")
 #: 45 bytes become 60 base64 characters. With "=?utf-8?b?" and "?=" added,
 #: the encoded-word is 72 characters, within RFC 2047's limit of 75.
 _ENCODED_WORD_BYTES = 45
@@ -207,30 +202,11 @@ def _address_list_mailboxes(value: str) -> tuple[Address, ...]:
 
 
 def _parse_address_list(field: str, value: str) -> AddressHeader:
-    """Parse one address-list strictly."""
-    unfolded = _FOLD.sub("", value)
-    if "\r" in unfolded or "\n" in unfolded:
-        raise MixerError(f"{field} contains a line break that is not folding: {value!r}")
+    """Parse one address-list strictly (mime.address_header), naming the field."""
     try:
-        unfolded.encode("utf-8")
-    except UnicodeEncodeError:
-        raise MixerError(f"{field} is not UTF-8: {value!r}") from None
-    try:
-        header = _ADDRESS_HEADERS("to", unfolded)  # "to": parsed as an address-list
-    except Exception as exc:
-        # On malformed input, Python 3.11's parser raises IndexError,
-        # AttributeError, TypeError and UnboundLocalError, as well as
-        # HeaderParseError (found by fuzzing). All of them mean "not an
-        # address-list".
-        raise MixerError(f"{field} is not an address list: {value!r}") from exc
-    defects = [d for d in header.defects if not isinstance(d, _TOLERATED_DEFECTS)]
-    if defects:
-        raise MixerError(f"{field} is not an address list ({defects[0]}): {value!r}")
-    for address in header.addresses:
-        if not address.username or not address.domain:
-            raise MixerError(f"{field} holds {address.addr_spec!r}, which is not a "
-                             f"mailbox: {value!r}")
-    return header
+        return address_header(value)
+    except MimeError as exc:
+        raise MixerError(f"{field} is not an address list ({exc}): {value!r}") from exc
 
 
 def headers_from_message(message: bytes) -> list[tuple[str, str]]:
