@@ -188,7 +188,8 @@ class SmimeMilter(Milter.Base):
     def _examine(self, runtime: Runtime) -> Examination:
         assert self.buffer is not None
         policy = runtime.config.policy
-        rule = select_rule(runtime.config.release.rules, self._release_context())
+        rules = runtime.config.release.rules
+        rule = select_rule(rules, self._release_context()) if rules else None
         received_at = self.clock()
         if self.buffer.oversize:
             decision = decide(policy, Outcome.OVERSIZE, self.recipients)
