@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,8 @@ import pytest
 from smime_milter.config import ConfigError, load_config, parse_config
 from smime_milter.model import RevocationMode
 from smime_milter.policy import Action
+from smime_milter.release import ReleaseRule
+from tests.support.pki import TestPki
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -160,3 +163,188 @@ def test_jmap_errors_name_file_line_and_key(tmp_path: Path, text: str, message: 
     path.write_text(text)
     with pytest.raises(ConfigError, match=message):
         load_config(path)
+
+
+# --------------------------------------------------------------------------- [release]
+
+RELEASE = """\
+[release]
+submit = "smtp:127.0.0.1:10025"
+
+[[release.rules]]
+name = "hq"
+senders = ["Alice@Example.COM", "Example.MIL."]
+recipient_domains = ["Allies.Example.", "nato.example"]
+releasers = ["officer@example.com", "Releasers.Example.MIL"]
+releaser_cas = ["cas.pem"]
+required = 2
+divert_to = "release-officers@example.org"
+
+[[release.rules]]
+name = "vault"
+daemons = ["submission"]
+ports = [587, 465]
+releasers = ["keeper@vault.example.net"]
+divert_to = "hold"
+"""
+
+
+def test_release_rules_are_read(tmp_path: Path, pki: TestPki) -> None:
+    (tmp_path / "cas.pem").write_bytes(pki.root.cert_pem + pki.intermediate.cert_pem)
+    path = tmp_path / "c.toml"
+    path.write_text(RELEASE)
+    release = load_config(path).release
+    assert release.submit == "smtp:127.0.0.1:10025"
+    hq, vault = release.rules
+    assert hq == ReleaseRule(
+        name="hq",
+        releasers=("officer@example.com", "releasers.example.mil"),
+        divert_to="release-officers@example.org",
+        required=2,
+        senders=("Alice@Example.COM", "example.mil"),
+        recipient_domains=("allies.example", "nato.example"),
+        releaser_cas=(hashlib.sha256(pki.root.cert_der).digest(),
+                      hashlib.sha256(pki.intermediate.cert_der).digest()),
+    )
+    assert vault == ReleaseRule(
+        name="vault", releasers=("keeper@vault.example.net",), divert_to="hold",
+        daemons=("submission",), ports=(587, 465),
+    )
+    assert vault.holds and not hq.holds
+
+
+def test_release_defaults() -> None:
+    release = parse_config("").release
+    assert release.rules == ()
+    assert release.submit == "sendmail:/usr/sbin/sendmail"
+    minimal = parse_config('[[release.rules]]\nall = true\nreleasers = ["example.mil"]\n'
+                           'divert_to = "hold"\n').release.rules
+    assert minimal == (ReleaseRule(name="rule1", releasers=("example.mil",),
+                                   divert_to="hold", all=True),)
+
+
+def _second_rule(old: str, new: str) -> str:
+    """RELEASE with ``old`` replaced in the second [[release.rules]] block (line 14 on)."""
+    start = RELEASE.rindex("[[release.rules]]")
+    first, second = RELEASE[:start], RELEASE[start:]
+    assert old in second, old
+    return first + second.replace(old, new, 1)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (RELEASE + 'colour = "red"\n', "c.toml:19: release.rules[1].colour: unknown key"),
+        (_second_rule('releasers = ["keeper@vault.example.net"]\n', ""),
+         "c.toml:13: release.rules[1].releasers: required"),
+        (_second_rule('releasers = ["keeper@vault.example.net"]', "releasers = []"),
+         "c.toml:17: release.rules[1].releasers: required"),
+        (_second_rule('divert_to = "hold"\n', ""),
+         "c.toml:13: release.rules[1].divert_to: required"),
+        (_second_rule('"hold"', '"release officers"'),
+         "c.toml:18: release.rules[1].divert_to: not an address or 'hold'"),
+        (_second_rule('"hold"', '"<officers@example.org>"'),
+         "c.toml:18: release.rules[1].divert_to: not an address"),
+        (_second_rule('"hold"', '"HOLD"'), "c.toml:18: release.rules[1].divert_to: not an"),
+        (_second_rule('"hold"', '"a@@example.org"'),
+         "c.toml:18: release.rules[1].divert_to: not an address"),
+        (RELEASE + "required = 0\n", "c.toml:19: release.rules[1].required: must be between"),
+        (RELEASE + "required = 1.5\n", "c.toml:19: release.rules[1].required: expected an int"),
+        (RELEASE + "required = true\n", "c.toml:19: release.rules[1].required: expected a num"),
+        (RELEASE + 'required = "2"\n', "c.toml:19: release.rules[1].required: expected a num"),
+        (_second_rule("ports = [587, 465]", 'all = true\nsenders = ["x.example"]'),
+         "c.toml:16: release.rules[1].all: all = true applies to every message"),
+        (_second_rule('daemons = ["submission"]\nports = [587, 465]\n', ""),
+         "c.toml:13: release.rules[1]: a rule needs a selector"),
+        (_second_rule('daemons = ["submission"]\nports = [587, 465]\n', "all = false\n"),
+         "c.toml:13: release.rules[1]: a rule needs a selector"),
+        (_second_rule('"vault"', '"hq"'), "c.toml:14: release.rules[1].name: rule name 'hq' is"),
+        (_second_rule('"vault"', '"v a u l t"'), "c.toml:14: release.rules[1].name: use letters"),
+        (_second_rule("[587, 465]", "[587, 0]"), "c.toml:16: release.rules[1].ports: expected a"),
+        (_second_rule("[587, 465]", "[65536]"), "c.toml:16: release.rules[1].ports: expected a"),
+        (_second_rule("[587, 465]", '["587"]'), "c.toml:16: release.rules[1].ports: expected a"),
+        (_second_rule("[587, 465]", "587"), "c.toml:16: release.rules[1].ports: expected list"),
+        (RELEASE + 'recipient_domains = ["exa mple"]\n',
+         "c.toml:19: release.rules[1].recipient_domains: not a domain name: 'exa mple'"),
+        (RELEASE + 'recipient_domains = ["ops@example.org"]\n',
+         "c.toml:19: release.rules[1].recipient_domains: not a domain name"),
+        (RELEASE + 'senders = ["under_score.example"]\n',
+         "c.toml:19: release.rules[1].senders: not an address or domain"),
+        (RELEASE + 'senders = ["alice@@example.com"]\n',
+         "c.toml:19: release.rules[1].senders: not an address: 'alice@@example.com'"),
+        (RELEASE + 'senders = ["alice@exa mple"]\n',
+         "c.toml:19: release.rules[1].senders: not an address"),
+        (_second_rule('"keeper@vault.example.net"', '"<keeper@vault.example.net>"'),
+         "c.toml:17: release.rules[1].releasers: not an address"),
+        (RELEASE + 'senders = [" "]\n', "c.toml:19: release.rules[1].senders: expected a list"),
+        (RELEASE + 'releaser_cas = ["missing.pem"]\n',
+         "c.toml:19: release.rules[1].releaser_cas: "),
+        (RELEASE.replace("smtp:127.0.0.1:10025", "smtp:localhost"),
+         "c.toml:2: release.submit: invalid value 'smtp:localhost'"),
+        (RELEASE.replace("smtp:127.0.0.1:10025", "sendmail:sendmail"),
+         "c.toml:2: release.submit: invalid value"),
+        (RELEASE.replace("smtp:127.0.0.1:10025", "smtp:localhost:99999"),
+         "c.toml:2: release.submit: invalid value"),
+        (RELEASE.replace("smtp:127.0.0.1:10025", "lmtp:localhost:24"),
+         "c.toml:2: release.submit: invalid value"),
+        (RELEASE.replace("submit =", "sumbit ="), "c.toml:2: release.sumbit: unknown key"),
+        ("[release]\nrules = [1]\n", "c.toml:2: release.rules: expected [[release.rules]]"),
+    ],
+)
+def test_release_errors_name_file_line_and_key(
+    tmp_path: Path, pki: TestPki, text: str, expected: str
+) -> None:
+    (tmp_path / "cas.pem").write_bytes(pki.intermediate.cert_pem)
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value).startswith(str(tmp_path / expected)), str(info.value)
+
+
+@pytest.mark.parametrize("content", [b"", b"not a certificate\n"], ids=["empty", "garbage"])
+def test_release_unusable_releaser_cas_file(tmp_path: Path, content: bytes) -> None:
+    (tmp_path / "cas.pem").write_bytes(content)
+    path = tmp_path / "c.toml"
+    path.write_text(RELEASE)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value).startswith(f"{tmp_path / 'c.toml'}:9: release.rules[0].releaser_cas: ")
+
+
+def test_release_unreadable_releaser_cas_file(tmp_path: Path, pki: TestPki) -> None:
+    (tmp_path / "cas.pem").write_bytes(pki.intermediate.cert_pem)
+    (tmp_path / "cas.pem").chmod(0)
+    path = tmp_path / "c.toml"
+    path.write_text(RELEASE)
+    try:
+        (tmp_path / "cas.pem").read_bytes()
+    except PermissionError:
+        pass
+    else:
+        pytest.skip("running as root: permissions do not stop reading")
+    with pytest.raises(ConfigError, match=r"c\.toml:9: release\.rules\[0\]\.releaser_cas: "):
+        load_config(path)
+
+
+def test_release_cas_directory_without_certificates_is_an_error(
+    tmp_path: Path, pki: TestPki
+) -> None:
+    """An empty releaser_cas would mean "any CA": it must not parse."""
+    (tmp_path / "cas.pem").mkdir()
+    path = tmp_path / "c.toml"
+    path.write_text(RELEASE)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value).startswith(
+        f"{path}:9: release.rules[0].releaser_cas: no CA certificates found in"), str(info.value)
+    (tmp_path / "cas.pem" / "ca.pem").write_bytes(pki.intermediate.cert_pem)
+    [hq, _] = load_config(path).release.rules
+    assert hq.releaser_cas == (hashlib.sha256(pki.intermediate.cert_der).digest(),)
+
+
+def test_release_addresses_with_quoted_or_international_parts_are_accepted() -> None:
+    text = ('[[release.rules]]\nsenders = [\'"a@b"@example.com\', "jörg@bücher.example"]\n'
+            'releasers = ["officer@example.com"]\ndivert_to = "officers@xn--bcher-kva.example"\n')
+    [rule] = parse_config(text).release.rules
+    assert rule.senders == ('"a@b"@example.com', "jörg@bücher.example")

@@ -198,6 +198,9 @@ class _Reader:
     def error(self, key: str, reason: str) -> ConfigError:
         where = str(self.path) if self.path else "<config>"
         line = _line_of(self.text, self.table, key, self.occurrence or 0)
+        if not line and key:
+            # A missing key: point at its table's header instead.
+            line = _line_of(self.text, self.table, "", self.occurrence or 0)
         table = self.table if self.occurrence is None else f"{self.table}[{self.occurrence}]"
         dotted = ".".join(part for part in (table, key) if part)
         return ConfigError(f"{where}:{line}: {dotted}: {reason}")
@@ -496,7 +499,7 @@ def _release_rule(reader: _Reader, index: int) -> ReleaseRule:
     divert_to = reader.take("divert_to", str, None)
     if divert_to is None:
         raise reader.error("divert_to", f"required: a release-officer address or {HOLD!r}")
-    if divert_to != HOLD and (mime.parse_address(divert_to) is None
+    if divert_to != HOLD and (not _plain_address(divert_to)
                               or any(c in divert_to for c in "<>, \t\r\n")):
         raise reader.error("divert_to", f"not an address or {HOLD!r}: {divert_to!r}")
     if isinstance(reader.data.get("required"), float):
@@ -543,8 +546,7 @@ def _address_or_domain_list(reader: _Reader, key: str) -> tuple[str, ...]:
     found = []
     for item in _string_list(reader, key):
         if "@" in item:
-            address = mime.parse_address(item)
-            if address is None or item.strip() != item or "<" in item:
+            if not _plain_address(item) or item.strip() != item or "<" in item:
                 raise reader.error(key, f"not an address: {item!r}")
             found.append(item)
         elif _DOMAIN.fullmatch(item.rstrip(".")):
@@ -552,6 +554,16 @@ def _address_or_domain_list(reader: _Reader, key: str) -> tuple[str, ...]:
         else:
             raise reader.error(key, f"not an address or domain: {item!r}")
     return tuple(found)
+
+
+def _plain_address(text: str) -> bool:
+    """``local@domain`` with a host-name domain and no stray ``@`` in the local
+    part: ``alice@@example.com`` would parse (local part ``alice@``) yet never
+    match anyone, silently switching a sender selector off."""
+    address = mime.parse_address(text)
+    local = text.rpartition("@")[0]
+    return (address is not None and bool(_DOMAIN.fullmatch(address.domain))
+            and ("@" not in local or (local.startswith('"') and local.endswith('"'))))
 
 
 def _port_list(reader: _Reader, key: str) -> tuple[int, ...]:
@@ -564,9 +576,13 @@ def _port_list(reader: _Reader, key: str) -> tuple[int, ...]:
 def _certificate_digests(reader: _Reader, key: str) -> tuple[bytes, ...]:
     paths = reader.paths(key, ())
     try:
-        return tuple(cert.sha256 for cert in load_certificates(paths))
+        digests = tuple(cert.sha256 for cert in load_certificates(paths))
     except TrustStoreError as exc:
         raise reader.error(key, str(exc)) from exc
+    if paths and not digests:
+        # No CA would silently mean "any CA": the restriction must not vanish.
+        raise reader.error(key, "no CA certificates found in " + ", ".join(map(str, paths)))
+    return digests
 
 
 def load_config(path: Path) -> Config:

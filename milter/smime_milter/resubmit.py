@@ -131,6 +131,9 @@ def strip_fields(message: bytes, names: frozenset[str]) -> bytes:
         # The line break ending the last kept field is also the start of the
         # separator in ``body``: keep exactly one.
         joined = joined[: -2 if joined.endswith(b"\r\n") else -1]
+    elif body and not joined:
+        # Every field dropped: the line break that ended the last one goes too.
+        body = body[2:] if body.startswith(b"\r\n") else body[1:]
     return joined + body
 
 
