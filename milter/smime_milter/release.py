@@ -314,6 +314,8 @@ class Diversion:
 
 
 _UNSAFE = frozenset('"\\')
+#: RFC 5322 §2.1.1: lines SHOULD be at most 78 characters.
+_LINE = 78
 
 
 def _quoted(text: str, limit: int = 300) -> str:
@@ -332,16 +334,19 @@ def status_stamp(decision: ReleaseDecision, divert_to: str | None) -> str:
     return f"held; rule={decision.rule}{where}; reason={_quoted(decision.summary)}"
 
 
-def recipients_field(recipients: Sequence[str]) -> str:
+def recipients_field(recipients: Sequence[str], name: str = ORIGINAL_RECIPIENTS_HEADER) -> str:
     """An address-list value of the envelope recipients, folded so that no
-    line exceeds 78 characters."""
+    line of the field ``name: value`` exceeds 78 characters (RFC 5322 §2.1.1;
+    a single longer address stays whole)."""
     lines: list[str] = []
     current = ""
+    room = _LINE - len(name) - 2  # the first line follows "name: "
     for index, recipient in enumerate(recipients):
         item = f"<{recipient}>" + ("," if index < len(recipients) - 1 else "")
-        if current and len(current) + 1 + len(item) > 76:
+        if current and len(current) + 1 + len(item) > room:
             lines.append(current)
             current = item
+            room = _LINE - 1  # continuation lines start with a tab
         else:
             current = f"{current} {item}" if current else item
     lines.append(current)
