@@ -22,6 +22,7 @@ from smime_milter import mime
 from smime_milter.authorize import (
     AuthorizeError,
     add_countersignatures,
+    add_signer,
     authorize,
     set_authorizing_users,
     signer_infos,
@@ -264,7 +265,6 @@ def test_unsigned_original_with_forged_field_is_not_released(verifier: Verifier)
     assert not decision.released
     assert decision.reasons == (
         "message carries no S/MIME signature that can prove an authorization (not signed)",
-        f"{OFFICER1}: listed but no countersignature or signature by this user",
     )
 
 
@@ -449,7 +449,6 @@ def test_content_altered_after_countersigning(pki: TestPki, staff: Staff,
     assert decision.reasons == (
         "the originator's signature is not valid: "
         "message digest mismatch: the signed content was altered",
-        f"{OFFICER1}: listed but no countersignature or signature by this user",
     )
 
 
@@ -473,7 +472,6 @@ def test_signature_on_one_part_only(pki: TestPki, staff: Staff, verifier: Verifi
     assert decision.reasons == (
         "the signature does not stand for the message: "
         "signature covers only MIME part 1; part(s) 2 not signed",
-        f"{OFFICER1}: listed but no countersignature or signature by this user",
     )
 
 
@@ -635,7 +633,8 @@ def test_diversion_to_the_officers(pki: TestPki, verifier: Verifier) -> None:
     assert diversion.delete_recipients == RECIPIENTS
     assert diversion.add_recipients == (OFFICERS,)
     assert diversion.quarantine_reason is None
-    assert diversion.add_headers == (
+    added = tuple((name, value.replace("\n ", " ")) for name, value in diversion.add_headers)
+    assert added == (
         (ORIGINAL_RECIPIENTS_HEADER, "<bob@example.com>, <carol@example.org>"),
         (RELEASE_STATUS_HEADER,
          f"held; rule=hq; divert-to={OFFICERS}; reason=\"not released (0 of 1 "
@@ -656,7 +655,7 @@ def test_hold_rule_quarantines_and_keeps_recipients(pki: TestPki, verifier: Veri
     assert dict(diversion.add_headers)[ORIGINAL_RECIPIENTS_HEADER] == (
         "<bob@example.com>, <carol@example.org>"
     )
-    assert dict(diversion.add_headers)[RELEASE_STATUS_HEADER].startswith(
+    assert dict(diversion.add_headers)[RELEASE_STATUS_HEADER].replace("\n ", " ").startswith(
         "held; rule=vault; divert-to=hold; reason=\"not released (0 of 1 authorizations): "
     )
 
@@ -691,7 +690,10 @@ def test_stamp_is_safe_whatever_the_reasons_say() -> None:
         "hq", False, 1, (),
         ('"quoted" \\back\\slash\r\nInjected: header\x00\x1b[31m\tend', "caf\u00e9 " * 100),
     )
-    stamp = status_stamp(hostile, OFFICERS)
+    folded = status_stamp(hostile, OFFICERS)
+    assert all(len(line) <= 78 for line in
+               f"{RELEASE_STATUS_HEADER}: {folded}".split("\n")), folded
+    stamp = folded.replace("\n ", " ")  # unfolded
     reason = stamp.split("reason=", 1)[1]
 
     assert reason.startswith('"') and reason.endswith('"')
@@ -789,3 +791,36 @@ def test_vector_weak_algorithms_under_default_policy(vector: Path,
     assert "SHA-1" in text
     assert "RSA key of 1024 bits" in text
     assert not assess(ALICE_RSA_RULE, headers(vector_message), verdict).released
+
+
+# --------------------------------------------------------------------------- separation of duties
+
+
+def test_the_drafter_cannot_authorize_their_own_message(staff: Staff,
+                                                        verifier: Verifier) -> None:
+    own = smime.wrap_message(smime.text_entity(BODY), from_addr=OFFICER1)
+    with pytest.raises(AuthorizeError, match="drafted this message"):
+        authorized_by(own, verifier, staff.officer1)
+    # Made by hand anyway, the milter does not count it.
+    message = set_authorizing_users(add_signer(own, signing(staff.officer1), NOW), [OFFICER1])
+
+    decision = decide(message, verifier)
+    assert not decision.released
+    assert decision.reasons == (
+        f"{OFFICER1}: the originator cannot authorize their own message",
+    )
+    # A second, independent releaser is still needed.
+    decision = decide(authorized_by(message, verifier, staff.officer2), verifier)
+    assert not decision.released
+    assert decision.authorized == (OFFICER2,)
+
+
+def test_with_a_sender_the_from_address_may_authorize(staff: Staff,
+                                                      verifier: Verifier) -> None:
+    """Sender drafted on behalf of From: From is an authorizing user in the
+    MIXER mapping (§5.1), so From's own authorization counts."""
+    drafted = smime.wrap_message(smime.text_entity(BODY), from_addr=OFFICER1,
+                                 extra_headers=[("Sender", CLERK)])
+    decision = decide(authorized_by(drafted, verifier, staff.officer1), verifier)
+    assert decision.released, decision.reasons
+    assert decision.authorized == (OFFICER1,)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -133,7 +134,7 @@ def test_unauthorized_message_is_diverted_then_authorized_and_released(
     world: World, live_pki: TestPki, tmp_path: Path
 ) -> None:
     subject = _subject("draft")
-    recipients = ["rel1@example.org", "rel2@example.org"]
+    recipients = [f"rel{n}@example.org" for n in (1, 2, 6, 7, 8)]  # folds the header
     message = multipart_signed(text_entity("Move at dawn.\n"), live_pki.rsa, to=recipients[0],
                                subject=subject)
     assert world.mta.send(message, "alice@example.com", recipients).code == 250
@@ -141,7 +142,10 @@ def test_unauthorized_message_is_diverted_then_authorized_and_released(
     held_raw = _wait_for(world.mta, OFFICERS, subject)
     held = message_from_bytes(held_raw)
     assert " ".join(str(held["MMHS-Original-Recipients"]).split()) == \
-        "<rel1@example.org>, <rel2@example.org>"
+        ", ".join(f"<{r}>" for r in recipients)
+    field = re.search(rb"^MMHS-Original-Recipients:.*?\n(?![ \t])", held_raw, re.M | re.S)
+    assert field is not None and field.group().count(b"\n") > 1  # really folded
+    assert all(len(line) <= 78 for line in field.group().splitlines())
     assert str(held["SMIME-Release-Status"]).startswith("held; rule=hq;")
     assert "no MMHS-Authorizing-Users" in str(held["SMIME-Release-Status"])
     record = _record(world, held)

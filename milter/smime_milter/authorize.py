@@ -33,7 +33,7 @@ from .cms import (
 )
 from .engine import Verifier
 from .model import Verdict
-from .release import proven_users
+from .release import drafter, proven_users
 from .signing import (
     SigningIdentity,
     amend_signed_data,
@@ -487,6 +487,10 @@ def authorize(
         raise AuthorizeError("the originator's signature is not valid: "
                              f"{(broken[0].errors or ('unknown error',))[0]}")
     headers = _top(message).headers
+    composer = drafter(headers)
+    if composer is not None and composer.matches(mine, casefold_local=casefold_local_part):
+        raise AuthorizeError(f"{mine.text} drafted this message (it is the Sender, or the "
+                             "From without a Sender): someone else must authorize it")
     proven = proven_users(headers, verdict, casefold_local_part=casefold_local_part)
     if any(_same(user, mine, casefold_local_part) for user in proven):
         return Authorization(message, "already authorized", mine.text, proven)

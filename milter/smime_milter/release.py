@@ -4,8 +4,9 @@ A message composed by one user may only leave once enough authorizing users
 (releasing officers) approved it: they are listed in the single
 ``MMHS-Authorizing-Users`` field (draft-melnikov-mmhs-authorizing-users,
 RFC 7912) and each proves it with an S/MIME countersignature on the
-originator's signature (RFC 5652 §11.4) or, when the originator did not
-sign, with a SignerInfo of their own over the content.
+originator's signature (RFC 5652 §11.4) or with a SignerInfo of their own
+over the content (how a message the originator did not sign is authorized).
+Whoever drafted the message (Sender, else From) cannot authorize it.
 
 Pure functions over the engine's Verdict and the header fields: the worker
 processes already checked every signature and countersignature and
@@ -170,10 +171,17 @@ def assess(
     if listed is None:
         return ReleaseDecision(rule.name, False, rule.required, (), tuple(reasons))
     proofs = _proofs(verdict, reasons)
+    if reasons:  # the message itself cannot carry an authorization
+        return ReleaseDecision(rule.name, False, rule.required, (), tuple(reasons))
+    composer = drafter(headers)
     authorized: list[str] = []
     notes: list[str] = []
     for user in listed:
-        problem = _authorization_problem(rule, user, proofs, casefold_local_part)
+        problem = (
+            f"{user.text}: the originator cannot authorize their own message"
+            if composer is not None and user.matches(composer, casefold_local=casefold_local_part)
+            else _authorization_problem(rule, user, proofs, casefold_local_part)
+        )
         if problem is None:
             authorized.append(user.text)
         else:
@@ -207,6 +215,19 @@ def proven_users(
         user.text for user in listed
         if any(p.signer.proven and _proves(p, user, casefold_local_part) for p in proofs)
     )
+
+
+def drafter(headers: Sequence[tuple[str, str]]) -> mime.Address | None:
+    """Who composed the message: the Sender if there is one, else the first
+    From address (the IPMS originator of the MIXER mapping, §5.1). Releasing
+    is someone else's approval, so the drafter's own authorization never
+    counts."""
+    for name in ("sender", "from"):
+        values = [value for field, value in headers if field.lower() == name]
+        if values:
+            found = [a for a in mime.mailbox_list(values) if a is not None]
+            return found[0] if found else None
+    return None
 
 
 def _listed_users(headers: Sequence[tuple[str, str]], reasons: list[str]
@@ -251,10 +272,10 @@ def _proofs(verdict: Verdict | None, reasons: list[str]) -> tuple[_Proof, ...]:
         return ()
     proofs: list[_Proof] = []
     for signer in verdict.signers:
-        if not originators:
-            # The originator did not sign: an authorizing user's own SignerInfo
-            # over the content is the proof (draft §3, step 3).
-            proofs.append(_Proof("signature", signer))
+        # A user's own SignerInfo over the content proves as much as a
+        # countersignature; it is how an unsigned original is authorized
+        # (draft §3, step 3). The drafter's own never counts (see assess).
+        proofs.append(_Proof("signature", signer))
         if signer.signature_ok:
             proofs.extend(_countersignatures(signer))
     return tuple(proofs)
@@ -328,10 +349,28 @@ def status_stamp(decision: ReleaseDecision, divert_to: str | None) -> str:
     """The ``SMIME-Release-Status`` value: released and by whom, or held, where
     and why."""
     if decision.released:
-        return (f"released; rule={decision.rule}; "
-                f"authorized={_quoted(', '.join(decision.authorized))}")
-    where = f"; divert-to={divert_to}" if divert_to else ""
-    return f"held; rule={decision.rule}{where}; reason={_quoted(decision.summary)}"
+        value = (f"released; rule={decision.rule}; "
+                 f"authorized={_quoted(', '.join(decision.authorized))}")
+    else:
+        where = f"; divert-to={divert_to}" if divert_to else ""
+        value = f"held; rule={decision.rule}{where}; reason={_quoted(decision.summary)}"
+    return _folded(value, _LINE - len(RELEASE_STATUS_HEADER) - 2)
+
+
+def _folded(value: str, room: int) -> str:
+    """``value`` folded at spaces into lines of at most ``room`` characters
+    (then 78): the line break replaces a space and the next line starts with
+    one, so unfolding gives back exactly ``value``."""
+    lines: list[str] = []
+    current = ""
+    for word in value.split(" "):
+        if current and len(current) + 1 + len(word) > room:
+            lines.append(current)
+            current, room = " " + word, _LINE
+        else:
+            current = f"{current} {word}" if current else word
+    lines.append(current)
+    return "\n".join(lines)
 
 
 def recipients_field(recipients: Sequence[str], name: str = ORIGINAL_RECIPIENTS_HEADER) -> str:
