@@ -33,7 +33,7 @@ from .cms import (
 )
 from .engine import Verifier
 from .model import Verdict
-from .release import drafter, proven_users
+from .release import AUTHORIZING_USERS_HEADER, drafter, proven_users
 from .signing import (
     SigningIdentity,
     amend_signed_data,
@@ -43,7 +43,6 @@ from .signing import (
     with_countersignature,
 )
 
-MMHS_FIELD = "MMHS-Authorizing-Users"
 #: RFC 8551 §3.5.3 micalg names of the digests signing.py uses.
 MICALG = {"sha256": "sha-256", "sha384": "sha-384", "sha512": "sha-512"}
 
@@ -152,14 +151,15 @@ def set_authorizing_users(message: bytes, addresses: Sequence[str]) -> bytes:
     (none: just remove them), placed before Content-Type/MIME-Version."""
     top = _top(message)
     fields, separator, newline = _header_fields(message, top)
-    kept = [field for field in fields if _field_name(field) != MMHS_FIELD.lower()]
+    kept = [field for field in fields if _field_name(field) != AUTHORIZING_USERS_HEADER.lower()]
     if addresses:
         position = next(
             (i for i, field in enumerate(kept)
              if _field_name(field) in ("content-type", "mime-version")),
             len(kept),
         )
-        kept.insert(position, _folded(MMHS_FIELD, _checked_addresses(addresses), newline))
+        field = _folded(AUTHORIZING_USERS_HEADER, _checked_addresses(addresses), newline)
+        kept.insert(position, field)
     return b"".join(kept) + separator + top.body
 
 

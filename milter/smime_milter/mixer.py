@@ -46,10 +46,11 @@ from dataclasses import dataclass
 from email.headerregistry import Address, AddressHeader
 
 from .mime import MimeError, address_header, parse_entity
+from .release import AUTHORIZING_USERS_HEADER
 
 FROM = "From"
 SENDER = "Sender"
-MMHS_AUTHORIZING_USERS = "MMHS-Authorizing-Users"
+MMHS_AUTHORIZING_USERS = AUTHORIZING_USERS_HEADER
 
 #: Defects the parser reports for syntax a receiver must still accept:
 #: RFC 5322 section 4 obsolete syntax and RFC 6532 UTF-8 local parts.
