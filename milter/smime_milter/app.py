@@ -203,11 +203,7 @@ class SmimeMilter(Milter.Base):
         try:
             verdict = self._verify(runtime, self._job(received_at))
         except VerifyFailure as exc:
-            decision = decide(policy, Outcome.ERROR, self.recipients)
-            if rule is not None:
-                # Draft-and-release fails closed: nothing unexamined leaves.
-                decision = Decision(Action.TEMPFAIL, Outcome.ERROR, Action.TEMPFAIL)
-            return Examination(None, decision, None, str(exc))
+            return Examination(None, self._error_decision(runtime, rule), None, str(exc))
         decision = decide(policy, outcome_of(verdict.status), self.recipients)
         if not decision.action.delivers:
             return Examination(verdict, decision, None, None)
@@ -236,11 +232,17 @@ class SmimeMilter(Milter.Base):
         except (StoreError, TimeoutError) as exc:
             log.error("store failure reason=%s: %s; applying the error action",
                       getattr(exc, "reason", "timeout"), exc)
-            decision = decide(runtime.config.policy, Outcome.ERROR, self.recipients)
-            if rule is not None:
-                decision = Decision(Action.TEMPFAIL, Outcome.ERROR, Action.TEMPFAIL)
-            return Examination(verdict, decision, None, f"store: {exc}")
+            return Examination(verdict, self._error_decision(runtime, rule), None,
+                               f"store: {exc}")
         return Examination(verdict, decision, record_id, problem, rule, release)
+
+    def _error_decision(self, runtime: Runtime, rule: ReleaseRule | None) -> Decision:
+        """The ``error`` action, except that draft-and-release fails closed: a
+        covered message the machinery could not handle is tempfailed, whatever
+        the policy says, so nothing unexamined leaves."""
+        if rule is not None:
+            return Decision(Action.TEMPFAIL, Outcome.ERROR, Action.TEMPFAIL)
+        return decide(runtime.config.policy, Outcome.ERROR, self.recipients)
 
     def _text_headers(self) -> list[tuple[str, str]]:
         assert self.buffer is not None
