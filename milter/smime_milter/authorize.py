@@ -33,7 +33,7 @@ from .cms import (
 )
 from .engine import Verifier
 from .model import Verdict
-from .release import AUTHORIZING_USERS_HEADER, drafter, proven_users
+from .release import AUTHORIZING_USERS_HEADER, drafter, folded, proven_users
 from .signing import (
     SigningIdentity,
     amend_signed_data,
@@ -426,17 +426,8 @@ def _checked_addresses(addresses: Sequence[str]) -> list[str]:
 
 def _folded(name: str, items: Sequence[str], newline: bytes) -> bytes:
     """``name: a, b, c`` folded before an item that would pass the width."""
-    lines: list[str] = []
-    current = f"{name}:"
-    for index, item in enumerate(items):
-        piece = item + ("," if index < len(items) - 1 else "")
-        if len(current) + 1 + len(piece) > _FOLD_WIDTH and current != f"{name}:":
-            lines.append(current)
-            current = " " + piece
-        else:
-            current += " " + piece
-    lines.append(current)
-    return newline.join(line.encode("utf-8") for line in lines) + newline
+    value = folded(", ".join(items), _FOLD_WIDTH - len(name) - 2)
+    return f"{name}: {value}".replace("\n", newline.decode()).encode("utf-8") + newline
 
 
 # --------------------------------------------------------------------------- the procedure

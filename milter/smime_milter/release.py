@@ -354,19 +354,19 @@ def status_stamp(decision: ReleaseDecision, divert_to: str | None) -> str:
     else:
         where = f"; divert-to={divert_to}" if divert_to else ""
         value = f"held; rule={decision.rule}{where}; reason={_quoted(decision.summary)}"
-    return _folded(value, _LINE - len(RELEASE_STATUS_HEADER) - 2)
+    return folded(value, _LINE - len(RELEASE_STATUS_HEADER) - 2)
 
 
-def _folded(value: str, room: int) -> str:
-    """``value`` folded at spaces into lines of at most ``room`` characters
-    (then 78): the line break replaces a space and the next line starts with
-    one, so unfolding gives back exactly ``value``."""
+def folded(value: str, room: int, *, continuation: str = " ") -> str:
+    """``value`` folded at spaces (RFC 5322 FWS): the first line holds at most
+    ``room`` characters, the others 78 with their leading ``continuation``
+    (which replaces the space, so unfolding a space gives ``value`` back)."""
     lines: list[str] = []
     current = ""
     for word in value.split(" "):
         if current and len(current) + 1 + len(word) > room:
             lines.append(current)
-            current, room = " " + word, _LINE
+            current, room = continuation + word, _LINE
         else:
             current = f"{current} {word}" if current else word
     lines.append(current)
@@ -377,19 +377,8 @@ def recipients_field(recipients: Sequence[str], name: str = ORIGINAL_RECIPIENTS_
     """An address-list value of the envelope recipients, folded so that no
     line of the field ``name: value`` exceeds 78 characters (RFC 5322 §2.1.1;
     a single longer address stays whole)."""
-    lines: list[str] = []
-    current = ""
-    room = _LINE - len(name) - 2  # the first line follows "name: "
-    for index, recipient in enumerate(recipients):
-        item = f"<{recipient}>" + ("," if index < len(recipients) - 1 else "")
-        if current and len(current) + 1 + len(item) > room:
-            lines.append(current)
-            current = item
-            room = _LINE - 1  # continuation lines start with a tab
-        else:
-            current = f"{current} {item}" if current else item
-    lines.append(current)
-    return "\n\t".join(lines)
+    value = ", ".join(f"<{recipient}>" for recipient in recipients)
+    return folded(value, _LINE - len(name) - 2, continuation="\t")
 
 
 def divert(rule: ReleaseRule, decision: ReleaseDecision, recipients: Sequence[str]
