@@ -189,7 +189,9 @@ class SmimeMilter(Milter.Base):
         assert self.buffer is not None
         policy = runtime.config.policy
         rules = runtime.config.release.rules
-        rule = select_rule(rules, self._release_context()) if rules else None
+        # Decoded once, only when draft-and-release is configured.
+        headers = self._text_headers() if rules else []
+        rule = select_rule(rules, self._release_context(headers)) if rules else None
         received_at = self.clock()
         if self.buffer.oversize:
             decision = decide(policy, Outcome.OVERSIZE, self.recipients)
@@ -199,7 +201,7 @@ class SmimeMilter(Milter.Base):
             # Too large to check an authorization: held back, never released.
             unexamined = Verdict(None, None, None, notes=(f"not examined: {problem}",))
             return self._recorded(runtime, unexamined, decision, received_at, rule, None,
-                                  problem)
+                                  problem, headers)
         try:
             verdict = self._verify(runtime, self._job(received_at))
         except VerifyFailure as exc:
@@ -207,12 +209,13 @@ class SmimeMilter(Milter.Base):
         decision = decide(policy, outcome_of(verdict.status), self.recipients)
         if not decision.action.delivers:
             return Examination(verdict, decision, None, None)
-        return self._recorded(runtime, verdict, decision, received_at, rule, verdict, None)
+        return self._recorded(runtime, verdict, decision, received_at, rule, verdict, None,
+                              headers)
 
     def _recorded(
         self, runtime: Runtime, record_verdict: Verdict, decision: Decision,
         received_at: datetime, rule: ReleaseRule | None, verdict: Verdict | None,
-        problem: str | None,
+        problem: str | None, headers: list[tuple[str, str]],
     ) -> Examination:
         """Decide release (when a rule applies), then store the record: the
         message only continues once its record, with the original recipients
@@ -220,7 +223,7 @@ class SmimeMilter(Milter.Base):
         assert self.buffer is not None
         release = None
         if rule is not None:
-            release = assess(rule, self._text_headers(), verdict,
+            release = assess(rule, headers, verdict,
                              casefold_local_part=runtime.config.verify.casefold_local_part)
         record_id = new_record_id()
         record = replace(
@@ -248,9 +251,8 @@ class SmimeMilter(Milter.Base):
         assert self.buffer is not None
         return [(name, value.decode("utf-8", "replace")) for name, value in self.buffer.headers]
 
-    def _release_context(self) -> MessageContext:
-        senders = [value for name, value in self._text_headers()
-                   if name.lower() in ("from", "sender")]
+    def _release_context(self, headers: list[tuple[str, str]]) -> MessageContext:
+        senders = [value for name, value in headers if name.lower() in ("from", "sender")]
         return MessageContext(
             envelope_sender=self.sender,
             header_senders=tuple(a.text for a in mime.mailbox_list(senders) if a is not None),
