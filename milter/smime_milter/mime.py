@@ -11,7 +11,7 @@ from __future__ import annotations
 import binascii
 import quopri
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from email.errors import NonASCIILocalPartDefect, ObsoleteHeaderDefect
 from email.headerregistry import AddressHeader, HeaderRegistry
@@ -293,6 +293,29 @@ def parse_address(text: str) -> Address | None:
     if not local or not domain or any(c.isspace() for c in domain):
         return None
     return Address(local, domain)
+
+
+def address_in(text: str, entries: Iterable[str]) -> bool:
+    """``text`` is one of the addresses, or in one of the domains (or their
+    subdomains), of ``entries``; local parts compare case-insensitively, as
+    policy tables are written by people."""
+    address = parse_address(text)
+    if address is None:
+        return False
+    for entry in entries:
+        if "@" in entry:
+            wanted = parse_address(entry)
+            if wanted is not None and wanted.matches(address, casefold_local=True):
+                return True
+        elif domain_in(address.domain, (entry,)):
+            return True
+    return False
+
+
+def domain_in(domain: str, domains: Iterable[str]) -> bool:
+    """``domain`` is one of ``domains`` or a subdomain of one."""
+    domain = domain.strip("<> ").lower().rstrip(".")
+    return any(domain == d or domain.endswith("." + d) for d in domains)
 
 
 def mailbox_list(values: list[str]) -> list[Address | None]:

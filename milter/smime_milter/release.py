@@ -17,7 +17,7 @@ closed: anything it cannot prove counts as not authorized.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from . import mime
@@ -113,10 +113,10 @@ def _applies(rule: ReleaseRule, context: MessageContext) -> bool:
     checks: list[bool] = []
     if rule.senders:
         candidates = (context.envelope_sender, *context.header_senders)
-        checks.append(any(_address_in(a, rule.senders) for a in candidates if a))
+        checks.append(any(mime.address_in(a, rule.senders) for a in candidates if a))
     if rule.recipient_domains:
         checks.append(any(
-            _domain_in(r.rpartition("@")[2], rule.recipient_domains) for r in context.recipients
+            mime.domain_in(r.rpartition("@")[2], rule.recipient_domains) for r in context.recipients
         ))
     if rule.daemons:
         checks.append(context.daemon_name in rule.daemons)
@@ -124,26 +124,6 @@ def _applies(rule: ReleaseRule, context: MessageContext) -> bool:
         # Unknown port (macro not sent): fail closed, the rule applies.
         checks.append(context.daemon_port is None or context.daemon_port in rule.ports)
     return bool(checks) and all(checks)
-
-
-def _address_in(text: str, entries: Iterable[str]) -> bool:
-    """``text`` is one of the addresses, or in one of the domains, of ``entries``."""
-    address = mime.parse_address(text)
-    if address is None:
-        return False
-    for entry in entries:
-        if "@" in entry:
-            wanted = mime.parse_address(entry)
-            if wanted is not None and wanted.matches(address, casefold_local=True):
-                return True
-        elif _domain_in(address.domain, (entry,)):
-            return True
-    return False
-
-
-def _domain_in(domain: str, domains: Iterable[str]) -> bool:
-    domain = domain.strip("<> ").lower().rstrip(".")
-    return any(domain == d or domain.endswith("." + d) for d in domains)
 
 
 # --------------------------------------------------------------------------- assessment
@@ -308,7 +288,7 @@ def _authorization_problem(
     valid = [proof for proof in own if proof.signer.proven]
     if not valid:
         return f"{user.text}: {(own[0].signer.errors or ('signature not valid',))[0]}"
-    if not _address_in(user.text, rule.releasers):
+    if not mime.address_in(user.text, rule.releasers):
         return f"{user.text}: not an authorized releaser under rule {rule.name}"
     if rule.releaser_cas and not any(_issued_by(p.signer, rule.releaser_cas) for p in valid):
         return f"{user.text}: certificate not issued by a releasing CA of rule {rule.name}"
