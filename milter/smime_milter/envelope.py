@@ -51,6 +51,7 @@ __all__ = [
     "DecryptResult",
     "DecryptionKey",
     "decrypt",
+    "ecc_cms_shared_info",
     "load_decryption_key",
 ]
 
@@ -516,7 +517,7 @@ def _kari_unwrapper(
         kek = X963KDF(
             algorithm=kdf_hash(),
             length=kek_len,
-            sharedinfo=_ecc_cms_shared_info(wrap_der, ukm, kek_len * 8),
+            sharedinfo=ecc_cms_shared_info(wrap_der, ukm, kek_len * 8),
         ).derive(shared_secret)
         try:
             cek = aes_key_unwrap(kek, rek["encrypted_key"].native)
@@ -549,11 +550,12 @@ def _originator_public_key(
         raise _Fail("invalid originator public key") from exc
 
 
-def _ecc_cms_shared_info(key_info_der: bytes, ukm: bytes | None, kek_bits: int) -> bytes:
+def ecc_cms_shared_info(key_info_der: bytes, ukm: bytes | None, kek_bits: int) -> bytes:
     """DER of ECC-CMS-SharedInfo (RFC 5753 §7.2), the X9.63 KDF SharedInfo.
 
     keyInfo is the key-wrap AlgorithmIdentifier exactly as the sender sent it,
     entityUInfo [0] the ukm if any, suppPubInfo [2] the KEK length in bits.
+    Shared with ``encrypt`` so both directions derive the KEK the same way.
     """
     body = key_info_der
     if ukm is not None:

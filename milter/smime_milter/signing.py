@@ -218,12 +218,19 @@ def _capabilities() -> asn1_cms.SMIMECapabilites:
     return asn1_cms.SMIMECapabilites([{"capability_id": name} for name in _CAPABILITIES])
 
 
-def _issuer_and_serial(cert: x509.Certificate) -> asn1_cms.SignerIdentifier:
+def issuer_and_serial_number(cert: x509.Certificate) -> asn1_cms.IssuerAndSerialNumber:
+    """``cert``'s IssuerAndSerialNumber, the issuer copied as encoded in the
+    certificate so that byte-comparing peers (signer or recipient lookup) match."""
     parsed = asn1_x509.Certificate.load(_der(cert))
-    value = asn1_cms.IssuerAndSerialNumber(
+    return asn1_cms.IssuerAndSerialNumber(
         {"issuer": parsed.issuer, "serial_number": parsed.serial_number}
     )
-    return asn1_cms.SignerIdentifier(name="issuer_and_serial_number", value=value)
+
+
+def _issuer_and_serial(cert: x509.Certificate) -> asn1_cms.SignerIdentifier:
+    return asn1_cms.SignerIdentifier(
+        name="issuer_and_serial_number", value=issuer_and_serial_number(cert)
+    )
 
 
 def _signature_algorithm(key: PrivateKey, digest: str) -> algos.SignedDigestAlgorithm:
@@ -260,11 +267,33 @@ _SIGNED_FIELDS = (
 
 
 def detached_signed_data(info: asn1_cms.SignerInfo, certificates: Sequence[bytes]) -> bytes:
-    """ContentInfo(SignedData) v1 over id-data without eContent (RFC 8551 §3.5)."""
+    """ContentInfo(SignedData) v1 over id-data without eContent (RFC 8551 §3.5):
+    the application/pkcs7-signature part of multipart/signed."""
+    return _single_signer_signed_data(info, certificates, None)
+
+
+def encapsulated_signed_data(
+    info: asn1_cms.SignerInfo, content: bytes, certificates: Sequence[bytes]
+) -> bytes:
+    """ContentInfo(SignedData) v1 over id-data carrying ``content`` as eContent:
+    application/pkcs7-mime; smime-type=signed-data (RFC 8551 §3.5.2), for
+    recipients that would mangle a clear-signed entity in transit. ``info``
+    must have been built over exactly ``content``."""
+    return _single_signer_signed_data(info, certificates, content)
+
+
+def _single_signer_signed_data(
+    info: asn1_cms.SignerInfo, certificates: Sequence[bytes], content: bytes | None
+) -> bytes:
+    """One issuerAndSerialNumber signer over id-data, so version 1 (RFC 5652 §5.1);
+    ``content`` None leaves eContent out (detached)."""
+    encap = asn1_cms.EncapsulatedContentInfo({"content_type": "data"})
+    if content is not None:
+        encap["content"] = content
     return _signed_data_der(
         version=asn1_cms.CMSVersion("v1").dump(),
         digest_algorithms=[info["digest_algorithm"].dump()],
-        encap_content_info=asn1_cms.EncapsulatedContentInfo({"content_type": "data"}).dump(),
+        encap_content_info=encap.dump(),
         certificates=list(dict.fromkeys(certificates)),
         crls=b"",
         signer_infos=[info.dump()],
