@@ -10,6 +10,7 @@ import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +123,58 @@ class ReleaseConfig:
     submit: str = DEFAULT_SUBMIT
 
 
+#: ``encrypt`` values of an automatic rule.
+ENCRYPT_MODES = ("never", "when-possible", "always")
+
+
+@dataclass(frozen=True, slots=True)
+class AutoRule:
+    """Sign and/or encrypt every submitted message of some senders without a
+    request header (first matching rule wins)."""
+
+    senders: tuple[str, ...]
+    sign: bool = False
+    #: ``never``; ``when-possible`` (only when every recipient has a valid
+    #: certificate, else sent as it is); ``always`` (else rejected).
+    encrypt: str = "never"
+
+
+@dataclass(frozen=True, slots=True)
+class AdvancedConfig:
+    """Server-side signing and encryption (JMAP smime-advanced): the key and
+    certificate stores, who may sign as whom, and which connections are
+    submitters whose ``SMIME-Advanced`` request header is honoured."""
+
+    #: Directory of signing identities (PEM key+certificates, or PKCS#12).
+    keys: Path | None = None
+    #: File holding the PKCS#12 password (first line).
+    keys_password_file: Path | None = None
+    #: Directory of recipients' certificates (PEM or DER files).
+    addressbook: Path | None = None
+    #: Also use signer certificates learned from inbound signed/verified mail.
+    learn: bool = True
+    #: (account, addresses-or-domains it may sign as); nobody else may sign.
+    accounts: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    #: Postfix ``{daemon_name}`` values of submission services.
+    submission_daemons: tuple[str, ...] = ()
+    #: Client networks that are submitters (a JMAP server submitting by SMTP).
+    submission_clients: tuple[IPv4Network | IPv6Network, ...] = ()
+    #: Connections with an authenticated SASL user are submitters.
+    submission_sasl: bool = True
+    #: The account of a submitter connection without a SASL login; None: such
+    #: connections may encrypt but not sign.
+    client_account: str | None = None
+    auto: tuple[AutoRule, ...] = ()
+
+    def may_sign_as(self, account: str, sender: str) -> bool:
+        """``[advanced.accounts]``: the account lists the address or its domain;
+        an account that is not listed may not sign at all."""
+        for name, senders in self.accounts:
+            if name == account:
+                return mime.address_in(sender, senders)
+        return False
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """Everything the verifier and the daemon need, from one file."""
@@ -135,6 +188,7 @@ class Config:
     policy: Policy = field(default_factory=Policy)
     jmap: JmapConfig = field(default_factory=JmapConfig)
     release: ReleaseConfig = field(default_factory=ReleaseConfig)
+    advanced: AdvancedConfig = field(default_factory=AdvancedConfig)
 
 
 _SOCKET = re.compile(r"^(?:(?:unix|local):/.+|inet6?:\d{1,5}(?:@[^\s@]+)?)$")
@@ -170,7 +224,7 @@ def _line_of(text: str, table: str, key: str, occurrence: int = 0) -> int:
     current = ""
     seen = 0
     header = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
-    assignment = re.compile(r"^\s*(\"?)([A-Za-z0-9_.-]+)\1\s*=")
+    assignment = re.compile(r"^\s*([\"']?)([A-Za-z0-9_.@+-]+)\1\s*=")
     wanted = table.replace('"', "")
     for number, line in enumerate(text.splitlines(), start=1):
         match = header.match(line)
@@ -264,7 +318,9 @@ class _Reader:
             raise self.error(key, "unknown key")
 
 
-_TABLES = ("trust", "verify", "decrypt", "milter", "store", "policy", "jmap", "release")
+_TABLES = (
+    "trust", "verify", "decrypt", "milter", "store", "policy", "jmap", "release", "advanced",
+)
 
 
 def parse_config(text: str, path: Path | None = None) -> Config:
@@ -317,6 +373,7 @@ def parse_config(text: str, path: Path | None = None) -> Config:
         policy=_policy(path, text, data.get("policy", {})),
         jmap=_jmap_config(_Reader(path, text, "jmap", data.get("jmap", {}))),
         release=_release_config(path, text, data.get("release", {})),
+        advanced=_advanced_config(path, text, data.get("advanced", {})),
     )
 
 
@@ -583,6 +640,72 @@ def _certificate_digests(reader: _Reader, key: str) -> tuple[bytes, ...]:
         # No CA would silently mean "any CA": the restriction must not vanish.
         raise reader.error(key, "no CA certificates found in " + ", ".join(map(str, paths)))
     return digests
+
+
+_ACCOUNT = re.compile(r"[A-Za-z0-9_.@+-]{1,256}")
+
+
+def _advanced_config(path: Path | None, text: str, data: Mapping[str, Any]) -> AdvancedConfig:
+    reader = _Reader(path, text, "advanced", data)
+    defaults = AdvancedConfig()
+    accounts_table = reader.take("accounts", dict, {})
+    auto_tables = reader.take("auto", list, [])
+    client_account = reader.optional_str("client_account")
+    if client_account is not None and not _ACCOUNT.fullmatch(client_account):
+        raise reader.error("client_account", f"not an account name: {client_account!r}")
+    keys = _relative(reader, reader.optional_str("keys"))
+    password_file = _relative(reader, reader.optional_str("keys_password_file"))
+    addressbook = _relative(reader, reader.optional_str("addressbook"))
+    learn = reader.take("learn", bool, defaults.learn)
+    daemons = _string_list(reader, "submission_daemons")
+    clients = _network_list(reader, "submission_clients")
+    sasl = reader.take("submission_sasl", bool, defaults.submission_sasl)
+    reader.finish()
+    accounts_reader = _Reader(path, text, "advanced.accounts", accounts_table)
+    accounts = []
+    for account in list(accounts_table):
+        if not _ACCOUNT.fullmatch(account):
+            raise accounts_reader.error(account, "not an account name (letters, digits, "
+                                                 "'.', '_', '-', '+', '@')")
+        senders = _address_or_domain_list(accounts_reader, account)
+        if not senders:
+            raise accounts_reader.error(account, "list the addresses or domains it may sign as")
+        accounts.append((account, senders))
+    rules = []
+    for index, table in enumerate(auto_tables):
+        if not isinstance(table, dict):
+            raise reader.error("auto", "expected [[advanced.auto]] tables")
+        rules.append(_auto_rule(_Reader(path, text, "advanced.auto", table, index)))
+    return AdvancedConfig(
+        keys=keys, keys_password_file=password_file, addressbook=addressbook, learn=learn,
+        accounts=tuple(accounts), submission_daemons=daemons, submission_clients=clients,
+        submission_sasl=sasl, client_account=client_account, auto=tuple(rules),
+    )
+
+
+def _auto_rule(reader: _Reader) -> AutoRule:
+    senders = _address_or_domain_list(reader, "senders")
+    if not senders:
+        raise reader.error("senders", "required: the addresses or domains the rule covers")
+    rule = AutoRule(
+        senders=senders,
+        sign=reader.take("sign", bool, False),
+        encrypt=reader.choice("encrypt", _one_of(ENCRYPT_MODES), "never"),
+    )
+    reader.finish()
+    if not rule.sign and rule.encrypt == "never":
+        raise reader.error("", "the rule neither signs nor encrypts")
+    return rule
+
+
+def _network_list(reader: _Reader, key: str) -> tuple[IPv4Network | IPv6Network, ...]:
+    found = []
+    for item in _string_list(reader, key):
+        try:
+            found.append(ip_network(item, strict=True))
+        except ValueError as exc:
+            raise reader.error(key, f"not an address or network: {item!r} ({exc})") from exc
+    return tuple(found)
 
 
 def load_config(path: Path) -> Config:

@@ -21,11 +21,12 @@ from .release import (
     ReleaseDecision,
     status_stamp,
 )
+from .submission import REQUEST_HEADER
 
 #: Fields only this milter writes: every incoming copy is a forgery.
 _OWN_FIELDS = frozenset(
     name.lower() for name in (stamp.STATUS_HEADER, ORIGINAL_RECIPIENTS_HEADER,
-                              RELEASE_STATUS_HEADER)
+                              RELEASE_STATUS_HEADER, REQUEST_HEADER)
 )
 
 

@@ -33,6 +33,7 @@ from .store import Changes, StatusView, Store, utc_date
 from .wiring import build_refresher
 
 SMIMEVERIFY = "urn:ietf:params:jmap:smimeverify"
+SMIME_ADVANCED = "urn:ietf:params:jmap:smime-advanced"
 
 #: The Email properties RFC 9219 defines, in its order.
 SMIME_PROPERTIES = ("smimeStatus", "smimeStatusAtDelivery", "smimeErrors", "smimeVerifiedAt")
@@ -52,11 +53,18 @@ OPERATORS = ("AND", "OR", "NOT")
 FEW_CANDIDATES = 2_000
 
 
-def capabilities() -> dict[str, dict[str, Any]]:
+def capabilities(*, advanced: bool = False) -> dict[str, dict[str, Any]]:
     """What a JMAP server adds to its Session object (RFC 9219 §3): the
     ``capabilities`` entry and the ``accountCapabilities`` entry of every
-    account whose mail passes through the milter; both are empty objects."""
-    return {"capabilities": {SMIMEVERIFY: {}}, "accountCapabilities": {SMIMEVERIFY: {}}}
+    account whose mail passes through the milter; both are empty objects.
+
+    With ``advanced`` (a server whose Email/set calls ``advanced.apply``),
+    also ``urn:ietf:params:jmap:smime-advanced`` (draft-ietf-jmap-smime-sender-
+    extensions §3), again an empty object in both places. It is off by
+    default because advertising it promises Email/set support."""
+    names = (SMIMEVERIFY, SMIME_ADVANCED) if advanced else (SMIMEVERIFY,)
+    return {"capabilities": {name: {} for name in names},
+            "accountCapabilities": {name: {} for name in names}}
 
 
 class FilterError(ValueError):
