@@ -12,6 +12,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from pathlib import Path
 
 from asn1crypto import algos, core
@@ -221,10 +222,15 @@ def _capabilities() -> asn1_cms.SMIMECapabilites:
 def issuer_and_serial_number(cert: x509.Certificate) -> asn1_cms.IssuerAndSerialNumber:
     """``cert``'s IssuerAndSerialNumber, the issuer copied as encoded in the
     certificate so that byte-comparing peers (signer or recipient lookup) match."""
-    parsed = asn1_x509.Certificate.load(_der(cert))
-    return asn1_cms.IssuerAndSerialNumber(
-        {"issuer": parsed.issuer, "serial_number": parsed.serial_number}
-    )
+    return asn1_cms.IssuerAndSerialNumber.load(_issuer_and_serial_der(_der(cert)))
+
+
+@lru_cache(maxsize=1024)
+def _issuer_and_serial_der(cert_der: bytes) -> bytes:
+    """Encoded once per certificate: building it through asn1crypto copies
+    the whole issuer Name, which was most of the cost of a signature."""
+    tbs = asn1_x509.Certificate.load(cert_der)["tbs_certificate"]
+    return der.encode(0x30, tbs["issuer"].dump() + tbs["serial_number"].dump())
 
 
 def _issuer_and_serial(cert: x509.Certificate) -> asn1_cms.SignerIdentifier:
