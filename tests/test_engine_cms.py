@@ -7,11 +7,20 @@ from __future__ import annotations
 import base64
 import quopri
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from asn1crypto import core
 
-from smime_milter.cms import AlgorithmPolicy
+from smime_milter import der
+from smime_milter.cms import (
+    MAX_CAPABILITIES,
+    OID_SIGNING_TIME,
+    OID_SMIME_CAPABILITIES,
+    AlgorithmPolicy,
+    smime_capabilities,
+)
 from smime_milter.engine import Verifier, VerifyPolicy
 from smime_milter.model import Status, Verdict
 from tests.support import smime
@@ -340,3 +349,70 @@ def test_no_signer_infos_in_signed_data_fails(pki: TestPki, verifier: Verifier) 
     verdict = _check(verifier, detached_message(entity(), b64_lines(der)))
     assert verdict.status is Status.SIGNED_FAILED
     assert_failed(verdict, "no signature")
+
+
+# --------------------------------------------------------------------------- SMIMECapabilities
+
+AES_CBC = ("2.16.840.1.101.3.4.1.42", "2.16.840.1.101.3.4.1.22", "2.16.840.1.101.3.4.1.2")
+
+
+def test_signer_capabilities_are_reported(pki: TestPki, verifier: Verifier) -> None:
+    verdict = _check(verifier, _signed(pki.rsa))
+    assert_verified(verdict, "alice@example.com")
+    assert verdict.signers[0].capabilities == AES_CBC
+
+
+def test_no_capabilities_attribute_reports_none(pki: TestPki, verifier: Verifier) -> None:
+    verdict = _check(verifier, _signed(pki.rsa, omit_attrs=("smime_capabilities",)))
+    assert_verified(verdict, "alice@example.com")
+    assert verdict.signers[0].capabilities == ()
+
+
+class _FakeSignerInfo:
+    """Just the signed attributes, as raw contents (the SET OF without its tag)."""
+
+    def __init__(self, contents: bytes) -> None:
+        self._attrs = SimpleNamespace(contents=contents)
+
+    def __getitem__(self, name: str) -> object:
+        assert name == "signed_attrs"
+        return self._attrs
+
+
+def _attribute(oid: str, *values: bytes) -> bytes:
+    return der.encode(0x30, core.ObjectIdentifier(oid).dump() + der.encode(0x31, b"".join(values)))
+
+
+def _capabilities(*elements: bytes) -> bytes:
+    return der.encode(0x30, b"".join(elements))
+
+
+def _capability(oid: str, parameters: bytes = b"") -> bytes:
+    return der.encode(0x30, core.ObjectIdentifier(oid).dump() + parameters)
+
+
+def test_capabilities_keep_order_parameters_and_a_limit() -> None:
+    many = [_capability(f"1.2.3.{n}", core.Integer(n).dump()) for n in range(40)]
+    info = _FakeSignerInfo(
+        _attribute(OID_SIGNING_TIME, core.UTCTime(NOW).dump())
+        + _attribute(OID_SMIME_CAPABILITIES, _capabilities(*many))
+    )
+    assert smime_capabilities(info) == tuple(f"1.2.3.{n}" for n in range(MAX_CAPABILITIES))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("contents", [
+    _attribute(OID_SMIME_CAPABILITIES, core.Integer(5).dump()),                  # not a SEQUENCE
+    _attribute(OID_SMIME_CAPABILITIES, _capabilities(core.Integer(5).dump())),   # bad element
+    _attribute(OID_SMIME_CAPABILITIES, _capabilities(der.encode(0x30, core.Integer(1).dump()))),
+    _attribute(OID_SMIME_CAPABILITIES, _capabilities(_capability("1.2")),
+               _capabilities(_capability("1.3"))),                               # two values
+    _attribute(OID_SMIME_CAPABILITIES, _capabilities(_capability("1.2")))
+    + _attribute(OID_SMIME_CAPABILITIES, _capabilities(_capability("1.3"))),     # repeated
+    _attribute(OID_SMIME_CAPABILITIES, _capabilities(_capability("1.2")))[:-1],  # truncated
+    _attribute(OID_SMIME_CAPABILITIES),                                          # no value
+    b"\x30\x03\x06\x01",                                                         # garbage
+])
+def test_malformed_capabilities_give_none(contents: bytes) -> None:
+    assert smime_capabilities(_FakeSignerInfo(contents)) == ()  # type: ignore[arg-type]
+    good = _attribute(OID_SMIME_CAPABILITIES, _capabilities(_capability("1.2")))
+    assert smime_capabilities(_FakeSignerInfo(good)) == ("1.2",)  # type: ignore[arg-type]

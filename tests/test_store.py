@@ -29,9 +29,11 @@ from smime_milter import store as store_module
 from smime_milter.model import SignerResult, Status, Verdict
 from smime_milter.store import (
     INDEXES,
+    MAX_LEARNED_PER_ADDRESS,
     SCHEMA_VERSION,
     CannotCalculateChanges,
     Changes,
+    LearnedCertificate,
     Record,
     Store,
     StoreError,
@@ -264,7 +266,9 @@ def test_on_disk_layout_matches_the_schema_document(path: Path) -> None:
     with raw_env(path) as env, env.begin() as txn:
         names = sorted(key.decode() for key in txn.cursor().iternext(values=False))
         assert names == sorted(["meta", "records", "status", "certs", "crls", "changes",
-                                *INDEXES, "verify_due"])
+                                *INDEXES, "verify_due", "learned"])
+        # The only signer failed its chain: nothing learned from this message.
+        assert dict(txn.cursor(db=raw_db(env, txn, "learned"))) == {}
         meta = dict(txn.cursor(db=raw_db(env, txn, "meta")))
         assert meta == {b"schema": str(SCHEMA_VERSION).encode(), b"state": b"2",
                         b"min_state": b"0", b"trust_generation": b"00ff",
@@ -787,3 +791,114 @@ def test_stats(store: Store) -> None:
     assert stats["entries"] == 1 and stats["state"] == 1 and stats["min_state"] == 0
     assert stats["map_size"] == 1 << 30
     assert 0 < stats["used_bytes"] < stats["map_size"]
+
+
+# --------------------------------------------------------------------------- learned certificates
+
+
+def test_capabilities_round_trip_and_are_optional_in_json(path: Path) -> None:
+    oids = ("2.16.840.1.101.3.4.1.42", "1.2.840.113549.3.7")
+    kept = record(signers=(signer(capabilities=oids), signer(certificate=None, path=())))
+    with Store.open(path) as opened:
+        opened.put_sync(kept)
+        assert opened.get(kept.record_id) == kept
+    with raw_env(path) as env, env.begin() as txn:
+        doc = json.loads(txn.get(kept.record_id.encode(), db=raw_db(env, txn, "records")))
+    assert doc["signers"][0]["capabilities"] == list(oids)
+    assert "capabilities" not in doc["signers"][1]
+
+
+def test_learned_entry_layout_matches_the_schema_document(path: Path) -> None:
+    kept = record(record_id="rlearned", from_address="Alice@Example.ORG",
+                  signers=(signer(capabilities=("1.2.3",)),))
+    with Store.open(path) as opened:
+        opened.put_sync(kept)
+    with raw_env(path) as env, env.begin() as txn:
+        learned = dict(txn.cursor(db=raw_db(env, txn, "learned")))
+    assert learned == {
+        b"alice@example.org\0" + sha(LEAF).encode(): json.dumps(
+            {"receivedAt": "2026-06-01T12:30:05Z", "recordId": "rlearned",
+             "capabilities": ["1.2.3"], "chain": [sha(INTERMEDIATE), sha(ROOT)]},
+            separators=(",", ":"),
+        ).encode()
+    }
+    with Store.open(path, readonly=True) as reader:
+        (entry,) = reader.learned_certificates("ALICE@example.org")
+    assert entry == LearnedCertificate(LEAF, RECEIVED, "rlearned", ("1.2.3",),
+                                       (INTERMEDIATE, ROOT))
+
+
+@pytest.mark.parametrize("change", [
+    {"status_at_delivery": Status.SIGNED_FAILED},
+    {"status_at_delivery": Status.SIGNED},
+    {"status_at_delivery": None},
+    {"from_address": None},
+    {"signers": (signer(from_match=False),)},
+    {"signers": (signer(chain_ok=False),)},
+    {"signers": (signer(signature_ok=False),)},
+    {"signers": (signer(errors=("extra",)),)},
+    {"signers": (signer(certificate=None, path=()),)},
+])
+def test_only_proven_signers_of_verified_mail_are_learned(
+    store: Store, change: dict[str, object]
+) -> None:
+    store.put_sync(record(**change))
+    assert store.learned_certificates("alice@example.org") == []
+    store.put_sync(record())
+    assert [c.certificate for c in store.learned_certificates("alice@example.org")] == [LEAF]
+
+
+def test_a_newer_message_replaces_an_older_one_and_not_the_reverse(store: Store) -> None:
+    newer = record(received_at=RECEIVED + timedelta(hours=1))
+    store.put_sync(newer)
+    store.put_sync(record(received_at=RECEIVED, signers=(signer(capabilities=("1.9",)),)))
+    (entry,) = store.learned_certificates("alice@example.org")
+    assert (entry.record_id, entry.received_at, entry.capabilities) == (
+        newer.record_id, newer.received_at, ())
+    newest = record(received_at=RECEIVED + timedelta(hours=2),
+                    signers=(signer(capabilities=("1.9",)),))
+    store.put_sync(newest)
+    (entry,) = store.learned_certificates("alice@example.org")
+    assert (entry.record_id, entry.capabilities) == (newest.record_id, ("1.9",))
+
+
+def test_at_most_a_few_certificates_per_address_newest_kept(store: Store) -> None:
+    leaves = [b"\x30\x82leaf %d" % n * 10 for n in range(MAX_LEARNED_PER_ADDRESS + 3)]
+    # Written out of order: age, not arrival, decides what is dropped.
+    order = [3, 0, 10, 5, 1, 9, 2, 8, 4, 7, 6]
+    for n in order:
+        store.put_sync(record(received_at=RECEIVED + timedelta(minutes=n),
+                              signers=(signer(certificate=leaves[n], path=(leaves[n],)),)))
+    learned = store.learned_certificates("alice@example.org")
+    assert [c.certificate for c in learned] == leaves[::-1][:MAX_LEARNED_PER_ADDRESS]
+    assert store.learned_certificates("bob@example.org") == []
+    store.put_sync(record(received_at=RECEIVED - timedelta(days=1),
+                          signers=(signer(certificate=b"\x30\x82too old" * 9, path=()),)))
+    assert store.learned_certificates("alice@example.org") == learned
+
+
+def test_a_version_2_store_is_read_as_is_and_upgraded_by_the_writer(path: Path) -> None:
+    with Store.open(path) as opened:
+        opened.put_sync(record())
+    with raw_env(path, readonly=False) as env, env.begin(write=True) as txn:
+        txn.drop(env.open_db(b"learned", txn=txn, create=False), delete=True)
+        txn.put(b"schema", b"2", db=env.open_db(b"meta", txn=txn, create=False))
+    with Store.open(path, readonly=True) as reader:
+        assert reader.learned_certificates("alice@example.org") == []
+        assert reader.stats()["entries"] == 1
+    with Store.open(path) as writer:
+        writer.put_sync(record())
+        assert len(writer.learned_certificates("alice@example.org")) == 1
+    with raw_env(path) as env, env.begin() as txn:
+        assert txn.get(b"schema", db=raw_db(env, txn, "meta")) == str(SCHEMA_VERSION).encode()
+    assert SCHEMA_VERSION == 3
+
+
+def test_corrupt_learned_entry(path: Path) -> None:
+    Store.open(path).close()
+    with raw_env(path, readonly=False) as env, env.begin(write=True) as txn:
+        txn.put(b"alice@example.org\0" + sha(LEAF).encode(), b"{",
+                db=env.open_db(b"learned", txn=txn))
+    with Store.open(path, readonly=True) as reader, pytest.raises(StoreError) as caught:
+        reader.learned_certificates("alice@example.org")
+    assert caught.value.reason == "corrupt"

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Literal
 
 from asn1crypto import crl as asn1_crl
 from asn1crypto import pem, x509
@@ -46,6 +47,15 @@ _EE_ONLY_REVINFO = RevocationCheckingPolicy(
 )
 #: "Any age" for CRLs whose nextUpdate has passed (see ChainValidator._policies).
 _ANY_AGE = timedelta(days=100 * 365)
+
+#: What the leaf certificate is validated for: verifying a signature it made
+#: ("sign") or encrypting to its holder ("encrypt"); RFC 8550 §4.4 asks
+#: different key usages of each.
+Usage = Literal["sign", "encrypt"]
+#: Smallest RSA key a message is encrypted to (RFC 8551 §2.7 and §4.1).
+MIN_ENCRYPTION_RSA_BITS = 2048
+#: Curves ECDH key agreement (RFC 5753) is accepted with: those we sign with.
+ENCRYPTION_CURVES = frozenset({"secp256r1", "secp384r1", "secp521r1"})
 
 
 class TrustStoreError(ValueError):
@@ -188,8 +198,13 @@ class ChainValidator:
         extra_certs: Sequence[x509.Certificate] = (),
         extra_crls: Sequence[bytes] = (),
         at: datetime | None = None,
+        *,
+        usage: Usage = "sign",
     ) -> ChainResult:
-        """Is ``leaf`` an acceptable S/MIME signing certificate at ``at``?"""
+        """Is ``leaf`` an acceptable S/MIME certificate at ``at``, for
+        verifying its signatures (``usage="sign"``) or for encrypting to it
+        (``"encrypt"``)? The path, expiry and revocation rules are the same;
+        only the leaf's key usage and key type requirements differ."""
         at = at or datetime.now(UTC)
         key = (
             leaf.sha256,
@@ -199,6 +214,7 @@ class ChainValidator:
             self.revocation,
             self.allow_sha1,
             int(at.timestamp()) // self._bucket,
+            usage,
         )
         with self._lock:
             entry = self._cache.get(key)
@@ -207,7 +223,7 @@ class ChainValidator:
                 self.hits += 1
                 return entry.result
         self.misses += 1
-        result, window = self._validate_uncached(leaf, extra_certs, extra_crls, at)
+        result, window = self._validate_uncached(leaf, extra_certs, extra_crls, at, usage)
         with self._lock:
             self._cache[key] = _CacheEntry(result, *window)
             while len(self._cache) > self._cache_size:
@@ -247,6 +263,7 @@ class ChainValidator:
         extra_certs: Sequence[x509.Certificate],
         extra_crls: Sequence[bytes],
         at: datetime,
+        usage: Usage,
     ) -> tuple[ChainResult, tuple[datetime, datetime]]:
         never = (at, at)
         crls = [*self.trust.crls, *extra_crls]
@@ -275,7 +292,9 @@ class ChainValidator:
                 # Malformed certificates or CRLs from the message surface here.
                 problem = f"certificate chain could not be processed: {_first_line(exc)}"
                 return ChainResult(False, (problem,)), never
-            usage_errors = _usage_errors(leaf)
+            usage_errors = (
+                _encryption_usage_errors(leaf) if usage == "encrypt" else _usage_errors(leaf)
+            )
             if usage_errors:
                 return ChainResult(False, usage_errors), never
             certs = list(path)
@@ -333,10 +352,49 @@ def _usage_errors(leaf: x509.Certificate) -> tuple[str, ...]:
         if not usages & {"digital_signature", "non_repudiation"}:
             errors.append("certificate key usage allows neither digitalSignature "
                           "nor nonRepudiation")
+    errors.extend(_email_eku_errors(leaf))
+    return tuple(errors)
+
+
+def _encryption_usage_errors(leaf: x509.Certificate) -> tuple[str, ...]:
+    """RFC 8550 §4.4.2 and RFC 8551 §2.7: what encrypting a message to
+    ``leaf`` needs. RSA keys transport the content key (keyEncipherment), EC
+    keys agree on one (keyAgreement, RFC 5753); anything else, or a key too
+    weak to protect the content, is refused rather than used."""
+    errors: list[str] = []
+    needed: str | None = None
+    try:
+        public_key = leaf.public_key
+        algorithm = public_key.algorithm
+        if algorithm == "rsa":
+            needed = "key_encipherment"
+            if public_key.bit_size < MIN_ENCRYPTION_RSA_BITS:
+                errors.append(f"RSA key of {public_key.bit_size} bits is below the minimum "
+                              f"of {MIN_ENCRYPTION_RSA_BITS} for encryption")
+        elif algorithm == "ec":
+            needed = "key_agreement"
+            kind, curve = public_key.curve
+            if kind != "named" or curve not in ENCRYPTION_CURVES:
+                errors.append("elliptic curve is not accepted for encryption (named P-256, "
+                              "P-384 or P-521 needed)")
+        else:
+            errors.append(f"{algorithm} keys cannot be encrypted to")
+    except (ValueError, TypeError, KeyError) as exc:
+        return (f"certificate public key could not be read: {_first_line(exc)}",)
+    key_usage = leaf.key_usage_value
+    if needed is not None and key_usage is not None and needed not in set(key_usage.native):
+        name = "keyEncipherment" if needed == "key_encipherment" else "keyAgreement"
+        errors.append(f"certificate key usage does not allow {name}")
+    errors.extend(_email_eku_errors(leaf))
+    return tuple(errors)
+
+
+def _email_eku_errors(leaf: x509.Certificate) -> list[str]:
+    """RFC 8550 §4.4.4: an EKU, when present, must allow emailProtection."""
     ext_key_usage = leaf.extended_key_usage_value
     if ext_key_usage is not None:
         purposes = set(ext_key_usage.native)
         if not purposes & {"email_protection", "any_extended_key_usage"}:
-            errors.append("certificate extended key usage does not allow emailProtection")
-    return tuple(errors)
+            return ["certificate extended key usage does not allow emailProtection"]
+    return []
 

@@ -28,6 +28,7 @@ OID_MESSAGE_DIGEST = "1.2.840.113549.1.9.4"
 OID_SIGNING_TIME = "1.2.840.113549.1.9.5"
 OID_COUNTERSIGNATURE = "1.2.840.113549.1.9.6"
 OID_DATA = "1.2.840.113549.1.7.1"
+OID_SMIME_CAPABILITIES = "1.2.840.113549.1.9.15"
 
 _HASHES: dict[str, type[hashes.HashAlgorithm]] = {
     "sha1": hashes.SHA1,
@@ -44,6 +45,9 @@ MAX_SIGNER_INFOS = 16
 MAX_CERTIFICATES = 64
 #: Countersignatures examined on one SignerInfo (RFC 5652 §11.4 allows any number).
 MAX_COUNTERSIGNATURES = 16
+#: SMIMECapabilities kept per signer: real clients list a dozen at most, and
+#: the list is stored with every record.
+MAX_CAPABILITIES = 32
 
 
 class CmsError(ValueError):
@@ -233,6 +237,59 @@ def _signed_attribute_values(signer_info: asn1_cms.SignerInfo) -> dict[str, list
                 for value in der.children(data, values.content_start, values.end)
             )
     return found
+
+
+_CAPABILITIES_OID = core.ObjectIdentifier(OID_SMIME_CAPABILITIES).contents
+
+
+def smime_capabilities(signer_info: asn1_cms.SignerInfo) -> tuple[str, ...]:
+    """Dotted OIDs of the SMIMECapabilities signed attribute (RFC 8551
+    §2.5.2), in the signer's order, at most :data:`MAX_CAPABILITIES`.
+
+    Only a hint for encrypting to the signer later, so anything malformed
+    (a repeated attribute, several values, a bad element) gives ``()``
+    rather than an error: it must never affect the signature's verdict.
+    """
+    try:
+        attributes = signer_info["signed_attrs"]
+        if isinstance(attributes, core.Void):
+            return ()
+        data = attributes.contents
+        found: tuple[str, ...] | None = None
+        for attribute in der.children(data, 0, len(data)):
+            oid_element, values = der.children(data, attribute.content_start, attribute.end)
+            if data[oid_element.content_start : oid_element.end] != _CAPABILITIES_OID:
+                continue
+            if found is not None or values.tag != 0x31:
+                return ()  # repeated (RFC 8551 allows one) or not a SET of values
+            (value,) = der.children(data, values.content_start, values.end)
+            found = _capability_oids(data, value)
+        return found or ()
+    except (ValueError, TypeError, KeyError, IndexError, OverflowError):
+        return ()
+
+
+def _capability_oids(data: bytes, sequence: der.Tlv) -> tuple[str, ...]:
+    """SMIMECapabilities ::= SEQUENCE OF SEQUENCE { capabilityID OID, parameters ANY OPTIONAL }."""
+    if sequence.tag != 0x30:
+        raise ValueError("SMIMECapabilities is not a SEQUENCE")
+    oids: list[str] = []
+    for capability in der.children(data, sequence.content_start, sequence.end):
+        if capability.tag != 0x30:
+            raise ValueError("SMIMECapability is not a SEQUENCE")
+        oid = der.read(data, capability.content_start, capability.end)
+        if oid.tag != 0x06:
+            raise ValueError("SMIMECapability does not start with an OID")
+        oids.append(_dotted(data[oid.start : oid.end]))
+        if len(oids) == MAX_CAPABILITIES:
+            break
+    return tuple(oids)
+
+
+@lru_cache(maxsize=256)
+def _dotted(tlv: bytes) -> str:
+    dotted: str = core.ObjectIdentifier.load(tlv).dotted
+    return dotted
 
 
 @lru_cache(maxsize=64)

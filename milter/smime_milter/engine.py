@@ -29,6 +29,7 @@ from .cms import (
     countersignatures,
     parse_signed_data,
     signature_octets,
+    smime_capabilities,
 )
 from .der import read as read_der
 from .envelope import DecryptionKey, decrypt
@@ -436,7 +437,8 @@ class Verifier:
                     f"({', '.join(info.emails)})"
                 )
         return self._signer_result(check, errors, signed_data, at, from_match,
-                                   self._countersigners(signer_info, signed_data, at, 1))
+                                   self._countersigners(signer_info, signed_data, at, 1),
+                                   smime_capabilities(signer_info))
 
     def _countersigners(
         self, parent: asn1_cms.SignerInfo, signed_data: SignedData, at: datetime, depth: int
@@ -465,6 +467,7 @@ class Verifier:
     def _signer_result(
         self, check: SignatureCheck, errors: list[str], signed_data: SignedData, at: datetime,
         from_match: bool, countersigners: tuple[SignerResult, ...],
+        capabilities: tuple[str, ...] = (),
     ) -> SignerResult:
         info = check.certificate
         chain = ChainResult(False)
@@ -488,6 +491,7 @@ class Verifier:
             path=chain.path,
             chain_errors=chain.errors,
             countersignatures=countersigners,
+            capabilities=capabilities,
         )
 
 

@@ -80,6 +80,11 @@ class SignerResult:
     #: this signer's signature value and validated like a signer, but not bound
     #: to From (``from_match`` is False): MMHS authorizing users sign this way.
     countersignatures: tuple[SignerResult, ...] = ()
+    #: Dotted OIDs of the signer's SMIMECapabilities signed attribute (RFC 8551
+    #: §2.5.2), in the signer's order of preference: what its holder can
+    #: decrypt, which server-side encryption to it honours. Empty when absent
+    #: or malformed, and always for countersignatures.
+    capabilities: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:

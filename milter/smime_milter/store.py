@@ -45,13 +45,21 @@ import lmdb
 from .model import SignerResult, Status, Verdict
 from .release import ReleaseDecision
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 INDEXES = ("has_smime", "has_verified_smime", "has_verified_smime_at_delivery")
 
 #: Every named sub-database of schema version 2.
-_DB_NAMES = (
+_V2_DB_NAMES = (
     "meta", "records", "status", "certs", "crls", "changes", *INDEXES, "verify_due"
 )
+#: Version 3 adds ``learned``; a version 2 store is upgraded in place by the
+#: writer (the new sub-database starts empty), and read as it is until then.
+_DB_NAMES = (*_V2_DB_NAMES, "learned")
+#: Distinct certificates ``learned`` keeps per address: a sender renews or
+#: switches certificates a few times, never dozens; the oldest go first.
+MAX_LEARNED_PER_ADDRESS = 8
+#: LMDB's default maximum key size; a longer address is not learned.
+_MAX_KEY = 511
 #: The record members the ``status`` sub-database repeats, for cheap reads.
 _STATUS_MEMBERS = (
     "receivedAt", "smimeStatusAtDelivery", "smimeErrorsAtDelivery", "smimeStatus",
@@ -234,6 +242,29 @@ class TrustEpoch:
 
 
 @dataclass(frozen=True, slots=True)
+class LearnedCertificate:
+    """A certificate an address proved it holds by signing a message that
+    verified at delivery: a candidate for encrypting mail to that address.
+
+    Whether it may still be used (expiry, revocation, trust, key usage) is
+    the reader's question to answer at the time of use; the store only
+    remembers what it saw.
+    """
+
+    #: DER of the signer certificate.
+    certificate: bytes
+    #: When the newest message signed with it was received.
+    received_at: datetime
+    #: The record of that message.
+    record_id: str
+    #: Its signer's SMIMECapabilities (dotted OIDs, preferred first).
+    capabilities: tuple[str, ...] = ()
+    #: DER of the rest of the path validated at delivery (intermediates and
+    #: the anchor), so the certificate can be validated again without the message.
+    chain: tuple[bytes, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Changes:
     """The answer to Email/changes, restricted to what the store tracks."""
 
@@ -371,6 +402,7 @@ def _signer_json(signer: SignerResult, certs: _CertRefs) -> dict[str, Any]:
         **({"countersignatures": [_signer_json(counter, certs)
                                   for counter in signer.countersignatures]}
            if signer.countersignatures else {}),
+        **({"capabilities": _texts(signer.capabilities)} if signer.capabilities else {}),
     }
 
 
@@ -438,6 +470,7 @@ def _signer_value(doc: dict[str, Any], cert: Callable[[str], bytes]) -> SignerRe
         countersignatures=tuple(
             _signer_value(counter, cert) for counter in doc.get("countersignatures", ())
         ),
+        capabilities=tuple(doc.get("capabilities", ())),
     )
 
 
@@ -510,6 +543,79 @@ def _index_flags(doc: dict[str, Any]) -> dict[str, bool]:
         "has_verified_smime": doc["smimeStatus"] in _VERIFIED,
         "has_verified_smime_at_delivery": doc["smimeStatusAtDelivery"] in _VERIFIED,
     }
+
+
+def _learned_prefix(address: str) -> bytes | None:
+    """The ``learned`` key prefix of an address (lowercased UTF-8, then NUL),
+    or None when no entry can exist for it."""
+    if not isinstance(address, str) or "\0" in address:
+        return None
+    prefix = _text(address).lower().encode("utf-8") + b"\0"
+    return prefix if len(prefix) + 64 <= _MAX_KEY else None
+
+
+#: A ``learned`` entry ready to write: prefix, key, its (receivedAt, recordId), value.
+_LearnedEntry = tuple[bytes, bytes, tuple[str, str], bytes]
+
+
+def _learned_entries(record: Record, doc: dict[str, Any]) -> list[_LearnedEntry]:
+    """The ``learned`` entries ``record`` makes: one per signer certificate
+    that proved From when the message was delivered (signature, chain and
+    From binding all held). Built from the record's JSON form ``doc``, whose
+    certificate digests and dates are already computed: this runs for most
+    messages, on the caller's thread."""
+    if doc["smimeStatusAtDelivery"] not in _VERIFIED or doc["fromAddress"] is None:
+        return []
+    prefix = _learned_prefix(doc["fromAddress"])
+    if prefix is None:
+        return []
+    order = (doc["receivedAt"], doc["id"])
+    head = b'{"receivedAt":"%s","recordId":"%s","capabilities":' % (
+        order[0].encode("ascii"), order[1].encode("ascii"))
+    entries: dict[bytes, bytes] = {}
+    for signer, signer_doc in zip(record.signers, doc["signers"], strict=True):
+        if not signer.ok or signer_doc["certificate"] is None:
+            continue
+        key = prefix + signer_doc["certificate"].encode("ascii")
+        if key not in entries:
+            # Dates, record ids and digests are plain ASCII: only the
+            # capabilities (any text a SignerResult holds) need JSON escaping.
+            capabilities = signer_doc.get("capabilities")
+            chain = ",".join(f'"{digest}"' for digest in signer_doc["path"][1:])
+            entries[key] = b'%s%s,"chain":[%s]}' % (
+                head, _json_bytes(capabilities) if capabilities else b"[]", chain.encode("ascii"))
+    return [(prefix, key, order, value) for key, value in entries.items()]
+
+
+def _learned_order(value: bytes) -> tuple[str, str]:
+    """Newer sorts higher: received time, then record id for a stable order."""
+    doc = _decode_json(value.decode("utf-8"))
+    return doc["receivedAt"], doc["recordId"]
+
+
+def _learn(txn: lmdb.Transaction, db: Any, entry: _LearnedEntry) -> None:
+    """Writes one ``learned`` entry unless a newer message already holds it;
+    a new certificate then trims the address to
+    :data:`MAX_LEARNED_PER_ADDRESS` (the oldest go)."""
+    prefix, key, order, value = entry
+    old = txn.get(key, db=db)
+    if old is not None:
+        # The common case, a known sender's next message: the count is unchanged.
+        if _learned_order(old) <= order:
+            txn.put(key, value, db=db)
+        return
+    txn.put(key, value, db=db)
+    cursor = txn.cursor(db=db)
+    entries: list[tuple[tuple[str, str], bytes]] = []
+    if cursor.set_range(prefix):
+        for entry_key, entry_value in cursor.iternext():
+            if not entry_key.startswith(prefix):
+                break
+            entries.append((_learned_order(entry_value), entry_key))
+    if len(entries) > MAX_LEARNED_PER_ADDRESS:
+        entries.sort()
+        for _order, stale in entries[: len(entries) - MAX_LEARNED_PER_ADDRESS]:
+            txn.delete(stale, db=db)
 
 
 # --------------------------------------------------------------------------- errors
@@ -741,6 +847,7 @@ class _Put(_Op):
         self.record_id = record.record_id
         self.doc = _record_json(record, certs, crls)
         self.body = _json_bytes(self.doc)
+        self.learned = _learned_entries(record, self.doc)
         self.blobs = [
             (db, digest.encode("ascii"), der)
             for db, refs in (("certs", certs), ("crls", crls))
@@ -760,6 +867,8 @@ class _Put(_Op):
             batch.txn.put(key, der, db=batch.dbs[db], overwrite=False)
         body = _with_change_state(self.body, state)
         batch.write_record(self.record_id, self.doc, body, old_doc)
+        for entry in self.learned:
+            _learn(batch.txn, batch.dbs["learned"], entry)
 
     def result(self, applied: Any, state: int) -> int:
         return state
@@ -846,8 +955,11 @@ class _Writer:
         with env.lock.shared(), env.env.begin(write=True) as txn:
             _check_main_db(txn, env.path)
             dbs = {name: env.env.open_db(name.encode(), txn=txn) for name in _DB_NAMES}
-            if not _check_schema(txn, dbs, env.path):
+            version = _schema_version(txn, dbs["meta"], env.path)
+            if version is None:
                 _initialise(txn, dbs, env.path)
+            elif version != SCHEMA_VERSION:
+                _upgrade(txn, dbs, version)
         return dbs
 
     def _next_batch(self) -> tuple[list[_Op], bool]:
@@ -949,19 +1061,32 @@ def _check_main_db(txn: lmdb.Transaction, path: str) -> None:
             raise StoreError("schema", f"{path}: not an smime-milter store (holds {name!r})")
 
 
-def _check_schema(txn: lmdb.Transaction, dbs: dict[str, Any], path: str) -> bool:
-    """True when the store carries our schema version; False when it was never
-    initialised; StoreError("schema") for any other version."""
-    raw = txn.get(b"schema", db=dbs["meta"])
+#: Older schema versions this program reads, and upgrades when it writes.
+_UPGRADABLE = (2,)
+
+
+def _schema_version(txn: lmdb.Transaction, meta: Any, path: str) -> int | None:
+    """The store's schema version (ours or one we upgrade from); None when it
+    was never initialised; StoreError("schema") for any other version."""
+    raw = txn.get(b"schema", db=meta)
     if raw is None:
-        return False
-    if raw != str(SCHEMA_VERSION).encode("ascii"):
-        raise StoreError(
-            "schema",
-            f"{path}: store schema version {raw!r}, this program uses {SCHEMA_VERSION}; "
-            "move the directory aside and rebuild it with 'smime-milter ingest'",
-        )
-    return True
+        return None
+    for version in (SCHEMA_VERSION, *_UPGRADABLE):
+        if raw == str(version).encode("ascii"):
+            return version
+    raise StoreError(
+        "schema",
+        f"{path}: store schema version {raw!r}, this program uses {SCHEMA_VERSION}; "
+        "move the directory aside and rebuild it with 'smime-milter ingest'",
+    )
+
+
+def _upgrade(txn: lmdb.Transaction, dbs: dict[str, Any], version: int) -> None:
+    """Version 2 -> 3 only adds ``learned`` (already created by the caller's
+    open_db); it starts empty and fills as verified mail arrives, so the
+    upgrade costs one meta write however large the store."""
+    assert version == 2, version
+    txn.put(b"schema", str(SCHEMA_VERSION).encode("ascii"), db=dbs["meta"])
 
 
 def _initialise(txn: lmdb.Transaction, dbs: dict[str, Any], path: str) -> None:
@@ -1052,10 +1177,14 @@ def _open_readonly(path: str) -> _Env:
             _check_main_db(txn, path)
         # Without a txn: py-lmdb then opens the handles in one it commits, the
         # only way they outlive it (LMDB closes handles of an aborted txn).
-        shared.dbs = {name: _open_existing_db(env, name, path) for name in _DB_NAMES}
+        meta = _open_existing_db(env, "meta", path)
         with env.begin() as txn:
-            if not _check_schema(txn, shared.dbs, path):
-                raise StoreError("schema", f"{path}: store was never initialised")
+            version = _schema_version(txn, meta, path)
+        if version is None:
+            raise StoreError("schema", f"{path}: store was never initialised")
+        # A version 2 store (its writer not yet upgraded) has no ``learned``.
+        names = _DB_NAMES if version == SCHEMA_VERSION else _V2_DB_NAMES
+        shared.dbs = {name: _open_existing_db(env, name, path) for name in names}
     except lmdb.Error as exc:
         env.close()
         raise _translate(exc, f"opening {path}") from exc
@@ -1272,6 +1401,29 @@ class Store:
             generation.decode("ascii"), datetime.fromtimestamp(int(changed_at), UTC)
         )
 
+    def learned_certificates(self, address: str) -> list[LearnedCertificate]:
+        """The certificates ``address`` (compared lowercased) signed verified
+        mail with, newest message first; at most
+        :data:`MAX_LEARNED_PER_ADDRESS`. Empty on a version 2 store opened
+        read-only, which has learned nothing yet (a handle opened before its
+        writer upgraded it keeps answering that until it is reopened)."""
+        self._check_open()
+        db = self._env.dbs.get("learned")
+        prefix = _learned_prefix(address)
+        if db is None or prefix is None:
+            return []
+        found: list[tuple[tuple[str, str], LearnedCertificate]] = []
+        with self._env.reading("reading learned certificates") as txn:
+            cert = self._blob_loader(txn, "certs")
+            cursor = txn.cursor(db=db)
+            if cursor.set_range(prefix):
+                for key, value in cursor.iternext():
+                    if not key.startswith(prefix):
+                        break
+                    found.append(self._learned_value(key, value, cert))
+        found.sort(key=lambda item: item[0], reverse=True)
+        return [learned for _order, learned in found]
+
     def in_index(self, index: str, record_ids: Iterable[str]) -> set[str]:
         """Which of ``record_ids`` are in ``index``."""
         db = self._index_db(index)
@@ -1395,6 +1547,26 @@ class Store:
             return der
 
         return load
+
+    def _learned_value(
+        self, key: bytes, value: bytes, cert: Callable[[str], bytes]
+    ) -> tuple[tuple[str, str], LearnedCertificate]:
+        try:
+            doc = _decode_json(value.decode("utf-8"))
+            learned = LearnedCertificate(
+                certificate=cert(key[key.rindex(b"\0") + 1 :].decode("ascii")),
+                received_at=datetime.fromisoformat(doc["receivedAt"]),
+                record_id=doc["recordId"],
+                capabilities=tuple(doc["capabilities"]),
+                chain=tuple(map(cert, doc["chain"])),
+            )
+            return (doc["receivedAt"], doc["recordId"]), learned
+        except StoreError:
+            raise
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise StoreError(
+                "corrupt", f"{self._env.path}: learned entry {key!r} is unreadable ({exc!r})"
+            ) from exc
 
     def _decode(
         self,
