@@ -12,16 +12,25 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Protocol
 
 import Milter
 
-from . import mime
+from . import mime, submission
+from .advanced import (
+    Advanced,
+    AdvancedError,
+    Composed,
+    OuterField,
+    ValidEncryptionKeyNotFound,
+    sender_of,
+)
 from .config import Config
-from .handling import Plan, plan_delivery, reply_text
+from .handling import Plan, forged_headers, plan_delivery, reply_text
 from .intake import MessageBuffer
 from .model import Verdict
 from .policy import Action, Decision, Outcome, decide, outcome_of
@@ -48,6 +57,8 @@ class Runtime:
     verifier: VerifyBackend
     store: RecordSink
     hostname: str
+    #: Server-side signing and encryption for submitters (None: not configured).
+    advanced: Advanced | None = None
 
 
 class RuntimeHolder:
@@ -59,6 +70,26 @@ class RuntimeHolder:
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Transformed:
+    """A submitted message after smime-advanced signing/encryption: what the
+    milter must turn the original into before the usual examination."""
+
+    composed: Composed
+    #: The original header fields (name, decoded value), as the MTA has them.
+    original: tuple[tuple[str, str], ...]
+    #: Index in ``original`` of each field the composer was given.
+    origins: tuple[int, ...]
+    request: submission.Request
+
+
+#: RFC 3463 enhanced status codes for a refused smime-advanced request.
+_REFUSAL_CODES = {
+    "signedSenderNotAllowed": "5.7.1",
+    "validEncryptionKeyNotFound": "5.7.5",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +121,8 @@ class SmimeMilter(Milter.Base):
         self.daemon_name: str | None = None
         self.daemon_port: int | None = None
         self.client = ""
+        self.client_address: str | None = None
+        self.sasl_user: str | None = None
         self.buffer: MessageBuffer | None = None
         self.sender = ""
         self.recipients: list[str] = []
@@ -98,7 +131,9 @@ class SmimeMilter(Milter.Base):
 
     @Milter.noreply
     def connect(self, hostname: str, family: int, hostaddr: object) -> int:
-        self.client = f"{hostname}[{hostaddr[0] if isinstance(hostaddr, tuple) else ''}]"
+        address = hostaddr[0] if isinstance(hostaddr, tuple) and hostaddr else None
+        self.client_address = str(address) if address else None
+        self.client = f"{hostname}[{address or ''}]"
         self.mta_hostname = self.getsymval("j")
         self.daemon_name = self.getsymval("{daemon_name}")
         port = self.getsymval("{daemon_port}") or ""
@@ -113,6 +148,7 @@ class SmimeMilter(Milter.Base):
             milter.spool_threshold, milter.max_message_size, milter.spool_directory
         )
         self.sender = sender.strip("<>")
+        self.sasl_user = self.getsymval("{auth_authen}") or None
         return Milter.CONTINUE
 
     @Milter.noreply
@@ -146,6 +182,10 @@ class SmimeMilter(Milter.Base):
         try:
             if self.buffer is None:
                 raise RuntimeError("end of message without a message")
+            try:
+                transformed = self._transform(runtime)
+            except (AdvancedError, submission.RequestError) as exc:
+                return self._refuse(queue_id, exc)
             result = self._examine(runtime)
             diversion = (divert(result.rule, result.release, self.recipients)
                          if result.diverted and result.rule and result.release else None)
@@ -154,14 +194,14 @@ class SmimeMilter(Milter.Base):
                 runtime.config.policy, self._authserv_id(runtime), result.record_id,
                 result.release, diversion,
             )
-            self._apply(plan)
+            self._apply(plan, transformed)
         except Exception as exc:  # the MTA must retry, never lose or pass unchecked
             log.exception("queue_id=%s internal error at end of message: %s", queue_id, exc)
             self.setreply("451", "4.3.0",
                           _libmilter_text(reply_text(f"S/MIME milter internal error: {exc}")))
             self._reset()
             return Milter.TEMPFAIL
-        self._log(queue_id, result, plan, time.monotonic() - started)
+        self._log(queue_id, result, plan, time.monotonic() - started, transformed)
         self._reset()
         return _RETURN[plan.action]
 
@@ -181,6 +221,88 @@ class SmimeMilter(Milter.Base):
         self.buffer = None
         self.sender = ""
         self.recipients = []
+
+    def _transform(self, runtime: Runtime) -> Transformed | None:
+        """Sign and/or encrypt a submitter's message as its request header or
+        an automatic rule asks; then examine the result instead of the
+        original. Raises AdvancedError/RequestError for a refusal."""
+        assert self.buffer is not None
+        config = runtime.config.advanced
+        connection = submission.Connection(self.daemon_name, self.sasl_user, self.client_address)
+        if runtime.advanced is None or not submission.is_submitter(config, connection):
+            return None  # the request header, if any, is removed as a forged field
+        if self.buffer.oversize:
+            raise submission.RequestError(
+                f"message larger than {self.buffer.max_size} bytes cannot be signed")
+        # Decoded as the composer decodes them, so a field it keeps compares
+        # equal even when it is not valid UTF-8 (and is then left untouched).
+        original = tuple((n, v.decode("utf-8", "surrogateescape"))
+                         for n, v in self.buffer.headers)
+        name = submission.REQUEST_HEADER.lower()
+        request = submission.parse_request([v for n, v in original if n.lower() == name])
+        rule = submission.auto_rule(config, sender_of(original))
+        request = submission.combined(request, rule)
+        if request is None or not request.wanted:
+            return None
+        skipped = {index for index, (n, _) in enumerate(original) if n.lower() == name}
+        skipped |= _positions(original, forged_headers(self.buffer.headers,
+                                                       self._authserv_id(runtime)))
+        origins = tuple(i for i in range(len(original)) if i not in skipped)
+        message = b"".join(
+            self.buffer.headers[i][0].encode("ascii") + b": " + self.buffer.headers[i][1]
+            + b"\r\n" for i in origins
+        ) + b"\r\n" + self._body()
+        composed = self._compose(runtime.advanced, message, request,
+                                 submission.account_of(config, connection))
+        if composed is None:
+            return None
+        self._replace_buffer(runtime, composed)
+        return Transformed(composed, original, origins, request)
+
+    def _compose(self, advanced: Advanced, message: bytes, request: submission.Request,
+                 account: str | None) -> Composed | None:
+        def compose(encrypt: bool) -> Composed:
+            return advanced.compose(
+                message, sign=request.sign, encrypt=encrypt,
+                header_protect=request.header_protect, opaque=request.opaque,
+                recipients=self.recipients, require_account=True, account=account,
+            )
+        if request.encrypt or not request.encrypt_if_possible:
+            return compose(request.encrypt)
+        try:
+            return compose(True)
+        except ValidEncryptionKeyNotFound:
+            # An automatic "when-possible" rule: sent unencrypted instead.
+            return compose(False) if request.sign else None
+
+    def _body(self) -> bytes:
+        assert self.buffer is not None
+        path = self.buffer.spool_path
+        whole = Path(path).read_bytes() if path is not None else self.buffer.message()
+        return mime.parse_entity(whole).body
+
+    def _replace_buffer(self, runtime: Runtime, composed: Composed) -> None:
+        """The examination (and the record) are about the message as it leaves."""
+        assert self.buffer is not None
+        milter = runtime.config.milter
+        buffer = MessageBuffer(milter.spool_threshold, milter.max_message_size,
+                               milter.spool_directory)
+        for field in composed.headers:
+            buffer.add_header(field.name, field.value.encode("utf-8", "surrogateescape"))
+        buffer.end_of_headers()
+        buffer.add_body(composed.body)
+        self.buffer.discard()
+        self.buffer = buffer
+
+    def _refuse(self, queue_id: str, exc: AdvancedError | submission.RequestError) -> int:
+        """Draft §4 errors become 5.7.x replies whose text starts with the JMAP name."""
+        code = _REFUSAL_CODES.get(exc.jmap_error, "5.7.0")
+        text = reply_text(f"{exc.jmap_error}: {exc}")
+        log.warning("queue_id=%s smime-advanced refused client=%s from=<%s> reason=%r",
+                    queue_id, self.client, self.sender, text)
+        self.setreply("550", code, _libmilter_text(text))
+        self._reset()
+        return Milter.REJECT
 
     def _authserv_id(self, runtime: Runtime) -> str:
         return runtime.config.milter.authserv_id or self.mta_hostname or runtime.hostname
@@ -300,13 +422,16 @@ class SmimeMilter(Milter.Base):
                 return " ".join(value.decode("utf-8", "replace").split()) or None
         return None
 
-    def _apply(self, plan: Plan) -> None:
+    def _apply(self, plan: Plan, transformed: Transformed | None = None) -> None:
         # Any failure here raises and eom tempfails: the MTA then discards every
         # edit already made, so a message is never half-diverted.
         for recipient in plan.delete_recipients:
             self.delrcpt(f"<{recipient}>")
         for recipient in plan.add_recipients:
             self.addrcpt(f"<{recipient}>")
+        if transformed is not None:
+            self._rewrite(plan, transformed)
+            plan = replace(plan, delete_headers=(), subject=None)
         for name, index in plan.delete_headers:
             self.chgheader(name, index, "")
         for position, (name, value) in enumerate(plan.add_headers):
@@ -322,7 +447,33 @@ class SmimeMilter(Milter.Base):
         if plan.reply is not None:
             self.setreply(plan.reply.code, plan.reply.xcode, _libmilter_text(plan.reply.text))
 
-    def _log(self, queue_id: str, result: Examination, plan: Plan, seconds: float) -> None:
+    def _rewrite(self, plan: Plan, transformed: Transformed) -> None:
+        """Turn the original header and body into the composed message, with
+        the plan's deletions and Subject tag (which refer to the composed
+        fields) folded in; kept fields are never moved."""
+        fields = list(transformed.composed.headers)
+        drop = frozenset(_positions([(f.name, f.value) for f in fields], plan.delete_headers))
+        if plan.subject is not None:
+            index, value = plan.subject
+            subjects = [i for i, f in enumerate(fields) if f.name.lower() == "subject"]
+            if index:
+                fields[subjects[index - 1]] = replace(fields[subjects[index - 1]], value=value)
+            else:
+                fields.append(OuterField("Subject", value))
+        edits = submission.header_edits(
+            transformed.original, replace(transformed.composed, headers=tuple(fields)),
+            origins=transformed.origins, drop=drop,
+        )
+        for name, index, value in edits.change:
+            self.chgheader(name, index, value)
+        for name, index in edits.delete:
+            self.chgheader(name, index, "")
+        for name, value in edits.add:
+            self.addheader(name, value)
+        self.replacebody(transformed.composed.body)
+
+    def _log(self, queue_id: str, result: Examination, plan: Plan, seconds: float,
+             transformed: Transformed | None = None) -> None:
         verdict = result.verdict
         status = (verdict.status.value if verdict and verdict.status else "none")
         signers = ",".join(
@@ -337,6 +488,11 @@ class SmimeMilter(Milter.Base):
         )
         if result.decision.monitored:
             line += f" would={result.decision.intended.value}"
+        if transformed is not None:
+            composed = transformed.composed
+            done = "+".join(word for word, on in (("signed", composed.signer),
+                                                   ("encrypted", composed.recipients)) if on)
+            line += f" advanced={done}"
         if result.release is not None:
             state = "released" if result.release.released else "held"
             line += f" release={state} rule={result.release.rule}"
@@ -357,6 +513,19 @@ _RETURN = {
     Action.REJECT: Milter.REJECT,
     Action.TEMPFAIL: Milter.TEMPFAIL,
 }
+
+
+def _positions(headers: Sequence[tuple[str, object]], wanted: Sequence[tuple[str, int]]
+               ) -> set[int]:
+    """Indexes in ``headers`` of (name, 1-based occurrence) pairs."""
+    seen: dict[str, int] = {}
+    targets = {(name.lower(), index) for name, index in wanted}
+    found: set[int] = set()
+    for position, (name, _) in enumerate(headers):
+        seen[name.lower()] = seen.get(name.lower(), 0) + 1
+        if (name.lower(), seen[name.lower()]) in targets:
+            found.add(position)
+    return found
 
 
 def _libmilter_text(text: str) -> str:

@@ -34,7 +34,13 @@ from .pool import VerifyFailure
 from .release_cli import add_release_parsers
 from .revalidate import AtDeliveryChange, apply_anchor_change
 from .store import Store, StoreError, utc_date
-from .wiring import build_refresher, build_revalidator, build_verifier, load_trust
+from .wiring import (
+    build_advanced,
+    build_refresher,
+    build_revalidator,
+    build_verifier,
+    load_trust,
+)
 
 
 def parse_moment(text: str) -> datetime:
@@ -529,7 +535,9 @@ def _run_trust_list(args: argparse.Namespace) -> int:
 
 
 def _run_check_config(args: argparse.Namespace) -> int:
-    build_verifier(load_config(args.config))
+    config = load_config(args.config)
+    build_verifier(config)
+    build_advanced(config)  # key store and address book: refused files are named
     print(f"{args.config}: OK")
     return 0
 

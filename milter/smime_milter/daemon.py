@@ -33,7 +33,7 @@ from .app import Runtime, RuntimeHolder, SmimeMilter, hostname
 from .config import Config
 from .pool import VerifierPool
 from .store import Store
-from .wiring import build_verifier, configure_logging, trust_files
+from .wiring import build_advanced, build_verifier, configure_logging, trust_files
 
 log = logging.getLogger("smime_milter")
 
@@ -87,7 +87,7 @@ def _open_socket(config: Config) -> Path | None:
     libmilter.set_exception_policy(libmilter.TEMPFAIL)
     Milter.factory = SmimeMilter
     Milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS | Milter.QUARANTINE
-                     | Milter.ADDRCPT | Milter.DELRCPT)
+                     | Milter.ADDRCPT | Milter.DELRCPT | Milter.CHGBODY)
     _register()
     try:
         libmilter.opensocket(True)
@@ -131,7 +131,13 @@ def _make_runtime(config: Config, store: Store) -> Runtime:
     except Exception:
         pool.close()
         raise
-    return Runtime(config=config, verifier=pool, store=store, hostname=hostname())
+    try:
+        advanced = build_advanced(config, store)
+    except Exception:
+        pool.close()
+        raise
+    return Runtime(config=config, verifier=pool, store=store, hostname=hostname(),
+                   advanced=advanced)
 
 
 #: Seconds between looks at the trust files' modification times.

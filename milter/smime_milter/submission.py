@@ -13,6 +13,7 @@ the server sign with a user's key. Pure decisions; ``app`` does the I/O.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from ipaddress import ip_address
@@ -29,6 +30,8 @@ _ARGUMENTS = {
     "headerprotect": "header_protect",
     "smimesignopaque": "opaque",
 }
+#: Line breaks of folded header lines (libmilter's bare LF, or CRLF).
+_FOLDING = re.compile(r"\r?\n(?=[ \t])")
 
 
 class RequestError(ValueError):
@@ -173,7 +176,9 @@ def header_edits(
         value = kept.get(index)
         if value is None:
             delete.append((name, occurrence[index]))
-        elif value != old:
+        elif value != old and value != _FOLDING.sub("", old).strip():
+            # The composer unfolds and trims what it keeps: only a real change
+            # is written back (an unfolded References could exceed 998 chars).
             change.append((name, occurrence[index], value))
     delete.sort(key=lambda item: (item[0].lower(), -item[1]))
     return HeaderEdits(tuple(delete), tuple(change), tuple(add))

@@ -15,10 +15,13 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from .addressbook import AddressBook
+from .advanced import Advanced
 from .chain import ChainValidator, TrustStore
-from .config import Config, MilterConfig
+from .config import DEFAULT_CONFIG, Config, ConfigError, MilterConfig, load_config
 from .engine import Verifier
 from .envelope import load_decryption_key
+from .keystore import SigningKeys
 from .revalidate import Refresher, Revalidator
 from .store import Store
 
@@ -29,16 +32,53 @@ def load_trust(config: Config) -> TrustStore:
     return TrustStore.load(trust.all_anchors, trust.intermediates, trust.crls)
 
 
-def build_revalidator(config: Config, trust: TrustStore | None = None) -> Revalidator:
-    """Re-validation with ``trust`` (default: the configured anchors) and the
+def build_chain_validator(config: Config, trust: TrustStore | None = None) -> ChainValidator:
+    """Path validation with ``trust`` (default: the configured anchors) and the
     configured revocation mode and algorithm policy."""
-    chains = ChainValidator(
+    return ChainValidator(
         trust or load_trust(config),
         revocation=config.verify.revocation,
         allow_sha1=config.verify.algorithms.allow_sha1,
         min_rsa_bits=config.verify.algorithms.min_rsa_bits,
     )
-    return Revalidator(chains)
+
+
+def build_revalidator(config: Config, trust: TrustStore | None = None) -> Revalidator:
+    """Re-validation with ``trust`` (default: the configured anchors)."""
+    return Revalidator(build_chain_validator(config, trust))
+
+
+def build_advanced(
+    config: Config,
+    store: Store | None = None,
+    *,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> Advanced | None:
+    """Server-side signing and encryption from ``[advanced]``; None when
+    neither a key store nor an address book is configured (the feature is
+    off, and request headers are only removed). ``store`` supplies learned
+    certificates when ``learn`` is on."""
+    settings = config.advanced
+    if settings.keys is None and settings.addressbook is None:
+        return None
+    keys = (SigningKeys.load(settings.keys, settings.keys_password_file)
+            if settings.keys is not None else None)
+    book = AddressBook(settings.addressbook, keys, store if settings.learn else None,
+                       build_chain_validator(config))
+    return Advanced(keys, book, settings.may_sign_as, clock=clock)
+
+
+def build_advanced_from_file(path: Path = DEFAULT_CONFIG) -> Advanced:
+    """What ``advanced.apply`` uses when the embedding server configured
+    nothing: the daemon's configuration and, read-only, its store."""
+    config = load_config(path)
+    store = None
+    if config.advanced.learn and (config.store.path / "data.mdb").exists():
+        store = Store.open(config.store.path, readonly=True)
+    advanced = build_advanced(config, store)
+    if advanced is None:
+        raise ConfigError(f"{path}: [advanced] configures neither keys nor addressbook")
+    return advanced
 
 
 def build_refresher(

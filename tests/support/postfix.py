@@ -266,8 +266,13 @@ class PostfixInstance:
         milter_default_action: str = "tempfail",
         settings: Mapping[str, Setting] | None = None,
         mailboxes: Iterable[str] = (),
+        submission: bool = False,
     ) -> None:
         self.base = Path(base).resolve()
+        #: Also listen on :attr:`submission_port`, a smtpd whose milter macro
+        #: ``{daemon_name}`` is "submission" (the usual ``-o`` idiom of master.cf).
+        self.submission = submission
+        self._submission_port = 0
         self.milter = milter
         self.milter_default_action = milter_default_action
         self.settings = dict(settings or {})
@@ -305,6 +310,12 @@ class PostfixInstance:
         return self._port
 
     @property
+    def submission_port(self) -> int:
+        if not self._submission_port:
+            raise RuntimeError("Postfix is not started with a submission service")
+        return self._submission_port
+
+    @property
     def master_pid(self) -> int:
         """Master's PID, which is also the process group of all this instance's daemons."""
         return int((self.queue_dir / "pid" / "master.pid").read_text())
@@ -323,6 +334,7 @@ class PostfixInstance:
         # A port picked by free_port() may be taken before master binds it: retry then.
         for attempt in range(3):
             self._port = free_port()
+            self._submission_port = free_port() if self.submission else 0
             self._write_master_cf()
             try:
                 self._start_master(timeout)
@@ -346,7 +358,8 @@ class PostfixInstance:
     # -- SMTP and Maildir ------------------------------------------------------------------
 
     def send(
-        self, message: bytes, mail_from: str, rcpt_to: list[str], timeout: float = 60.0
+        self, message: bytes, mail_from: str, rcpt_to: list[str], timeout: float = 60.0,
+        port: int | None = None,
     ) -> SmtpReply:
         """Submit *message* over SMTP; return the deciding reply (4xx/5xx too, no raise).
 
@@ -355,7 +368,7 @@ class PostfixInstance:
         self.add_mailboxes(*rcpt_to)
         data = re.sub(rb"\r?\n", b"\r\n", message)
         options = ["BODY=8BITMIME"] if any(byte > 0x7F for byte in data) else []
-        with smtplib.SMTP("127.0.0.1", self.smtp_port, timeout=timeout) as smtp:
+        with smtplib.SMTP("127.0.0.1", port or self.smtp_port, timeout=timeout) as smtp:
             smtp.ehlo("client.test.invalid")
             code, text = smtp.mail(mail_from, options)
             if code != 250:
@@ -544,7 +557,11 @@ class PostfixInstance:
 
     def _write_master_cf(self) -> None:
         listen = f"127.0.0.1:{self._port}"
-        _write_backdated(self.config_dir / "master.cf", _MASTER_CF.format(listen=listen))
+        text = _MASTER_CF.format(listen=listen)
+        if self._submission_port:
+            text += (f"127.0.0.1:{self._submission_port} inet n - n - - smtpd"
+                     " -o milter_macro_daemon_name=submission\n")
+        _write_backdated(self.config_dir / "master.cf", text)
 
     def _start_master(self, timeout: float) -> None:
         offset = self.log_file.stat().st_size if self.log_file.exists() else 0
@@ -604,6 +621,7 @@ class PostfixFactory:
         milter_default_action: str = "tempfail",
         settings: Mapping[str, Setting] | None = None,
         mailboxes: Iterable[str] = (),
+        submission: bool = False,
     ) -> PostfixInstance:
         instance = PostfixInstance(
             self.base / f"postfix{len(self.instances)}",
@@ -611,6 +629,7 @@ class PostfixFactory:
             milter_default_action,
             settings,
             mailboxes,
+            submission,
         )
         self.instances.append(instance)
         instance.start()
