@@ -28,7 +28,12 @@ from tests.support.postfix import (
     make_traversable,
     postfix_available,
 )
-from tests.support.smime import openssl_decrypt, openssl_verify_result
+from tests.support.smime import (
+    multipart_signed,
+    openssl_decrypt,
+    openssl_verify_result,
+    text_entity,
+)
 
 pytestmark = pytest.mark.skipif(not postfix_available(), reason=POSTFIX_MISSING)
 
@@ -36,6 +41,7 @@ BOTH = frozenset({"digital_signature", "key_encipherment"})
 ALICE = "alice@example.com"
 BOB = "bob@example.org"
 CAROL = "carol@example.org"  # the Bcc recipient: only in the envelope
+DAVE = "dave@example.com"  # in no address book: known only from mail he signed
 
 
 @dataclass(frozen=True)
@@ -52,7 +58,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, anchors: Path, live_pki: Tes
     people = {
         address: make_leaf(live_pki.intermediate, address, now=live_pki.now, key_usage=BOTH,
                            key_label=f"advanced-e2e:{address}")
-        for address in (ALICE, BOB, CAROL)
+        for address in (ALICE, BOB, CAROL, DAVE)
     }
     base = tmp_path_factory.mktemp("advanced-e2e")
     keys = base / "keys"
@@ -83,7 +89,7 @@ jmap = ["example.com"]
     make_traversable(directory / "milter.sock")
     with MilterProcess(directory, anchors, extra_toml=settings) as milter, \
             PostfixFactory(tmp_path_factory.mktemp("advanced-postfix")) as factory:
-        mta = factory(milter=milter.postfix_socket, mailboxes=[ALICE, BOB, CAROL],
+        mta = factory(milter=milter.postfix_socket, mailboxes=[ALICE, BOB, CAROL, DAVE],
                       submission=True)
         yield World(milter, mta, people, ca_files)
 
@@ -169,3 +175,26 @@ def test_a_recipient_without_a_certificate_refuses_encryption_with_5_7_5(world: 
     assert reply.code == 550, reply
     assert reply.text.startswith("5.7.5 validEncryptionKeyNotFound:"), reply.text
     assert "nokey@example.org" in reply.text
+
+
+def test_a_certificate_learned_from_inbound_signed_mail_is_encrypted_to(world: World) -> None:
+    subject = f"to dave {next(_serial)} {time.monotonic_ns()}"
+    message = _message(subject, "smimeEncrypt=true").replace(
+        f"To: <{BOB}>".encode(), f"To: <{DAVE}>".encode())
+    refused = world.mta.send(message, ALICE, [DAVE], port=world.mta.submission_port)
+    assert refused.stage == "DATA" and refused.code == 550, refused  # not known yet
+    assert refused.text.startswith("5.7.5 validEncryptionKeyNotFound:") and DAVE in refused.text
+    inbound = multipart_signed(text_entity("Hello Alice, here is my key."),
+                               world.people[DAVE], from_addr=DAVE, to=ALICE,
+                               subject=f"hello {subject}")
+    assert world.mta.send(inbound, DAVE, [ALICE]).ok
+    deadline = time.monotonic() + 30
+    while True:  # learned once the inbound record is written
+        reply = world.mta.send(message, ALICE, [DAVE], port=world.mta.submission_port)
+        if reply.ok or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert reply.ok, reply
+    encrypted = _wait_for(world.mta, DAVE, subject.replace(" ", "."))
+    inner = mime.parse_entity(mime.canonicalize(openssl_decrypt(encrypted, world.people[DAVE])))
+    assert inner.body == b"The plan, in full.\r\n"
