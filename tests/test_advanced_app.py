@@ -23,7 +23,7 @@ from smime_milter.addressbook import AddressBook
 from smime_milter.advanced import Advanced
 from smime_milter.app import Runtime, RuntimeHolder, SmimeMilter
 from smime_milter.chain import ChainValidator, TrustStore
-from smime_milter.config import AdvancedConfig, AutoRule, Config
+from smime_milter.config import AdvancedConfig, AutoRule, Config, MilterConfig
 from smime_milter.envelope import DecryptionKey
 from smime_milter.keystore import SigningKeys
 from smime_milter.model import Status
@@ -619,3 +619,29 @@ def test_the_next_message_on_the_connection_is_judged_on_its_own(world: World) -
     assert_verified(make_verifier(world.pki).verify(delivered(raw, connection), at=NOW), ALICE)
     [record] = world.store.records
     assert record.envelope_recipients == (BOB,)
+
+
+# --------------------------------------------------------------------------- size limit
+
+
+def _small(world: World) -> Submission:
+    connection = world.connect()
+    runtime = SmimeMilter.holder.current
+    config = replace(runtime.config, milter=MilterConfig(max_message_size=200))
+    SmimeMilter.holder.current = replace(runtime, config=config)
+    return connection
+
+
+def test_an_oversize_message_with_a_request_is_refused_not_sent_unsigned(world: World) -> None:
+    raw = message("smimeSign=true")
+    assert len(raw) > 200
+    connection = _small(world)
+    assert_refused(connection, send(connection, raw), "5.7.0", "invalidArguments")
+
+
+def test_an_oversize_message_without_a_request_gets_the_usual_oversize_action(
+        world: World) -> None:
+    raw = message(None)
+    connection = _small(world)
+    assert send(connection, raw) == Milter.CONTINUE
+    assert connection.bodies == [] and connection.of("setreply") == []

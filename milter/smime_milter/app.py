@@ -231,9 +231,6 @@ class SmimeMilter(Milter.Base):
         connection = submission.Connection(self.daemon_name, self.sasl_user, self.client_address)
         if runtime.advanced is None or not submission.is_submitter(config, connection):
             return None  # the request header, if any, is removed as a forged field
-        if self.buffer.oversize:
-            raise submission.RequestError(
-                f"message larger than {self.buffer.max_size} bytes cannot be signed")
         # Decoded as the composer decodes them, so a field it keeps compares
         # equal even when it is not valid UTF-8 (and is then left untouched).
         original = tuple((n, v.decode("utf-8", "surrogateescape"))
@@ -244,6 +241,9 @@ class SmimeMilter(Milter.Base):
         request = submission.combined(request, rule)
         if request is None or not request.wanted:
             return None
+        if self.buffer.oversize:  # only part of the body was kept: nothing to sign
+            raise submission.RequestError(
+                f"message larger than {self.buffer.max_size} bytes cannot be signed")
         skipped = {index for index, (n, _) in enumerate(original) if n.lower() == name}
         skipped |= _positions(original, forged_headers(self.buffer.headers,
                                                        self._authserv_id(runtime)))
