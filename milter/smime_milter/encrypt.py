@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.kdf.x963kdf import X963KDF
 from cryptography.hazmat.primitives.keywrap import aes_key_wrap
 
 from .envelope import ecc_cms_shared_info
-from .signing import MIN_RSA_BITS, issuer_and_serial_number
+from .signing import MIN_RSA_BITS, certificate_der, issuer_and_serial_number
 
 __all__ = ["EncryptionError", "EncryptionRecipient", "enveloped_data"]
 
@@ -104,7 +104,7 @@ def enveloped_data(
     """
     by_certificate: dict[bytes, EncryptionRecipient] = {}
     for recipient in recipients:
-        by_certificate.setdefault(_der(recipient.certificate), recipient)
+        by_certificate.setdefault(certificate_der(recipient.certificate), recipient)
     unique = list(by_certificate.values())
     if not unique:
         raise EncryptionError("no recipients to encrypt for")
@@ -132,10 +132,6 @@ def enveloped_data(
         },
     })
     return cms.ContentInfo({"content_type": "enveloped_data", "content": envelope}).dump()
-
-
-def _der(certificate: x509.Certificate) -> bytes:
-    return certificate.public_bytes(serialization.Encoding.DER)
 
 
 def _public_key(

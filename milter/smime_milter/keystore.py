@@ -30,10 +30,10 @@ from .signing import (
     PrivateKey,
     SigningError,
     SigningIdentity,
-    _der,
-    _load_certificates,
-    _load_key,
-    _read,
+    certificate_der,
+    load_certificate_file,
+    load_private_key,
+    read_file,
 )
 
 PEM_SUFFIXES = (".pem",)
@@ -106,9 +106,9 @@ class SigningKeys:
             except SigningError as exc:  # signing's loaders name the file already
                 raise KeyStoreError(str(exc)) from exc
             for identity in identities:
-                certificate_der = _der(identity.certificate)
-                if certificate_der not in seen:
-                    seen.add(certificate_der)
+                encoded = certificate_der(identity.certificate)
+                if encoded not in seen:
+                    seen.add(encoded)
                     entries.append(_entry(identity, path))
         return cls(tuple(entries))
 
@@ -140,7 +140,7 @@ class SigningKeys:
 
 
 def _addresses(certificate: x509.Certificate) -> tuple[str, ...]:
-    parsed = asn1_x509.Certificate.load(_der(certificate))
+    parsed = asn1_x509.Certificate.load(certificate_der(certificate))
     return tuple(dict.fromkeys(email.lower() for email in signer_emails(parsed)))
 
 
@@ -177,17 +177,17 @@ def _read_password(path: Path) -> bytes:
 def _pem_identities(path: Path) -> list[SigningIdentity]:
     """One key and the certificates in any order: the key's certificate(s)
     become identities, the rest their chain."""
-    data = _read(path, "key")
+    data = read_file(path, "key")
     keys = len(_PEM_KEY.findall(data))
     if keys != 1:
         raise KeyStoreError(f"key file {path} holds {keys} private keys instead of one")
-    key = _load_key(path)
-    certificates = _load_certificates(path, "key")
+    key = load_private_key(path)
+    certificates = load_certificate_file(path, "key")
     return _identities(path, key, certificates)
 
 
 def _pkcs12_identities(path: Path, password: bytes | None) -> list[SigningIdentity]:
-    data = _read(path, "key")
+    data = read_file(path, "key")
     # Without a password file, try no password and the empty one: tools
     # differ in which of the two "no password" means.
     attempts = [password] if password is not None else [None, b""]
@@ -217,7 +217,7 @@ def _identities(
     each with the file's other certificates as its chain, issuer first."""
     spki = serialization.PublicFormat.SubjectPublicKeyInfo
     mine = key.public_key().public_bytes(serialization.Encoding.DER, spki)
-    unique = {_der(c): c for c in certificates}
+    unique = {certificate_der(c): c for c in certificates}
     own, others = [], []
     for certificate in unique.values():
         try:

@@ -63,15 +63,16 @@ class SigningIdentity:
     def load(cls, key: Path, cert: Path, chain: Path | None = None) -> SigningIdentity:
         """Read an unencrypted PEM/DER key, a PEM/DER certificate (further
         certificates in that file join the chain) and an optional PEM chain."""
-        private_key = _load_key(key)
-        certificates = _load_certificates(cert, "certificate")
+        private_key = load_private_key(key)
+        certificates = load_certificate_file(cert, "certificate")
         leaf, extra = certificates[0], certificates[1:]
-        chain_certs = _load_certificates(chain, "chain") if chain is not None else ()
+        chain_certs = load_certificate_file(chain, "chain") if chain is not None else ()
         problem = _key_problem(private_key, leaf)
         if problem is not None:
             raise SigningError(f"{problem} (key {key}, certificate {cert})")
-        leaf_der = _der(leaf)
-        unique = {_der(c): c for c in (*extra, *chain_certs) if _der(c) != leaf_der}
+        leaf_der = certificate_der(leaf)
+        others = (*extra, *chain_certs)
+        unique = {certificate_der(c): c for c in others if certificate_der(c) != leaf_der}
         return cls(private_key, leaf, tuple(unique.values()))
 
     @property
@@ -86,22 +87,23 @@ class SigningIdentity:
     @property
     def certificates_der(self) -> tuple[bytes, ...]:
         """The certificate and its chain, DER, for SignedData.certificates."""
-        return tuple(_der(c) for c in (self.certificate, *self.chain))
+        return tuple(certificate_der(c) for c in (self.certificate, *self.chain))
 
 
-def _der(cert: x509.Certificate) -> bytes:
+def certificate_der(cert: x509.Certificate) -> bytes:
+    """DER of a certificate: what SignedData and RecipientInfos carry."""
     return cert.public_bytes(serialization.Encoding.DER)
 
 
-def _read(path: Path, what: str) -> bytes:
+def read_file(path: Path, what: str) -> bytes:
     try:
         return Path(path).read_bytes()
     except OSError as exc:
         raise SigningError(f"cannot read {what} file {path}: {exc.strerror or exc}") from exc
 
 
-def _load_key(path: Path) -> PrivateKey:
-    data = _read(path, "key")
+def load_private_key(path: Path) -> PrivateKey:
+    data = read_file(path, "key")
     try:
         if b"-----BEGIN" in data:
             key = serialization.load_pem_private_key(data, password=None)
@@ -116,8 +118,8 @@ def _load_key(path: Path) -> PrivateKey:
     return key
 
 
-def _load_certificates(path: Path, what: str) -> tuple[x509.Certificate, ...]:
-    data = _read(path, what)
+def load_certificate_file(path: Path, what: str) -> tuple[x509.Certificate, ...]:
+    data = read_file(path, what)
     try:
         if b"-----BEGIN" in data:
             certificates = tuple(x509.load_pem_x509_certificates(data))
@@ -222,7 +224,7 @@ def _capabilities() -> asn1_cms.SMIMECapabilites:
 def issuer_and_serial_number(cert: x509.Certificate) -> asn1_cms.IssuerAndSerialNumber:
     """``cert``'s IssuerAndSerialNumber, the issuer copied as encoded in the
     certificate so that byte-comparing peers (signer or recipient lookup) match."""
-    return asn1_cms.IssuerAndSerialNumber.load(_issuer_and_serial_der(_der(cert)))
+    return asn1_cms.IssuerAndSerialNumber.load(_issuer_and_serial_der(certificate_der(cert)))
 
 
 @lru_cache(maxsize=1024)
