@@ -128,6 +128,21 @@ def test_cache_lifetime_then_revocation_after_delivery(world: World) -> None:
     assert "late" in world.query({"hasVerifiedSmimeAtDelivery": True}, now=now)
 
 
+def test_get_that_reverifies_returns_the_state_after_its_own_change(world: World) -> None:
+    """The state of an Email/get is that of the values it returns: a client
+    that fetched the flipped status is not told again by Email/changes."""
+    world.revoke_later("late", DELIVERED + 10 * MINUTE)
+    before = world.state(now=DELIVERED)
+    now = DELIVERED + 2 * HOUR
+    response = world.jmap([["Email/get", {"accountId": ACCOUNT, "ids": [world.ids["late"]],
+                                          "properties": ["smimeStatus"]}, "g"]], now=now)
+    result = response["methodResponses"][0][1]
+    assert result["list"] == [{"id": world.ids["late"], "smimeStatus": FAILED}]
+    assert int(result["state"]) == int(before) + 1
+    assert world.changes(result["state"], now=now)["updated"] == []
+    assert world.changes(before, now=now)["updated"] == [world.ids["late"]]
+
+
 def test_expiry_after_delivery_flips_current_status_only(world: World) -> None:
     now = DELIVERED + timedelta(days=3)
     got = world.get(["short", "alice"], None, now=now)

@@ -156,17 +156,18 @@ class SmimeJmap:
         """The requested properties of the records ``ids``.
 
         ``properties`` None means all of :data:`SMIME_PROPERTIES`; ``id`` is
-        always included. Unknown names raise ValueError. The state is read
-        before the records, so a concurrent change is reported again by the
-        next Email/changes rather than lost.
+        always included. Unknown names raise ValueError. The state and the
+        values come from one snapshot (taken after any re-validation this
+        call wrote), so a later change is reported by the next Email/changes
+        and none that is already in the values is reported again.
         """
         wanted = list(SMIME_PROPERTIES if properties is None else properties)
         unknown = [name for name in wanted if name not in (*RECORD_PROPERTIES, *SMIME_PROPERTIES)]
         if unknown:
             raise ValueError(f"unknown properties: {', '.join(unknown)}")
         names = ["id", *(name for name in dict.fromkeys(wanted) if name != "id")]
-        state = self.state()
-        views = self.refresher.views(ids, fresh=bool(_CURRENT.intersection(names)))
+        state, views = self.refresher.state_and_views(
+            ids, fresh=bool(_CURRENT.intersection(names)))
         found: list[dict[str, Any]] = []
         not_found: list[str] = []
         seen: set[str] = set()

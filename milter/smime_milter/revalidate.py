@@ -171,15 +171,31 @@ class Refresher:
     def views(self, ids: Iterable[str], *, fresh: bool) -> dict[str, StatusView]:
         """Status views of the records among ``ids``; with ``fresh``, stale
         ones are re-validated first (in bulk) and their new values returned."""
-        found = self.store.views(ids)
+        return self.state_and_views(ids, fresh=fresh)[1]
+
+    def state_and_views(
+        self, ids: Iterable[str], *, fresh: bool
+    ) -> tuple[str, dict[str, StatusView]]:
+        """The store's state with :meth:`views`. When re-validation wrote to
+        the store, both are read again from one snapshot taken after the
+        writes, so the state covers the values returned; a client never sees
+        its own Email/get's refresh again in Email/changes."""
+        ids = list(ids)
+        state, found = self.store.state_and_views(ids)
         with self._lock:
             for record_id in found.keys() & self._overlay.keys():
                 found[record_id] = self._overlay[record_id]
-        if fresh:
-            cutoff = self.cutoff()
-            stale = [rid for rid, view in found.items() if self.is_stale(view, cutoff)]
-            found.update(self.refresh(stale))
-        return found
+        if not fresh:
+            return state, found
+        cutoff = self.cutoff()
+        stale = [rid for rid, view in found.items() if self.is_stale(view, cutoff)]
+        if not stale:
+            return state, found
+        refreshed = self.refresh(stale)
+        if self.readonly:
+            found.update(refreshed)
+            return state, found
+        return self.store.state_and_views(ids)
 
     def overlaid(self, ids: Iterable[str]) -> dict[str, StatusView]:
         """The in-memory statuses among ``ids`` (read-only stores only)."""

@@ -1360,10 +1360,17 @@ class Store:
     def views(self, ids: Iterable[str]) -> dict[str, StatusView]:
         """The status members of the records among ``ids`` that exist, from
         one snapshot; several times cheaper than :meth:`get_many`."""
+        return self.state_and_views(ids)[1]
+
+    def state_and_views(self, ids: Iterable[str]) -> tuple[str, dict[str, StatusView]]:
+        """The state and :meth:`views` from one snapshot, so that the state
+        is exactly the one the values belong to (what JMAP's Email/get
+        returns: a later change is after it, an earlier one is in them)."""
         self._check_open()
         db = self._env.dbs["status"]
         found: dict[str, StatusView] = {}
         with self._env.reading("reading statuses") as txn:
+            state = str(_read_counter(txn, self._env, b"state"))
             for record_id in ids:
                 key = _id_key(record_id)
                 raw = None if key is None else txn.get(key, db=db)
@@ -1375,7 +1382,7 @@ class Store:
                             "corrupt",
                             f"{self._env.path}: record {record_id} is unreadable ({exc!r})",
                         ) from exc
-        return found
+        return state, found
 
     def due(self, verified_before: datetime) -> Iterator[str]:
         """Ids of re-validatable records whose smimeVerifiedAt is before
