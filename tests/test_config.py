@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from smime_milter.config import ConfigError, load_config, parse_config
+from smime_milter.config import Config, ConfigError, load_config, parse_config
 from smime_milter.model import RevocationMode
 from smime_milter.policy import Action
 from smime_milter.release import ReleaseRule
@@ -72,6 +72,10 @@ def test_values_are_read(tmp_path: Path) -> None:
         ('[store]\nmap_size = "2G"\nmax_map_size = "1G"\n',
          "c.toml:3: store.max_map_size: must not be smaller"),
         ('[store]\npathh = "x"\n', "c.toml:2: store.pathh: unknown key"),
+        ('[store]\nretention_days = "30d"\n',
+         "c.toml:2: store.retention_days: expected a number, got str"),
+        ("[store]\n\nretention_days = -1\n",
+         "c.toml:3: store.retention_days: must be between 0 and 36500"),
         ('[policy]\nfailed = "bounce"\n', "c.toml:2: policy.failed: invalid value 'bounce'"),
         ('[policy]\nerror = "tag"\n', "c.toml:2: policy.error: 'tag' is not possible here"),
         ('[policy]\noversize = "tag"\n', "c.toml:2: policy.oversize: 'tag' is not possible"),
@@ -96,7 +100,7 @@ def test_daemon_sections_are_read(tmp_path: Path) -> None:
         '[milter]\nsocket = "inet:8891@127.0.0.1"\nsocket_mode = "0600"\n'
         'authserv_id = "mx.example.org"\nmax_message_size = "10M"\nspool_threshold = 4096\n'
         'spool_directory = "spool"\nworkers = 2\nlog_level = "debug"\n'
-        '[store]\npath = "st"\nmap_size = "16M"\n'
+        '[store]\npath = "st"\nmap_size = "16M"\nretention_days = 400\n'
         '[policy]\nfailed = "quarantine"\nmonitor = true\ntag_subject = "[{status}] "\n'
         '[policy.domains."Strict.Example"]\nfailed = "reject"\nnone = "tag"\n'
     )
@@ -109,6 +113,8 @@ def test_daemon_sections_are_read(tmp_path: Path) -> None:
     assert milter.spool_directory == tmp_path / "spool"
     assert config.store.path == tmp_path / "st"
     assert config.store.map_size == 16 << 20
+    assert config.store.retention_days == 400
+    assert Config().store.retention_days == 0  # records are kept unless asked
     policy = config.policy
     assert policy.monitor is True and policy.tag_subject == "[{status}] "
     assert policy.actions.failed is Action.QUARANTINE

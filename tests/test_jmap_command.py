@@ -308,6 +308,50 @@ def test_changes_from_an_unknown_state(world: World, state: str) -> None:
     assert (name, error["type"], call_id) == ("error", "cannotCalculateChanges", "c")
 
 
+# --------------------------------------------------------------------------- retention
+
+
+def test_prune_deletes_old_records_and_changes_report_them_destroyed(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = world.state(now=DELIVERED)
+    later = DELIVERED + timedelta(days=10)
+    cutoff = iso(later - timedelta(days=5))
+    args = ["prune", "--config", str(world.config), "--now", later.isoformat()]
+    assert main(args) == 0  # store.retention_days is not set: keep everything
+    assert "nothing pruned" in capsys.readouterr().out
+    assert main([*args, "--older-than", "30"]) == 0
+    assert capsys.readouterr().out == f"deleted 0 record(s) received before " \
+        f"{iso(later - timedelta(days=30))}\n"
+    assert main([*args, "--older-than", "5", "--dry-run"]) == 0
+    assert capsys.readouterr().out == f"would delete 8 record(s) received before {cutoff}\n"
+    assert world.state(now=later) == before
+
+    world.config.write_text(world.config.read_text().replace(
+        "[store]\n", "[store]\nretention_days = 5\n"))
+    assert main(args) == 0
+    assert capsys.readouterr().out == f"deleted 8 record(s) received before {cutoff}\n"
+
+    ids = list(world.ids.values())
+    [[_, got, _], [_, changes, _], [_, query, _]] = world.jmap([
+        ["Email/get", {"accountId": ACCOUNT, "ids": ids, "properties": ["smimeStatus"]}, "g"],
+        ["Email/changes", {"accountId": ACCOUNT, "sinceState": before}, "c"],
+        ["Email/query", {"accountId": ACCOUNT, "filter": {"hasSmime": False},
+                         "candidateIds": ids}, "q"],
+    ], now=later)["methodResponses"]
+    assert got["list"] == [] and got["notFound"] == ids
+    assert (changes["created"], changes["updated"]) == ([], [])
+    assert sorted(changes["destroyed"]) == sorted(ids)
+    assert changes["newState"] == got["state"] == str(int(before) + 8)
+    assert query["ids"] == ids  # no record: smimeStatus null
+
+
+@pytest.mark.parametrize("days", ["0", "-1", "many", "40000"])
+def test_prune_needs_a_number_of_days(world: World, days: str) -> None:
+    with pytest.raises(SystemExit):
+        main(["prune", "--config", str(world.config), "--older-than", days])
+
+
 # --------------------------------------------------------------------------- errors
 
 

@@ -208,3 +208,26 @@ def test_lifetime_is_bounded(pki: TestPki, store: Store) -> None:
         Refresher(store, revalidator(pki), lifetime=timedelta(hours=25))
     record = replace(record_of(pki, messages(pki)["verified"]), verified_at=None)
     assert not record.revalidatable
+
+
+class _DeletingRevalidator(Revalidator):
+    """Deletes each record just before assessing it: retention racing a refresh."""
+
+    def __init__(self, inner: Revalidator, store: Store) -> None:
+        super().__init__(inner.chains)
+        self.store = store
+
+    def assess(self, record: Record, moment):  # type: ignore[no-untyped-def]
+        self.store.delete([record.record_id]).result()
+        return super().assess(record, moment)
+
+
+def test_a_record_deleted_during_a_refresh_is_not_an_error(pki: TestPki, store: Store) -> None:
+    store.put_sync(record_of(pki, messages(pki)["verified"], "r0"))
+    store.put_sync(record_of(pki, messages(pki)["verified"], "r1"))
+    later = NOW + timedelta(hours=2)
+    refresher = Refresher(store, revalidator(pki), clock=lambda: later)
+    refresher.revalidator = _DeletingRevalidator(refresher.revalidator, store)
+    state, views = refresher.state_and_views(["r0", "r1"], fresh=True)
+    assert (state, views) == (store.state(), {})
+    assert list(store.record_ids()) == []

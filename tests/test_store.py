@@ -509,6 +509,83 @@ def test_max_changes_cut_keeps_repeated_ids_together(store: Store) -> None:
     )
 
 
+# --------------------------------------------------------------------------- deletion
+
+
+def test_delete_removes_the_record_from_every_index_and_logs_it(store: Store) -> None:
+    kept, doomed, plain = record(), record(), unsigned()
+    for item in (kept, doomed, plain):
+        store.put_sync(item)
+    state = store.state()
+    assert store.delete([doomed.record_id, plain.record_id, "rnothere", "not an id!",
+                         doomed.record_id]).result() == (doomed.record_id, plain.record_id)
+    assert store.get(doomed.record_id) is None and store.get(plain.record_id) is None
+    assert store.views([doomed.record_id, kept.record_id]).keys() == {kept.record_id}
+    assert list(store.record_ids()) == [kept.record_id]
+    for index in INDEXES:
+        assert set(store.index_members(index)) == {kept.record_id}, index
+    far_future = datetime(2100, 1, 1, tzinfo=UTC)
+    assert list(store.due(far_future)) == [kept.record_id]
+    assert store.changes_since(state) == Changes(
+        state, str(int(state) + 2), (), (), False, (doomed.record_id, plain.record_id))
+    # Deleting again changes nothing, and the certificates stay for the kept record.
+    assert store.delete([doomed.record_id]).result() == ()
+    assert store.get(kept.record_id) == kept
+
+
+def test_changes_report_each_deleted_id_once(store: Store) -> None:
+    old, updated, fleeting, back = record(), record(), record(), record()
+    for item in (old, updated, back):
+        store.put_sync(item)
+    since = store.state()
+    store.update(updated.record_id, errors=("changed",)).result()
+    store.put_sync(fleeting)
+    store.delete([old.record_id, updated.record_id, fleeting.record_id,
+                  back.record_id]).result()
+    store.put_sync(back)  # deleted, then stored again: it existed before and exists now
+    changes = store.changes_since(since)
+    assert changes.created == () and changes.updated == (back.record_id,)
+    assert changes.destroyed == (old.record_id, updated.record_id)  # not the fleeting one
+    paged = store.changes_since(since, max_changes=1)
+    assert (paged.updated, paged.destroyed, paged.has_more_changes) == (
+        (updated.record_id,), (), True)
+    seen = set(paged.updated + paged.destroyed + paged.created)
+    state = paged.new_state
+    while True:
+        page = store.changes_since(state, max_changes=1)
+        seen |= set(page.updated + page.destroyed + page.created)
+        state = page.new_state
+        if not page.has_more_changes:
+            break
+    assert {old.record_id, updated.record_id, back.record_id} <= seen
+
+
+def test_learned_certificates_outlive_the_record_they_came_from(store: Store) -> None:
+    item = record(from_address="alice@example.org")
+    store.put_sync(item)
+    store.delete([item.record_id]).result()
+    [learned] = store.learned_certificates("alice@example.org")
+    assert learned.certificate == LEAF and learned.chain == (INTERMEDIATE, ROOT)
+
+
+def test_prune_deletes_what_was_received_before_the_moment(store: Store) -> None:
+    ages = {days: record(received_at=RECEIVED - timedelta(days=days)) for days in (0, 29, 31, 400)}
+    for item in ages.values():
+        store.put_sync(item)
+    cutoff = RECEIVED - timedelta(days=30)
+    assert set(store.received_before(cutoff)) == {ages[31].record_id, ages[400].record_id}
+    assert store.prune(cutoff, batch=1) == 2
+    assert set(store.record_ids()) == {ages[0].record_id, ages[29].record_id}
+    assert store.prune(cutoff) == 0
+
+
+def test_read_only_handle_cannot_delete(path: Path) -> None:
+    Store.open(path).close()
+    with Store.open(path, readonly=True) as reader, pytest.raises(StoreError) as caught:
+        reader.delete(["rsomething"])
+    assert caught.value.reason == "io"
+
+
 @pytest.mark.parametrize("garbage", ["", "abc", "-1", "01", "1.0", " 1", "1 ", "+1", "\u0661"])
 def test_garbage_states_cannot_calculate_changes(store: Store, garbage: str) -> None:
     with pytest.raises(CannotCalculateChanges) as caught:
@@ -891,7 +968,26 @@ def test_a_version_2_store_is_read_as_is_and_upgraded_by_the_writer(path: Path) 
         assert len(writer.learned_certificates("alice@example.org")) == 1
     with raw_env(path) as env, env.begin() as txn:
         assert txn.get(b"schema", db=raw_db(env, txn, "meta")) == str(SCHEMA_VERSION).encode()
-    assert SCHEMA_VERSION == 3
+    assert SCHEMA_VERSION == 4
+
+
+def test_a_version_3_store_is_read_as_is_and_upgraded_by_the_writer(path: Path) -> None:
+    """Version 4 only adds deletions to the change log: a version 3 store has
+    everything, and is marked 4 once a writer (which may delete) opens it."""
+    item = record()
+    with Store.open(path) as opened:
+        opened.put_sync(item)
+    with raw_env(path, readonly=False) as env, env.begin(write=True) as txn:
+        txn.put(b"schema", b"3", db=env.open_db(b"meta", txn=txn, create=False))
+    with Store.open(path, readonly=True) as reader:
+        assert reader.get(item.record_id) == item
+        assert len(reader.learned_certificates("alice@example.org")) == 1
+    with raw_env(path) as env, env.begin() as txn:
+        assert txn.get(b"schema", db=raw_db(env, txn, "meta")) == b"3"
+    with Store.open(path) as writer:
+        assert writer.delete([item.record_id]).result() == (item.record_id,)
+    with raw_env(path) as env, env.begin() as txn:
+        assert txn.get(b"schema", db=raw_db(env, txn, "meta")) == b"4"
 
 
 def test_corrupt_learned_entry(path: Path) -> None:

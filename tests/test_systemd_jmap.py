@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from smime_milter.cli import _build_parser, _run_jmap, _run_refresh
+from smime_milter.cli import _build_parser, _run_jmap, _run_prune, _run_refresh
 from smime_milter.config import DEFAULT_CONFIG, DEFAULT_STORE, JmapConfig, check_listen
 from smime_milter.store import Store
 from tests import test_systemd as base
@@ -48,8 +48,8 @@ def value(path: Path, section: str, key: str) -> str:
     return values[0]
 
 
-def exec_start(path: Path) -> list[str]:
-    argv = shlex.split(value(path, "Service", "ExecStart"))
+def exec_start(path: Path, key: str = "ExecStart") -> list[str]:
+    argv = shlex.split(value(path, "Service", key))
     assert argv and argv[0][0] not in "-@:+!", f"unexpected prefix in {argv[0]!r}"
     return argv
 
@@ -161,6 +161,12 @@ def test_refresh_unit_runs_the_refresh_command_once_the_store_exists() -> None:
     assert "Install" not in parsed(REFRESH_UNIT)  # started by the timer
 
 
+def test_refresh_unit_prunes_first() -> None:
+    argv = exec_start(REFRESH_UNIT, "ExecStartPre")
+    assert argv == [base.INSTALLED_BINARY, "prune", "--config", str(DEFAULT_CONFIG)]
+    assert _build_parser().parse_args(argv[1:]).handler is _run_prune
+
+
 @pytest.mark.parametrize("unit", [JMAP_UNIT, REFRESH_UNIT])
 @pytest.mark.parametrize(("key", "expected"), sorted(base.HARDENING.items()))
 def test_hardening(unit: Path, key: str, expected: str) -> None:
@@ -193,3 +199,23 @@ def test_refresh_exec_start_revalidates_a_real_store(tmp_path: Path, pki: TestPk
     # Nothing is stale any more.
     done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
     assert done.stdout.strip() == "re-validated 0 record(s)", done.stdout
+
+
+def test_prune_exec_start_pre_applies_the_configured_retention(
+    tmp_path: Path, pki: TestPki
+) -> None:
+    world = build_world(tmp_path / "world", pki)
+    argv = exec_start(REFRESH_UNIT, "ExecStartPre")
+    argv = [str(SMIME_MILTER), *argv[1:-1], str(world.config)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    assert (done.returncode, done.stdout.count("nothing pruned")) == (0, 1), done
+    # The scenario was delivered in 2026-06: a retention of one day removes it all.
+    world.config.write_text(world.config.read_text().replace(
+        "[store]\n", "[store]\nretention_days = 1\n"))
+    if datetime.now(UTC) < DELIVERED + timedelta(days=1):
+        pytest.skip("the wall clock is before the scenario's records are a day old")
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"deleted {len(world.ids)} record(s) received before ")
+    with Store.open(world.store, readonly=True) as store:
+        assert list(store.record_ids()) == []

@@ -7,7 +7,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -164,6 +164,18 @@ def _build_parser() -> argparse.ArgumentParser:
     _service_arguments(refresh)
     refresh.add_argument("--now", type=parse_moment, help=argparse.SUPPRESS)
     refresh.set_defaults(handler=_run_refresh)
+
+    prune = commands.add_parser(
+        "prune", help="delete the records of messages received more than store.retention_days "
+        "(or --older-than) days ago; Email/changes reports them destroyed",
+    )
+    _service_arguments(prune)
+    prune.add_argument("--older-than", type=_days_argument, metavar="DAYS",
+                       help="instead of store.retention_days")
+    prune.add_argument("--dry-run", action="store_true",
+                       help="count the records that would be deleted, delete nothing")
+    prune.add_argument("--now", type=parse_moment, help=argparse.SUPPRESS)
+    prune.set_defaults(handler=_run_prune)
 
     ingest = commands.add_parser(
         "ingest", help="fill the store from delivered messages stamped by this milter",
@@ -343,6 +355,35 @@ def _run_refresh(args: argparse.Namespace) -> int:
         refresher = build_refresher(config, store, clock=_clock(args))
         count = refresher.refresh_due()
     print(f"re-validated {count} record(s)")
+    return 0
+
+
+def _days_argument(text: str) -> float:
+    try:
+        days = float(text)
+    except ValueError:
+        days = -1.0
+    if not 0 < days <= 36500:
+        raise argparse.ArgumentTypeError(f"not a number of days (0 < DAYS <= 36500): {text!r}")
+    return days
+
+
+def _run_prune(args: argparse.Namespace) -> int:
+    config = _service_config(args)
+    days = args.older_than or config.store.retention_days
+    if not days:
+        print("store.retention_days is 0 (keep every record) and no --older-than: "
+              "nothing pruned")
+        return 0
+    cutoff = _clock(args)() - timedelta(days=days)
+    with Store.open(config.store.path, readonly=args.dry_run, map_size=config.store.map_size,
+                    max_map_size=config.store.max_map_size) as store:
+        if args.dry_run:
+            count = sum(1 for _ in store.received_before(cutoff))
+            print(f"would delete {count} record(s) received before {utc_date(cutoff)}")
+        else:
+            count = store.prune(cutoff)
+            print(f"deleted {count} record(s) received before {utc_date(cutoff)}")
     return 0
 
 

@@ -94,6 +94,9 @@ class StoreConfig:
     path: Path = DEFAULT_STORE
     map_size: int = 1 << 30
     max_map_size: int = 1 << 36
+    #: ``smime-milter prune`` deletes records received more than this many
+    #: days ago; 0 keeps every record.
+    retention_days: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -443,10 +446,11 @@ def _store_config(reader: _Reader) -> StoreConfig:
         raise reader.error("map_size", "must be at least 1M")
     if max_map_size < map_size:
         raise reader.error("max_map_size", "must not be smaller than map_size")
+    retention_days = float(reader.number("retention_days", defaults.retention_days, 0, 36500))
     reader.finish()
     return StoreConfig(
         path=_relative(reader, path_text) or defaults.path,
-        map_size=map_size, max_map_size=max_map_size,
+        map_size=map_size, max_map_size=max_map_size, retention_days=retention_days,
     )
 
 

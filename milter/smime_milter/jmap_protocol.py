@@ -177,7 +177,7 @@ class JmapProtocol:
         return {
             "accountId": account, "oldState": changes.old_state, "newState": changes.new_state,
             "hasMoreChanges": changes.has_more_changes, "created": list(changes.created),
-            "updated": list(changes.updated), "destroyed": [],
+            "updated": list(changes.updated), "destroyed": list(changes.destroyed),
         }
 
 

@@ -29,7 +29,7 @@ from asn1crypto import x509
 from .chain import ChainValidator
 from .model import Status
 from .status import signed_status
-from .store import Record, StatusView, Store
+from .store import Record, StatusView, Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +230,7 @@ class Refresher:
         if batch:
             updated.update(self._refresh_batch(batch, pending))
         for future in pending:
-            future.result()
+            _written_unless_deleted(future)
         return updated
 
     def refresh_due(self) -> int:
@@ -272,6 +272,16 @@ class Refresher:
             with self._lock:
                 self._overlay.update(results)
         return results
+
+
+def _written_unless_deleted(future: Future[bool]) -> None:
+    """Waits for a record update; a record deleted meanwhile (retention)
+    has nothing left to update, which is not an error."""
+    try:
+        future.result()
+    except StoreError as exc:
+        if exc.reason != "missing":
+            raise
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,7 +339,7 @@ def reassess_at_delivery(store: Store, revalidator: Revalidator) -> list[AtDeliv
                 record.record_id, old.status, new.status,
             )
         for future in pending:
-            future.result()
+            _written_unless_deleted(future)
         batch.clear()
 
     for record_id in store.record_ids():

@@ -45,7 +45,7 @@ import lmdb
 from .model import SignerResult, Status, Verdict
 from .release import ReleaseDecision
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 INDEXES = ("has_smime", "has_verified_smime", "has_verified_smime_at_delivery")
 
 #: Every named sub-database of schema version 2.
@@ -54,6 +54,7 @@ _V2_DB_NAMES = (
 )
 #: Version 3 adds ``learned``; a version 2 store is upgraded in place by the
 #: writer (the new sub-database starts empty), and read as it is until then.
+#: Version 4 adds the ``d`` (deleted) change-log kind and nothing else.
 _DB_NAMES = (*_V2_DB_NAMES, "learned")
 #: Distinct certificates ``learned`` keeps per address: a sender renews or
 #: switches certificates a few times, never dozens; the oldest go first.
@@ -77,6 +78,7 @@ _VERIFIED = frozenset(status.value for status in Status if status.is_verified)
 _LOGGED = ("smimeStatusAtDelivery", "smimeErrorsAtDelivery", "smimeStatus", "smimeErrors")
 _CREATED = b"c"
 _UPDATED = b"u"
+_DESTROYED = b"d"
 _CORRUPT = (
     lmdb.CorruptedError,
     lmdb.InvalidError,
@@ -273,6 +275,9 @@ class Changes:
     created: tuple[str, ...]
     updated: tuple[str, ...]
     has_more_changes: bool
+    #: Records deleted (:meth:`Store.delete`, retention) that existed at the
+    #: old state.
+    destroyed: tuple[str, ...] = ()
 
 
 def _utc(moment: datetime) -> datetime:
@@ -703,26 +708,48 @@ def _collect_changes(
     cursor: lmdb.Cursor, since: int, current: int, max_changes: int | None
 ) -> Changes:
     """Walks the change log from ``since``; stops before an entry that would
-    add an id beyond ``max_changes`` so the new state is a real cut point."""
+    add an id beyond ``max_changes`` so the new state is a real cut point.
+
+    Each id is reported once, as RFC 8620 §5.2 asks: created (new since
+    ``since``), updated (existed then and now), or destroyed (existed then,
+    not now); an id created and destroyed in between is not reported."""
     created: dict[str, None] = {}
     updated: dict[str, None] = {}
+    destroyed: dict[str, None] = {}
+
+    def changes(new_state: int, more: bool) -> Changes:
+        return Changes(str(since), str(new_state), tuple(created), tuple(updated), more,
+                       tuple(destroyed))
+
     reached = since
     if cursor.set_range(_state_key(since + 1)):
         for key, value in cursor.iternext():
             record_id = value[1:].decode("ascii")
-            seen = record_id in created or record_id in updated
-            if not seen and max_changes is not None and len(created) + len(updated) >= max_changes:
-                return Changes(str(since), str(reached), tuple(created), tuple(updated), True)
-            if value[:1] == _CREATED:
-                created[record_id] = None
-                updated.pop(record_id, None)
-            elif value[:1] == _UPDATED:
+            seen = record_id in created or record_id in updated or record_id in destroyed
+            reported = len(created) + len(updated) + len(destroyed)
+            if not seen and max_changes is not None and reported >= max_changes:
+                return changes(reached, True)
+            kind = value[:1]
+            if kind == _CREATED:
+                if record_id in destroyed:  # deleted, then stored again
+                    del destroyed[record_id]
+                    updated[record_id] = None
+                else:
+                    created[record_id] = None
+                    updated.pop(record_id, None)
+            elif kind == _UPDATED:
                 if record_id not in created:
                     updated[record_id] = None
+            elif kind == _DESTROYED:
+                updated.pop(record_id, None)
+                if record_id in created:
+                    del created[record_id]
+                else:
+                    destroyed[record_id] = None
             else:
-                raise StoreError("corrupt", f"change entry {key.hex()} has kind {value[:1]!r}")
+                raise StoreError("corrupt", f"change entry {key.hex()} has kind {kind!r}")
             reached = int.from_bytes(key, "big")
-    return Changes(str(since), str(current), tuple(created), tuple(updated), False)
+    return changes(current, False)
 
 
 # --------------------------------------------------------------------------- locking
@@ -804,6 +831,21 @@ class _Batch:
                 self.txn.delete(old_due, db=self.dbs["verify_due"])
             if due is not None:
                 self.txn.put(due, b"", db=self.dbs["verify_due"])
+
+    def delete_record(self, record_id: str) -> bool:
+        """Removes a record and its index entries; its certificates and CRLs
+        stay (they are shared, and learned certificates refer to them)."""
+        key = record_id.encode("ascii")
+        old = self.txn.get(key, db=self.dbs["records"])
+        if old is None:
+            return False
+        due = _due_key(json.loads(old))
+        if due is not None:
+            self.txn.delete(due, db=self.dbs["verify_due"])
+        for db in ("records", "status", *INDEXES):
+            self.txn.delete(key, db=self.dbs[db])
+        self.log(_DESTROYED, record_id)
+        return True
 
     def finish(self, changelog_limit: int) -> None:
         if self.state == self.start:
@@ -894,6 +936,16 @@ class _Update(_Op):
             doc["changeState"] = batch.log(_UPDATED, self.record_id)
         batch.write_record(self.record_id, doc, _json_bytes(doc), old_doc)
         return logged
+
+
+class _Delete(_Op):
+    def __init__(self, record_ids: list[str]) -> None:
+        super().__init__()
+        self.record_ids = record_ids
+
+    def apply(self, batch: _Batch) -> tuple[str, ...]:
+        return tuple(record_id for record_id in self.record_ids
+                     if batch.delete_record(record_id))
 
 
 class _SetTrust(_Op):
@@ -1062,7 +1114,7 @@ def _check_main_db(txn: lmdb.Transaction, path: str) -> None:
 
 
 #: Older schema versions this program reads, and upgrades when it writes.
-_UPGRADABLE = (2,)
+_UPGRADABLE = (2, 3)
 
 
 def _schema_version(txn: lmdb.Transaction, meta: Any, path: str) -> int | None:
@@ -1083,9 +1135,11 @@ def _schema_version(txn: lmdb.Transaction, meta: Any, path: str) -> int | None:
 
 def _upgrade(txn: lmdb.Transaction, dbs: dict[str, Any], version: int) -> None:
     """Version 2 -> 3 only adds ``learned`` (already created by the caller's
-    open_db); it starts empty and fills as verified mail arrives, so the
-    upgrade costs one meta write however large the store."""
-    assert version == 2, version
+    open_db); it starts empty and fills as verified mail arrives. Version
+    3 -> 4 only allows ``d`` entries in ``changes``, which version 3 readers
+    would not understand. Either upgrade costs one meta write however large
+    the store."""
+    assert version in _UPGRADABLE, version
     txn.put(b"schema", str(SCHEMA_VERSION).encode("ascii"), db=dbs["meta"])
 
 
@@ -1183,7 +1237,7 @@ def _open_readonly(path: str) -> _Env:
         if version is None:
             raise StoreError("schema", f"{path}: store was never initialised")
         # A version 2 store (its writer not yet upgraded) has no ``learned``.
-        names = _DB_NAMES if version == SCHEMA_VERSION else _V2_DB_NAMES
+        names = _V2_DB_NAMES if version == 2 else _DB_NAMES
         shared.dbs = {name: _open_existing_db(env, name, path) for name in names}
     except lmdb.Error as exc:
         env.close()
@@ -1321,6 +1375,43 @@ class Store:
         if errors_at_delivery is not UNSET:
             patch["smimeErrorsAtDelivery"] = _texts_or_none(errors_at_delivery)
         return self._submit(_Update(record_id, patch))
+
+    def delete(self, record_ids: Iterable[str]) -> Future[tuple[str, ...]]:
+        """Queues the deletion of the records ``record_ids``; resolves to the
+        ids that existed. Each is logged, so Email/changes reports it
+        destroyed. Ids no record can have are ignored."""
+        return self._submit(_Delete([rid for rid in dict.fromkeys(record_ids)
+                                     if _id_key(rid) is not None]))
+
+    def prune(self, received_before: datetime, *, batch: int = 1000) -> int:
+        """Deletes every record received before ``received_before`` (the
+        retention job), ``batch`` per commit; returns how many."""
+        deleted = 0
+        doomed: list[str] = []
+        for record_id in self.received_before(received_before):
+            doomed.append(record_id)
+            if len(doomed) >= batch:
+                deleted += len(self.delete(doomed).result())
+                doomed = []
+        if doomed:
+            deleted += len(self.delete(doomed).result())
+        return deleted
+
+    def received_before(self, moment: datetime) -> Iterator[str]:
+        """Ids of the records received before ``moment`` (a retention scan
+        of the small ``status`` entries); later chunks may see newer commits."""
+        limit = _utc(moment)
+        batch: list[str] = []
+        for record_id in self.record_ids():
+            batch.append(record_id)
+            if len(batch) >= _CHUNK:
+                yield from self._received_before(batch, limit)
+                batch = []
+        yield from self._received_before(batch, limit)
+
+    def _received_before(self, ids: list[str], limit: datetime) -> list[str]:
+        views = self.views(ids)
+        return [rid for rid in ids if rid in views and views[rid].received_at < limit]
 
     def record_trust(self, generation: str, changed_at: datetime) -> Future[bool]:
         """Notes that current statuses are now computed with the anchor set
