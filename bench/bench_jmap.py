@@ -18,6 +18,8 @@ N deliveries. Printed:
    (the worst case, once per lifetime);
 4. **``smime-milter jmap``** - one process answering one Request for B ids,
    start-up included.
+5. **prune** - ``Store.prune`` deleting every record (retention), and the
+   Email/changes that reports them destroyed.
 
 Goals (issue 4): >= 20,000 cached Email/get records/s; a hasVerifiedSmime
 query over 100,000 candidates in under 1 s. This is a measurement, not a
@@ -157,6 +159,7 @@ def main() -> None:
         stale = sum(1 for _ in refresher.stale_ids())
         print(f"Email/query after the lifetime (bulk refresh): {seconds:,.1f} s; "
               f"{rate(int(args.records * 0.8), seconds)} re-validated; {stale} left stale")
+        state_before_prune = store.state()
         store.close()
 
         config = Path(tmp) / "smime-milter.toml"
@@ -173,6 +176,14 @@ def main() -> None:
                        env={**os.environ, "PYTHONPATH": str(REPO / "milter")})
         print(f"smime-milter jmap process, {args.batch} ids: "
               f"{(time.perf_counter() - started) * 1000:,.0f} ms including start-up")
+
+        with Store.open(path) as store:
+            started = time.perf_counter()
+            deleted = store.prune(NOW + timedelta(days=1))
+            seconds = time.perf_counter() - started
+            changes = store.changes_since(state_before_prune)
+        print(f"prune of every record: {rate(deleted, seconds)}; Email/changes lists "
+              f"{len(changes.destroyed):,} destroyed")
 
 
 if __name__ == "__main__":
