@@ -44,6 +44,7 @@ pytestmark = pytest.mark.skipif(not postfix_available(), reason=POSTFIX_MISSING)
 
 RCPT = "jmap@example.org"
 SENDER = "alice@example.com"
+NEWCOMER = "untrusted@example.com"
 USING = ["urn:ietf:params:jmap:core", "urn:ietf:params:jmap:mail",
          "urn:ietf:params:jmap:smimeverify"]
 ACCOUNT = "u1"
@@ -87,18 +88,18 @@ def _send(mta: PostfixInstance, kind: str, message: bytes) -> None:
     assert reply.ok, (kind, reply)
 
 
-def _messages(pki: TestPki, subjects: dict[str, str]) -> dict[str, bytes]:
-    def signed(identity: Any, subject: str, from_addr: str | None = None) -> bytes:
-        extra = {} if from_addr is None else {"from_addr": from_addr}
-        return multipart_signed(text_entity("Hello Bob\n"), identity, to=RCPT,
-                                subject=subject, **extra)
+def _signed(identity: Any, subject: str, from_addr: str = SENDER) -> bytes:
+    return multipart_signed(text_entity("Hello Bob\n"), identity, to=RCPT, subject=subject,
+                            from_addr=from_addr)
 
+
+def _messages(pki: TestPki, subjects: dict[str, str]) -> dict[str, bytes]:
     return {
-        "verified": signed(pki.rsa, subjects["verified"]),
-        "tampered": tampered(signed(pki.rsa, subjects["tampered"])),
+        "verified": _signed(pki.rsa, subjects["verified"]),
+        "tampered": tampered(_signed(pki.rsa, subjects["tampered"])),
         "plain": wrap_message(text_entity("just text\n"), to=RCPT, subject=subjects["plain"]),
         # Issued by other_root, which the milter does not trust at delivery.
-        "newcomer": signed(pki.untrusted, subjects["newcomer"], "untrusted@example.com"),
+        "newcomer": _signed(pki.untrusted, subjects["newcomer"], NEWCOMER),
     }
 
 
@@ -184,9 +185,7 @@ def test_delivered_records_through_jmap_and_an_anchor_added_after_delivery(
         _wait_for_log(daemon, "trust anchor, intermediate or CRL files changed: reloading")
         _wait_for_log(daemon, "reloaded configuration and trust anchors")
         subject = _unique("jmap newcomer again")
-        _send(mta, "newcomer again", multipart_signed(
-            text_entity("Hello Bob\n"), live_pki.untrusted, to=RCPT, subject=subject,
-            from_addr="untrusted@example.com"))
+        _send(mta, "newcomer again", _signed(live_pki.untrusted, subject, NEWCOMER))
         token, again = _record_id(delivered_with(mta, RCPT, subject))
         assert token == "signed/verified"
         _, got = _get(daemon.config, [again])
