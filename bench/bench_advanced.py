@@ -26,13 +26,13 @@ for entry in (REPO / "milter", REPO):  # smime_milter and tests.support without 
     if str(entry) not in sys.path:
         sys.path.insert(0, str(entry))
 
-from asn1crypto import x509 as asn1_x509  # noqa: E402
+from asn1crypto import x509 as asn1_x509
 
-from smime_milter.addressbook import AddressBook  # noqa: E402
-from smime_milter.advanced import Advanced  # noqa: E402
-from smime_milter.chain import ChainValidator, TrustStore  # noqa: E402
-from smime_milter.keystore import SigningKeys  # noqa: E402
-from tests.support.pki import Identity, make_ca, make_leaf  # noqa: E402
+from smime_milter.advanced.addressbook import AddressBook
+from smime_milter.advanced.compose import Advanced
+from smime_milter.advanced.keystore import SigningKeys
+from smime_milter.trust.chain import ChainValidator, TrustStore
+from tests.support.pki import Identity, make_ca, make_leaf
 
 BOTH = frozenset({"digital_signature", "key_encipherment"})
 AGREEMENT = frozenset({"digital_signature", "key_agreement"})

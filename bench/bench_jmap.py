@@ -47,15 +47,15 @@ for entry in (REPO / "milter", REPO):
     if str(entry) not in sys.path:
         sys.path.insert(0, str(entry))
 
-from smime_milter.chain import ChainValidator, TrustStore  # noqa: E402
-from smime_milter.jmap import SmimeJmap  # noqa: E402
-from smime_milter.jmap_protocol import JmapProtocol  # noqa: E402
-from smime_milter.model import Verdict  # noqa: E402
-from smime_milter.revalidate import Refresher, Revalidator  # noqa: E402
-from smime_milter.store import Record, Store, new_record_id  # noqa: E402
-from tests.support.pki import build_pki, make_leaf  # noqa: E402
-from tests.support.smime import multipart_signed, text_entity, wrap_message  # noqa: E402
-from tests.support.verdicts import NOW, anchor, make_verifier  # noqa: E402
+from smime_milter.jmap.methods import SmimeJmap
+from smime_milter.jmap.protocol import JmapProtocol
+from smime_milter.model import Verdict
+from smime_milter.revalidate import Refresher, Revalidator
+from smime_milter.store.facade import Record, Store, new_record_id
+from smime_milter.trust.chain import ChainValidator, TrustStore
+from tests.support.pki import build_pki, make_leaf
+from tests.support.smime import multipart_signed, text_entity, wrap_message
+from tests.support.verdicts import NOW, anchor, make_verifier
 
 USING = ["urn:ietf:params:jmap:core", "urn:ietf:params:jmap:mail",
          "urn:ietf:params:jmap:smimeverify"]

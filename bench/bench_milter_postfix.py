@@ -42,15 +42,15 @@ for entry in (REPO / "milter", REPO, REPO / "bench"):  # no install needed
     if str(entry) not in sys.path:
         sys.path.insert(0, str(entry))
 
-from postfix_throughput import RECIPIENT, SENDER, measure_throughput  # noqa: E402
+from postfix_throughput import RECIPIENT, SENDER, measure_throughput
 
-from smime_milter.model import Status  # noqa: E402
-from smime_milter.stamp import STATUS_HEADER, parse_status_header  # noqa: E402
-from tests.support.daemon import MilterProcess  # noqa: E402
-from tests.support.nullmilter import null_milter  # noqa: E402
-from tests.support.pki import TestPki, build_pki  # noqa: E402
-from tests.support.postfix import make_traversable, process_group  # noqa: E402
-from tests.support.smime import multipart_signed, text_entity  # noqa: E402
+from smime_milter.model import Status
+from smime_milter.stamp.fields import STATUS_HEADER, parse_status_header
+from tests.support.daemon import MilterProcess
+from tests.support.nullmilter import null_milter
+from tests.support.pki import TestPki, build_pki
+from tests.support.postfix import make_traversable, process_group
+from tests.support.smime import multipart_signed, text_entity
 
 SIGNER = "alice@example.com"
 CONFIGS = ("bare", "null", "smime")

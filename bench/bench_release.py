@@ -27,16 +27,16 @@ for entry in (REPO / "milter", REPO):  # smime_milter and tests.support without 
     if str(entry) not in sys.path:
         sys.path.insert(0, str(entry))
 
-from asn1crypto import x509 as asn1_x509  # noqa: E402
+from asn1crypto import x509 as asn1_x509
 
-from smime_milter.authorize import authorize  # noqa: E402
-from smime_milter.chain import TrustStore  # noqa: E402
-from smime_milter.engine import Verifier  # noqa: E402
-from smime_milter.mime import parse_entity  # noqa: E402
-from smime_milter.release import ReleaseRule, assess  # noqa: E402
-from smime_milter.signing import SigningIdentity  # noqa: E402
-from tests.support.pki import Identity, make_ca, make_leaf  # noqa: E402
-from tests.support.smime import multipart_signed, text_entity  # noqa: E402
+from smime_milter.cms.signing import SigningIdentity
+from smime_milter.mail.mime import parse_entity
+from smime_milter.release.authorize import authorize
+from smime_milter.release.rules import ReleaseRule, assess
+from smime_milter.trust.chain import TrustStore
+from smime_milter.verify.engine import Verifier
+from tests.support.pki import Identity, make_ca, make_leaf
+from tests.support.smime import multipart_signed, text_entity
 
 
 def _identity(ident: Identity) -> SigningIdentity:

@@ -41,10 +41,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO / "milter") not in sys.path:  # smime_milter without installing
     sys.path.insert(0, str(REPO / "milter"))
 
-import lmdb  # noqa: E402
+import lmdb
 
-from smime_milter.model import SignerResult, Status  # noqa: E402
-from smime_milter.store import Record, Store, new_record_id  # noqa: E402
+from smime_milter.model import SignerResult, Status
+from smime_milter.store.facade import Record, Store, new_record_id
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 

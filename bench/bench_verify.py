@@ -33,15 +33,19 @@ for entry in (REPO / "milter", REPO):  # smime_milter and tests.support without 
     if str(entry) not in sys.path:
         sys.path.insert(0, str(entry))
 
-from asn1crypto import x509 as asn1_x509  # noqa: E402
-from cryptography import x509  # noqa: E402
+from asn1crypto import x509 as asn1_x509
+from cryptography import x509
 
-from smime_milter import certs, chain, cms, engine, mime  # noqa: E402
-from smime_milter.chain import ChainValidator, TrustStore  # noqa: E402
-from smime_milter.engine import Verifier  # noqa: E402
-from smime_milter.model import Status  # noqa: E402
-from tests.support import smime  # noqa: E402
-from tests.support.pki import Identity, make_ca, make_leaf  # noqa: E402
+from smime_milter.cms import certs
+from smime_milter.cms import signed_data as cms
+from smime_milter.mail import mime
+from smime_milter.model import Status
+from smime_milter.trust import chain
+from smime_milter.trust.chain import ChainValidator, TrustStore
+from smime_milter.verify import engine
+from smime_milter.verify.engine import Verifier
+from tests.support import smime
+from tests.support.pki import Identity, make_ca, make_leaf
 
 WORDS = (
     "the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "invoice", "meeting",

@@ -31,8 +31,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # tests.support without installing anything
     sys.path.insert(0, str(REPO))
 
-from tests.support.nullmilter import null_milter  # noqa: E402
-from tests.support.postfix import PostfixInstance, Setting  # noqa: E402
+from tests.support.nullmilter import null_milter
+from tests.support.postfix import PostfixInstance, Setting
 
 SMTP_SOURCE = "/usr/sbin/smtp-source"
 SENDER = "sender@example.com"

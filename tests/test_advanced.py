@@ -19,19 +19,21 @@ from pathlib import Path
 import pytest
 from asn1crypto import cms as asn1_cms
 
-from smime_milter import advanced, jmap, mime
-from smime_milter.addressbook import AddressBook
-from smime_milter.advanced import (
+from smime_milter.advanced import compose as advanced
+from smime_milter.advanced.addressbook import AddressBook
+from smime_milter.advanced.compose import (
     Advanced,
     InvalidEmail,
     SignedSenderNotAllowed,
     ValidEncryptionKeyNotFound,
 )
-from smime_milter.chain import ChainValidator, TrustStore
-from smime_milter.config import AdvancedConfig
-from smime_milter.envelope import DecryptionKey
-from smime_milter.keystore import SigningKeys
+from smime_milter.advanced.keystore import SigningKeys
+from smime_milter.cms.envelope import DecryptionKey
+from smime_milter.config.reader import AdvancedConfig
+from smime_milter.jmap import methods as jmap
+from smime_milter.mail import mime
 from smime_milter.model import Status
+from smime_milter.trust.chain import ChainValidator, TrustStore
 from tests.support.pki import Identity, TestPki, build_pki, make_leaf
 from tests.support.smime import openssl, openssl_decrypt, openssl_verify_result
 from tests.support.verdicts import NOW, anchor, assert_verified, make_verifier
@@ -235,7 +237,7 @@ class _Advertising:
         self.world = world
 
     def lookup(self, address, at):  # a test double: the AddressBook.lookup shape
-        from smime_milter.addressbook import RecipientCertificate
+        from smime_milter.advanced.addressbook import RecipientCertificate
         person = self.world.people.get(address)
         if person is None:
             return None

@@ -18,16 +18,16 @@ from pathlib import Path
 import Milter
 import pytest
 
-from smime_milter import mime
-from smime_milter.addressbook import AddressBook
-from smime_milter.advanced import Advanced
-from smime_milter.app import Runtime, RuntimeHolder, SmimeMilter
-from smime_milter.chain import ChainValidator, TrustStore
-from smime_milter.config import AdvancedConfig, AutoRule, Config, MilterConfig
-from smime_milter.envelope import DecryptionKey
-from smime_milter.keystore import SigningKeys
+from smime_milter.advanced.addressbook import AddressBook
+from smime_milter.advanced.compose import Advanced
+from smime_milter.advanced.keystore import SigningKeys
+from smime_milter.cms.envelope import DecryptionKey
+from smime_milter.config.reader import AdvancedConfig, AutoRule, Config, MilterConfig
+from smime_milter.mail import mime
 from smime_milter.model import Status
-from smime_milter.stamp import parse_status_header
+from smime_milter.mta.app import Runtime, RuntimeHolder, SmimeMilter
+from smime_milter.stamp.fields import parse_status_header
+from smime_milter.trust.chain import ChainValidator, TrustStore
 from tests.support.pki import Identity, TestPki, make_leaf
 from tests.support.smime import openssl_decrypt, openssl_verify_result
 from tests.support.verdicts import NOW, anchor, assert_verified, make_verifier

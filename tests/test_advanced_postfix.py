@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from smime_milter import mime
+from smime_milter.mail import mime
 from tests.support.daemon import MilterProcess
 from tests.support.pki import Identity, TestPki, make_leaf
 from tests.support.postfix import (

@@ -13,15 +13,7 @@ from asn1crypto import cms as asn1_cms
 from asn1crypto import core
 from cryptography.hazmat.primitives import serialization
 
-from smime_milter import mime
-from smime_milter.authorize import (
-    AuthorizeError,
-    add_countersignatures,
-    add_signer,
-    set_authorizing_users,
-    signer_infos,
-)
-from smime_milter.cms import (
+from smime_milter.cms.signed_data import (
     OID_COUNTERSIGNATURE,
     OID_DATA,
     AlgorithmPolicy,
@@ -29,11 +21,19 @@ from smime_milter.cms import (
     parse_signed_data,
     signed_attributes_der,
 )
-from smime_milter.signing import (
+from smime_milter.cms.signing import (
     SigningError,
     SigningIdentity,
     build_signer_info,
     countersignature,
+)
+from smime_milter.mail import mime
+from smime_milter.release.authorize import (
+    AuthorizeError,
+    add_countersignatures,
+    add_signer,
+    set_authorizing_users,
+    signer_infos,
 )
 from tests.support import smime
 from tests.support.pki import Identity, TestPki

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from smime_milter.config import Config, ConfigError, load_config, parse_config
+from smime_milter.config.reader import Config, ConfigError, load_config, parse_config
 from smime_milter.model import RevocationMode
 from smime_milter.policy import Action
-from smime_milter.release import ReleaseRule
+from smime_milter.release.rules import ReleaseRule
 from tests.support.pki import TestPki
 
 ROOT = Path(__file__).resolve().parents[1]

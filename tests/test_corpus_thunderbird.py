@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from smime_milter.certs import cert_info
-from smime_milter.chain import TrustStore
-from smime_milter.cms import AlgorithmPolicy
-from smime_milter.engine import Verifier, VerifyPolicy
-from smime_milter.envelope import decrypt, load_decryption_key
-from smime_milter.mime import decode_transfer_encoding, parse_entity
+from smime_milter.cms.certs import cert_info
+from smime_milter.cms.envelope import decrypt, load_decryption_key
+from smime_milter.cms.signed_data import AlgorithmPolicy
+from smime_milter.mail.mime import decode_transfer_encoding, parse_entity
 from smime_milter.model import Status
+from smime_milter.trust.chain import TrustStore
+from smime_milter.verify.engine import Verifier, VerifyPolicy
 from tests.corpora import CORPORA, corpus
 
 PINNED = datetime(2027, 1, 1, tzinfo=UTC)

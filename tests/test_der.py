@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from asn1crypto import core
 
-from smime_milter import der
+from smime_milter.cms import der
 
 
 def test_children_slice_exactly() -> None:

@@ -18,16 +18,21 @@ from cryptography.hazmat.primitives import padding as sym_padding
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from smime_milter.cms import OID_DATA, AlgorithmPolicy, check_signature, parse_signed_data
-from smime_milter.encrypt import EncryptionError, EncryptionRecipient, enveloped_data
-from smime_milter.envelope import DecryptionKey, decrypt
-from smime_milter.model import Status
-from smime_milter.signing import (
+from smime_milter.cms.encrypt import EncryptionError, EncryptionRecipient, enveloped_data
+from smime_milter.cms.envelope import DecryptionKey, decrypt
+from smime_milter.cms.signed_data import (
+    OID_DATA,
+    AlgorithmPolicy,
+    check_signature,
+    parse_signed_data,
+)
+from smime_milter.cms.signing import (
     SigningIdentity,
     build_signer_info,
     detached_signed_data,
     encapsulated_signed_data,
 )
+from smime_milter.model import Status
 from tests.support import smime
 from tests.support.pki import Identity, TestPki, make_leaf
 from tests.support.verdicts import NOW, assert_verified, entity, make_verifier

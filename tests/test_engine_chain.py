@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from smime_milter.chain import TrustStore
-from smime_milter.engine import Verifier, VerifyPolicy
 from smime_milter.model import RevocationMode, Verdict
+from smime_milter.trust.chain import TrustStore
+from smime_milter.verify.engine import Verifier, VerifyPolicy
 from tests.support import smime
 from tests.support.pki import Identity, TestPki, make_ca, make_crl, make_leaf
 from tests.support.verdicts import (

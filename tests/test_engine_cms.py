@@ -13,16 +13,16 @@ from typing import Any
 import pytest
 from asn1crypto import core
 
-from smime_milter import der
-from smime_milter.cms import (
+from smime_milter.cms import der
+from smime_milter.cms.signed_data import (
     MAX_CAPABILITIES,
     OID_SIGNING_TIME,
     OID_SMIME_CAPABILITIES,
     AlgorithmPolicy,
     smime_capabilities,
 )
-from smime_milter.engine import Verifier, VerifyPolicy
 from smime_milter.model import Status, Verdict
+from smime_milter.verify.engine import Verifier, VerifyPolicy
 from tests.support import smime
 from tests.support.pki import Identity, TestPki
 from tests.support.verdicts import (

@@ -15,9 +15,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smime_milter.engine import Verifier
-from smime_milter.envelope import DecryptionKey, load_decryption_key
+from smime_milter.cms.envelope import DecryptionKey, load_decryption_key
 from smime_milter.model import Status, Verdict
+from smime_milter.verify.engine import Verifier
 from tests.support import smime
 from tests.support.pki import TestPki
 from tests.support.verdicts import (

@@ -9,8 +9,8 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from smime_milter.engine import Verifier, VerifyPolicy
 from smime_milter.model import Verdict
+from smime_milter.verify.engine import Verifier, VerifyPolicy
 from tests.support import smime
 from tests.support.pki import Identity, TestPki, make_leaf
 from tests.support.verdicts import (

@@ -33,7 +33,7 @@ from cryptography.x509.oid import NameOID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from smime_milter.envelope import (
+from smime_milter.cms.envelope import (
     MAX_RECIPIENT_INFOS,
     DecryptionKey,
     DecryptResult,

@@ -47,10 +47,10 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from smime_milter.chain import TrustStore
-from smime_milter.engine import Verifier
-from smime_milter.envelope import DecryptionKey
+from smime_milter.cms.envelope import DecryptionKey
 from smime_milter.model import Status, Verdict
+from smime_milter.trust.chain import TrustStore
+from smime_milter.verify.engine import Verifier
 from tests.support import smime
 from tests.support.pki import TestPki, build_pki
 
@@ -222,7 +222,7 @@ def corpus() -> Corpus:
     trust = TrustStore((asn1_x509.Certificate.load(pki.root.cert_der),))
     verifier = Verifier(trust, decryption_keys=[DecryptionKey(pki.rsa.key, pki.rsa.cert)])
     harness = Harness(pki, verifier)
-    logging.getLogger("smime_milter.engine").addHandler(harness.log)
+    logging.getLogger("smime_milter.verify.engine").addHandler(harness.log)
 
     text = smime.text_entity("Hello Bob,\nthis is signed.\n-- \nAlice\n")
     detached_entity = smime.multipart_signed_entity(text, pki.rsa)

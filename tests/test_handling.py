@@ -6,10 +6,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from smime_milter.handling import forged_headers, plan_delivery, reply_text
 from smime_milter.model import SignerResult, Status, Verdict
+from smime_milter.mta.handling import forged_headers, plan_delivery, reply_text
 from smime_milter.policy import Action, Decision, Outcome, Policy
-from smime_milter.stamp import parse_status_header
+from smime_milter.stamp.fields import parse_status_header
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 ID = "mx.example.org"

@@ -23,10 +23,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from smime_milter import stamp
-from smime_milter.cli import main
-from smime_milter.config import load_config
-from smime_milter.engine import Verifier
+from smime_milter.cli.main import main
+from smime_milter.config.reader import load_config
 from smime_milter.ingest import (
     RECORD_ID,
     IngestResult,
@@ -36,7 +34,9 @@ from smime_milter.ingest import (
     read_stamp,
 )
 from smime_milter.model import Status, Verdict
-from smime_milter.store import Record, Store, new_record_id
+from smime_milter.stamp import fields as stamp
+from smime_milter.store.facade import Record, Store, new_record_id
+from smime_milter.verify.engine import Verifier
 from tests import test_milter_postfix as postfix_tests
 from tests.support.pki import TestPki
 from tests.support.postfix import POSTFIX_MISSING, PostfixFactory, postfix_available

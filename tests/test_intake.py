@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from smime_milter.intake import MessageBuffer, header_line
+from smime_milter.mta.intake import MessageBuffer, header_line
 
 
 def _feed(buffer: MessageBuffer, body: bytes, chunk: int = 65535) -> None:

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from smime_milter.config import load_config
-from smime_milter.jmap import SMIMEVERIFY, SmimeJmap, capabilities
+from smime_milter.config.reader import load_config
+from smime_milter.jmap.methods import SMIMEVERIFY, SmimeJmap, capabilities
 from smime_milter.model import Status
-from smime_milter.store import CannotCalculateChanges, Store
+from smime_milter.store.facade import CannotCalculateChanges, Store
 from tests.support.jmapworld import DELIVERED, World, build_world
 from tests.support.pki import TestPki
 

@@ -31,10 +31,10 @@ from typing import Any
 
 import pytest
 
-from smime_milter import jmap_http
-from smime_milter.config import load_config
-from smime_milter.jmap_http import JmapService, refresh_interval, session_document
-from smime_milter.store import Store
+from smime_milter.config.reader import load_config
+from smime_milter.jmap import http as jmap_http
+from smime_milter.jmap.http import JmapService, refresh_interval, session_document
+from smime_milter.store.facade import Store
 from tests.support.jmapworld import ACCOUNT, DELIVERED, USING, World, build_world
 from tests.support.pki import TestPki
 
@@ -618,7 +618,7 @@ def test_background_refresh_reports_expiry_in_email_changes(world: World) -> Non
 def test_refresh_interval_is_at_least_a_minute() -> None:
     from dataclasses import replace
 
-    from smime_milter.config import Config
+    from smime_milter.config.reader import Config
 
     config = Config()
     assert refresh_interval(replace(config, jmap=replace(config.jmap, cache_lifetime=0))) == 60

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from smime_milter.stamp import parse_status_header
+from smime_milter.stamp.fields import parse_status_header
 from tests.support.daemon import SMIME_MILTER
 from tests.support.pki import TestPki
 from tests.support.postfix import (

@@ -11,8 +11,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from smime_milter.keystore import KeyStoreError, SigningKeys
-from smime_milter.signing import SigningError
+from smime_milter.advanced.keystore import KeyStoreError, SigningKeys
+from smime_milter.cms.signing import SigningError
 from tests.support.pki import Identity, TestPki, make_ca, make_leaf
 from tests.support.verdicts import NOW
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from smime_milter.model import Status
-from smime_milter.stamp import parse_status_header
+from smime_milter.stamp.fields import parse_status_header
 from tests.support.daemon import MilterProcess
 from tests.support.pki import TestPki
 from tests.support.postfix import (

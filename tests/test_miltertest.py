@@ -32,12 +32,12 @@ from pathlib import Path
 
 import pytest
 
-from smime_milter.app import hostname
-from smime_milter.config import load_config
-from smime_milter.handling import reply_text
+from smime_milter.bootstrap import build_verifier
+from smime_milter.config.reader import load_config
 from smime_milter.model import Status
-from smime_milter.stamp import authserv_id_of, parse_status_header, unfold
-from smime_milter.wiring import build_verifier
+from smime_milter.mta.app import hostname
+from smime_milter.mta.handling import reply_text
+from smime_milter.stamp.fields import authserv_id_of, parse_status_header, unfold
 from tests.support.daemon import MilterProcess
 from tests.support.miltertest import (
     CONTINUE,

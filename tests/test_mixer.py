@@ -12,8 +12,8 @@ from email.header import decode_header, make_header
 
 import pytest
 
-from smime_milter.cli import main
-from smime_milter.mixer import (
+from smime_milter.cli.main import main
+from smime_milter.release.mixer import (
     IpmsHeading,
     MixerError,
     from_x400,

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from smime_milter.config import Config, TrustConfig
+from smime_milter.config.reader import Config, TrustConfig
 from smime_milter.model import Status
-from smime_milter.pool import Job, PoolClosed, VerifierPool, VerifyFailure
+from smime_milter.mta.pool import Job, PoolClosed, VerifierPool, VerifyFailure
 from tests.support.pki import TestPki
 from tests.support.smime import multipart_signed, text_entity
 

@@ -18,8 +18,21 @@ from pathlib import Path
 import pytest
 from asn1crypto import cms as asn1_cms
 
-from smime_milter import mime
-from smime_milter.authorize import (
+from smime_milter.cms.signed_data import (
+    AlgorithmPolicy,
+    countersignatures,
+    parse_signed_data,
+    signature_octets,
+)
+from smime_milter.cms.signing import (
+    SigningIdentity,
+    amend_signed_data,
+    countersignature,
+    with_countersignature,
+)
+from smime_milter.mail import mime
+from smime_milter.model import RevocationMode, Status
+from smime_milter.release.authorize import (
     AuthorizeError,
     add_countersignatures,
     add_signer,
@@ -27,11 +40,7 @@ from smime_milter.authorize import (
     set_authorizing_users,
     signer_infos,
 )
-from smime_milter.chain import TrustStore
-from smime_milter.cms import AlgorithmPolicy, countersignatures, parse_signed_data, signature_octets
-from smime_milter.engine import Verifier, VerifyPolicy
-from smime_milter.model import RevocationMode, Status
-from smime_milter.release import (
+from smime_milter.release.rules import (
     AUTHORIZING_USERS_HEADER,
     HOLD,
     ORIGINAL_RECIPIENTS_HEADER,
@@ -46,12 +55,8 @@ from smime_milter.release import (
     select_rule,
     status_stamp,
 )
-from smime_milter.signing import (
-    SigningIdentity,
-    amend_signed_data,
-    countersignature,
-    with_countersignature,
-)
+from smime_milter.trust.chain import TrustStore
+from smime_milter.verify.engine import Verifier, VerifyPolicy
 from tests.corpora import corpus
 from tests.support import smime
 from tests.support.pki import Identity, TestPki, make_crl, make_leaf

@@ -11,17 +11,17 @@ from pathlib import Path
 import Milter
 import pytest
 
-from smime_milter.app import Runtime, RuntimeHolder, SmimeMilter
-from smime_milter.authorize import authorize
-from smime_milter.config import Config, MilterConfig, ReleaseConfig
-from smime_milter.engine import Verifier
+from smime_milter.cms.signing import SigningIdentity
+from smime_milter.config.reader import Config, MilterConfig, ReleaseConfig
 from smime_milter.model import Status, Verdict
+from smime_milter.mta.app import Runtime, RuntimeHolder, SmimeMilter
+from smime_milter.mta.pool import Job, VerifyFailure
 from smime_milter.policy import Action, Actions, Policy
-from smime_milter.pool import Job, VerifyFailure
-from smime_milter.release import ReleaseRule
-from smime_milter.signing import SigningIdentity
-from smime_milter.stamp import parse_status_header
-from smime_milter.store import Record, StoreError
+from smime_milter.release.authorize import authorize
+from smime_milter.release.rules import ReleaseRule
+from smime_milter.stamp.fields import parse_status_header
+from smime_milter.store.facade import Record, StoreError
+from smime_milter.verify.engine import Verifier
 from tests.support.pki import Identity, TestPki, make_leaf
 from tests.support.smime import multipart_signed, text_entity, wrap_message
 from tests.support.verdicts import NOW, make_verifier

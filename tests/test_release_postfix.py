@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from smime_milter.stamp import parse_status_header
+from smime_milter.stamp.fields import parse_status_header
 from tests.support.daemon import SMIME_MILTER, MilterProcess
 from tests.support.pki import Identity, TestPki, make_leaf
 from tests.support.postfix import (

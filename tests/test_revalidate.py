@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from smime_milter.chain import ChainValidator, TrustStore
 from smime_milter.model import ChainResult, SignerResult, Status
 from smime_milter.revalidate import Refresher, Revalidator
-from smime_milter.status import signed_status
-from smime_milter.store import Record, Store
+from smime_milter.store.facade import Record, Store
+from smime_milter.trust.chain import ChainValidator, TrustStore
+from smime_milter.verify.status import signed_status
 from tests.support.pki import TestPki
 from tests.support.smime import multipart_signed, opaque_signed, text_entity, wrap_message
 from tests.support.verdicts import NOW, anchor, make_verifier

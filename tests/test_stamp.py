@@ -18,9 +18,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smime_milter.mime import parse_address
+from smime_milter.mail.mime import parse_address
 from smime_milter.model import SignerResult, Status, Verdict
-from smime_milter.stamp import (
+from smime_milter.stamp.fields import (
     AR_HEADER,
     MAX_COMMENT,
     MAX_RESULTS,

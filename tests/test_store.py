@@ -25,9 +25,9 @@ from pathlib import Path
 import lmdb
 import pytest
 
-from smime_milter import store as store_module
 from smime_milter.model import SignerResult, Status, Verdict
-from smime_milter.store import (
+from smime_milter.store import facade as store_module
+from smime_milter.store.facade import (
     INDEXES,
     MAX_LEARNED_PER_ADDRESS,
     SCHEMA_VERSION,
@@ -780,7 +780,7 @@ def test_read_only_open_from_another_process_while_writing(store: Store, path: P
     store.put_sync(kept)
     code = (
         "import sys\n"
-        "from smime_milter.store import Store\n"
+        "from smime_milter.store.facade import Store\n"
         "with Store.open(sys.argv[1], readonly=True) as s:\n"
         "    r = s.get(sys.argv[2])\n"
         "    print(r.status.value, r.signers[0].serial, s.state(), len(r.certificates))\n"

@@ -6,10 +6,11 @@ from ipaddress import ip_network
 
 import pytest
 
-from smime_milter import protect, submission
-from smime_milter.advanced import Composed, OuterField
-from smime_milter.config import AdvancedConfig, AutoRule, parse_config
-from smime_milter.submission import Connection, Request, RequestError
+from smime_milter.advanced import submission
+from smime_milter.advanced.compose import Composed, OuterField
+from smime_milter.advanced.submission import Connection, Request, RequestError
+from smime_milter.config.reader import AdvancedConfig, AutoRule, parse_config
+from smime_milter.mail import protect
 
 # --- request header ------------------------------------------------------------------
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from smime_milter import daemon
-from smime_milter.config import DEFAULT_CONFIG, DEFAULT_SOCKET, DEFAULT_STORE, load_config
+from smime_milter.config.reader import DEFAULT_CONFIG, DEFAULT_SOCKET, DEFAULT_STORE, load_config
+from smime_milter.mta import daemon
 from tests.support.daemon import SMIME_MILTER
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -99,10 +99,9 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from . import mime
-from .engine import Verifier
-from .model import Status, Verdict
-from .stamp import (
+from smime_milter.mail import mime
+from smime_milter.model import Status, Verdict
+from smime_milter.stamp.fields import (
     AR_HEADER,
     MAX_RESULTS,
     NEUTRAL,
@@ -114,7 +113,8 @@ from .stamp import (
     parse_status_header,
     unfold,
 )
-from .store import Record, Store
+from smime_milter.store.facade import Record, Store
+from smime_milter.verify.engine import Verifier
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 
-from .model import Status
+from smime_milter.model import Status
 
 
 class Action(enum.StrEnum):

@@ -26,10 +26,10 @@ from datetime import UTC, datetime, timedelta
 
 from asn1crypto import x509
 
-from .chain import ChainValidator
-from .model import Status
-from .status import signed_status
-from .store import Record, StatusView, Store, StoreError
+from smime_milter.model import Status
+from smime_milter.store.facade import Record, StatusView, Store, StoreError
+from smime_milter.trust.chain import ChainValidator
+from smime_milter.verify.status import signed_status
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from smime_milter.store import Store
+from smime_milter.store.facade import Store
 
 SMIME_MILTER = Path(sys.executable).with_name("smime-milter")
 

@@ -13,10 +13,10 @@ from datetime import UTC, datetime
 
 from asn1crypto import x509 as asn1_x509
 
-from smime_milter.chain import TrustStore
-from smime_milter.engine import Verifier, VerifyPolicy
-from smime_milter.envelope import DecryptionKey
+from smime_milter.cms.envelope import DecryptionKey
 from smime_milter.model import Status, Verdict
+from smime_milter.trust.chain import TrustStore
+from smime_milter.verify.engine import Verifier, VerifyPolicy
 
 from .pki import Identity, TestPki
 from .smime import CRLF, text_entity, wrap_message

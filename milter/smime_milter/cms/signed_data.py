@@ -1,0 +1,492 @@
+"""CMS SignedData (RFC 5652) parsing and signature checking.
+
+cryptography has no public CMS verify API, so SignedData is parsed with
+asn1crypto and each SignerInfo is checked with cryptography primitives.
+This module knows nothing about time, trust or mail: it answers "does this
+SignerInfo sign these bytes with this certificate's key?".
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from functools import lru_cache
+
+from asn1crypto import cms as asn1_cms
+from asn1crypto import core
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, padding, rsa
+
+from smime_milter.cms import der
+from smime_milter.cms.certs import CertInfo, cert_info
+
+OID_CONTENT_TYPE = "1.2.840.113549.1.9.3"
+OID_MESSAGE_DIGEST = "1.2.840.113549.1.9.4"
+OID_SIGNING_TIME = "1.2.840.113549.1.9.5"
+OID_COUNTERSIGNATURE = "1.2.840.113549.1.9.6"
+OID_DATA = "1.2.840.113549.1.7.1"
+OID_SMIME_CAPABILITIES = "1.2.840.113549.1.9.15"
+
+_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
+    "sha1": hashes.SHA1,
+    "sha224": hashes.SHA224,
+    "sha256": hashes.SHA256,
+    "sha384": hashes.SHA384,
+    "sha512": hashes.SHA512,
+    "sha3_256": hashes.SHA3_256,
+    "sha3_384": hashes.SHA3_384,
+    "sha3_512": hashes.SHA3_512,
+}
+_CURVES = frozenset({"secp256r1", "secp384r1", "secp521r1"})
+MAX_SIGNER_INFOS = 16
+MAX_CERTIFICATES = 64
+#: Countersignatures examined on one SignerInfo (RFC 5652 §11.4 allows any number).
+MAX_COUNTERSIGNATURES = 16
+#: SMIMECapabilities kept per signer: real clients list a dozen at most, and
+#: the list is stored with every record.
+MAX_CAPABILITIES = 32
+
+
+class CmsError(ValueError):
+    """The blob is not a usable CMS structure; the text is the user-facing reason."""
+
+
+@dataclass(frozen=True, slots=True)
+class AlgorithmPolicy:
+    """Which algorithms a signature may use. Defaults follow RFC 8551 §2."""
+
+    allow_sha1: bool = False
+    min_rsa_bits: int = 2048
+
+
+@dataclass(frozen=True, slots=True)
+class SignedData:
+    """The parts of a SignedData the verifier needs, already split out."""
+
+    econtent_type: str
+    econtent: bytes | None
+    certificates: tuple[CertInfo, ...]
+    crls: tuple[bytes, ...]
+    signer_infos: tuple[asn1_cms.SignerInfo, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SignatureCheck:
+    """Cryptographic outcome for one SignerInfo (no trust, no time)."""
+
+    certificate: CertInfo | None
+    digest_algorithm: str
+    signature_algorithm: str
+    ok: bool
+    errors: tuple[str, ...]
+    signing_time: datetime | None
+
+
+def parse_signed_data(der: bytes) -> SignedData:
+    """Parse a ContentInfo holding SignedData, forcing every field we use now
+    so that malformed input fails here with CmsError, not later."""
+    try:
+        info = asn1_cms.ContentInfo.load(der)
+        if info["content_type"].native != "signed_data":
+            raise CmsError(f"CMS content is {info['content_type'].native}, not signed-data")
+        signed = info["content"]
+        encap = signed["encap_content_info"]
+        econtent_type = encap["content_type"].dotted
+        econtent_value = encap["content"]
+        econtent = None if econtent_value.native is None else _octets(econtent_value)
+        certificates = _certificates(signed["certificates"])
+        if len(certificates) > MAX_CERTIFICATES:
+            raise CmsError(f"more than {MAX_CERTIFICATES} certificates in SignedData")
+        crls = tuple(
+            choice.chosen.dump()
+            for choice in signed["crls"] or ()
+            if isinstance(choice.chosen, asn1_cms.CertificateList)
+        )
+        signer_infos = tuple(signed["signer_infos"])
+        if len(signer_infos) > MAX_SIGNER_INFOS:
+            raise CmsError(f"more than {MAX_SIGNER_INFOS} SignerInfos")
+        for signer_info in signer_infos:
+            sid = signer_info["sid"].chosen
+            _ = sid.contents, signer_info["signature"].native, digest_name(signer_info)
+    except CmsError:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError, OverflowError) as exc:
+        raise CmsError(f"malformed CMS SignedData: {_short(exc)}") from exc
+    return SignedData(econtent_type, econtent, certificates, crls, signer_infos)
+
+
+def countersignatures(signer_info: asn1_cms.SignerInfo) -> tuple[asn1_cms.SignerInfo, ...]:
+    """The SignerInfos of the countersignature unsigned attributes (RFC 5652
+    §11.4), each of which signs ``signature_octets(signer_info)``.
+
+    Raises CmsError when the attributes cannot be parsed.
+    """
+    try:
+        attributes = signer_info["unsigned_attrs"]
+        if isinstance(attributes, core.Void):
+            return ()
+        found: list[asn1_cms.SignerInfo] = []
+        for attribute in attributes:
+            if attribute["type"].dotted != OID_COUNTERSIGNATURE:
+                continue
+            for value in attribute["values"]:
+                _ = value["sid"].chosen.contents, value["signature"].native, digest_name(value)
+                found.append(value)
+    except (ValueError, TypeError, KeyError, IndexError, OverflowError) as exc:
+        raise CmsError(f"malformed countersignature attribute: {_short(exc)}") from exc
+    if len(found) > MAX_COUNTERSIGNATURES:
+        raise CmsError(f"more than {MAX_COUNTERSIGNATURES} countersignatures on one signer")
+    return tuple(found)
+
+
+def signature_octets(signer_info: asn1_cms.SignerInfo) -> bytes:
+    """The contents octets of ``signature``: what a countersignature's
+    message-digest covers (RFC 5652 §11.4), without tag and length."""
+    value: bytes = signer_info["signature"].native
+    return value
+
+
+def _certificates(choices: core.Asn1Value) -> tuple[CertInfo, ...]:
+    """The certificate set; plain certificates are sliced out of the DER so
+    a known certificate costs a cache lookup, not an asn1crypto parse."""
+    if isinstance(choices, core.Void):
+        return ()
+    contents = choices.contents
+    try:
+        return tuple(
+            cert_info(contents[element.start : element.end])
+            for element in der.children(contents, 0, len(contents))
+            if element.tag == 0x30
+        )
+    except ValueError:
+        pass  # BER inside the set: let asn1crypto handle it
+    return tuple(
+        cert_info(choice.chosen.dump()) for choice in choices if choice.name == "certificate"
+    )
+
+
+def _octets(value: core.Asn1Value) -> bytes:
+    """Content octets of a (possibly constructed, BER) OCTET STRING."""
+    native = value.native
+    if isinstance(native, bytes):
+        return native
+    return bytes(value)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:160] if text else type(exc).__name__
+
+
+def find_certificate(
+    signer_info: asn1_cms.SignerInfo, candidates: Iterable[CertInfo]
+) -> CertInfo | None:
+    """The certificate a SignerInfo names by issuer+serial or subjectKeyIdentifier."""
+    sid = signer_info["sid"]
+    if sid.name == "issuer_and_serial_number":
+        issuer = sid.chosen["issuer"]
+        serial = sid.chosen["serial_number"].native
+        issuer_der = issuer.dump()
+        same_serial = [info for info in candidates if info.serial == serial]
+        # Byte equality first: RFC 5280 name matching (stringprep) is costly.
+        for info in same_serial:
+            if info.issuer_der == issuer_der:
+                return info
+        try:
+            for info in same_serial:
+                if info.cert.issuer == issuer:
+                    return info
+        except (ValueError, TypeError):
+            return None  # an unparsable issuer name matches nothing
+        return None
+    key_id = sid.chosen.native
+    for info in candidates:
+        if info.key_identifier == key_id:
+            return info
+    return None
+
+
+_WANTED_ATTRIBUTES = {
+    core.ObjectIdentifier(oid).contents: oid
+    for oid in (OID_CONTENT_TYPE, OID_MESSAGE_DIGEST, OID_SIGNING_TIME)
+}
+
+
+def _signed_attribute_values(signer_info: asn1_cms.SignerInfo) -> dict[str, list[bytes]]:
+    """The attribute values we check, as raw TLVs keyed by dotted OID.
+
+    Walked one attribute at a time with the DER reader: some real messages
+    carry attributes asn1crypto cannot render, and this is the hot path.
+    """
+    found: dict[str, list[bytes]] = {}
+    data = signer_info["signed_attrs"].contents
+    for attribute in der.children(data, 0, len(data)):
+        if attribute.tag != 0x30:
+            raise ValueError("signed attribute is not a SEQUENCE")
+        oid_element, *rest = der.children(data, attribute.content_start, attribute.end)
+        if oid_element.tag != 0x06 or len(rest) != 1 or rest[0].tag != 0x31:
+            raise ValueError("signed attribute is not type + SET of values")
+        oid = _WANTED_ATTRIBUTES.get(data[oid_element.content_start : oid_element.end])
+        if oid is not None:
+            values = rest[0]
+            found.setdefault(oid, []).extend(
+                data[value.start : value.end]
+                for value in der.children(data, values.content_start, values.end)
+            )
+    return found
+
+
+_CAPABILITIES_OID = core.ObjectIdentifier(OID_SMIME_CAPABILITIES).contents
+
+
+def smime_capabilities(signer_info: asn1_cms.SignerInfo) -> tuple[str, ...]:
+    """Dotted OIDs of the SMIMECapabilities signed attribute (RFC 8551
+    §2.5.2), in the signer's order, at most :data:`MAX_CAPABILITIES`.
+
+    Only a hint for encrypting to the signer later, so anything malformed
+    (a repeated attribute, several values, a bad element) gives ``()``
+    rather than an error: it must never affect the signature's verdict.
+    """
+    try:
+        attributes = signer_info["signed_attrs"]
+        if isinstance(attributes, core.Void):
+            return ()
+        data = attributes.contents
+        found: tuple[str, ...] | None = None
+        for attribute in der.children(data, 0, len(data)):
+            oid_element, values = der.children(data, attribute.content_start, attribute.end)
+            if data[oid_element.content_start : oid_element.end] != _CAPABILITIES_OID:
+                continue
+            if found is not None or values.tag != 0x31:
+                return ()  # repeated (RFC 8551 allows one) or not a SET of values
+            (value,) = der.children(data, values.content_start, values.end)
+            found = _capability_oids(data, value)
+        return found or ()
+    except (ValueError, TypeError, KeyError, IndexError, OverflowError):
+        return ()
+
+
+def _capability_oids(data: bytes, sequence: der.Tlv) -> tuple[str, ...]:
+    """SMIMECapabilities ::= SEQUENCE OF SEQUENCE { capabilityID OID, parameters ANY OPTIONAL }."""
+    if sequence.tag != 0x30:
+        raise ValueError("SMIMECapabilities is not a SEQUENCE")
+    oids: list[str] = []
+    for capability in der.children(data, sequence.content_start, sequence.end):
+        if capability.tag != 0x30:
+            raise ValueError("SMIMECapability is not a SEQUENCE")
+        oid = der.read(data, capability.content_start, capability.end)
+        if oid.tag != 0x06:
+            raise ValueError("SMIMECapability does not start with an OID")
+        oids.append(_dotted(data[oid.start : oid.end]))
+        if len(oids) == MAX_CAPABILITIES:
+            break
+    return tuple(oids)
+
+
+@lru_cache(maxsize=256)
+def _dotted(tlv: bytes) -> str:
+    dotted: str = core.ObjectIdentifier.load(tlv).dotted
+    return dotted
+
+
+@lru_cache(maxsize=64)
+def _oid_tlv(dotted: str) -> bytes:
+    return core.ObjectIdentifier(dotted).dump()
+
+
+def signed_attributes_der(signer_info: asn1_cms.SignerInfo) -> bytes:
+    """The signed attributes as a DER SET OF (tag 0x31), the bytes actually
+    signed (RFC 5652 §5.4), built from the octets as received."""
+    contents = signer_info["signed_attrs"].contents
+    return der.encode(0x31, contents)
+
+
+def digest_name(signer_info: asn1_cms.SignerInfo) -> str:
+    return signer_info["digest_algorithm"]["algorithm"].native
+
+
+def signature_name(signer_info: asn1_cms.SignerInfo) -> str:
+    algorithm = signer_info["signature_algorithm"]
+    try:
+        return algorithm.signature_algo
+    except ValueError:
+        return algorithm["algorithm"].dotted
+
+
+def check_signature(
+    signer_info: asn1_cms.SignerInfo,
+    content: bytes,
+    certificates: Iterable[CertInfo],
+    policy: AlgorithmPolicy,
+    *,
+    expected_content_type: str | None = OID_DATA,
+) -> SignatureCheck:
+    """Check one SignerInfo over ``content``.
+
+    ``expected_content_type`` is the eContentType the content-type attribute
+    must name; None for countersignatures, which must not carry one.
+    """
+    try:
+        return _check_signature(signer_info, content, certificates, policy,
+                                expected_content_type)
+    except (ValueError, TypeError, KeyError, IndexError, OverflowError) as exc:
+        # asn1crypto parses lazily: a malformed field surfaces on first use.
+        return SignatureCheck(None, "unknown", "unknown", False,
+                              (f"malformed SignerInfo: {_short(exc)}",), None)
+
+
+def _check_signature(
+    signer_info: asn1_cms.SignerInfo,
+    content: bytes,
+    certificates: Iterable[CertInfo],
+    policy: AlgorithmPolicy,
+    expected_content_type: str | None,
+) -> SignatureCheck:
+    errors: list[str] = []
+    certificate = find_certificate(signer_info, certificates)
+    digest = digest_name(signer_info)
+    sig_name = signature_name(signer_info)
+    signing_time: datetime | None = None
+    hash_cls = _HASHES.get(digest)
+    if hash_cls is None:
+        errors.append(f"digest algorithm {digest} is not accepted")
+    elif digest == "sha1" and not policy.allow_sha1:
+        errors.append("SHA-1 digest algorithm is not accepted by policy")
+    if certificate is None:
+        errors.append("signer certificate not included in the message")
+
+    signed_attrs = signer_info["signed_attrs"]
+    attributes_present = not isinstance(signed_attrs, core.Void) and bool(signed_attrs.contents)
+    signed_bytes = content
+    if not attributes_present:
+        errors.append("signed attributes missing (content-type and message-digest required)")
+    else:
+        try:
+            values = _signed_attribute_values(signer_info)
+            signing_time, attr_errors = _check_attributes(
+                values, content, hash_cls, expected_content_type
+            )
+        except (ValueError, TypeError, KeyError) as exc:
+            attr_errors = [f"malformed signed attributes: {_short(exc)}"]
+        errors.extend(attr_errors)
+        signed_bytes = signed_attributes_der(signer_info)
+
+    if certificate is not None and hash_cls is not None:
+        errors.extend(_verify_value(signer_info, certificate, signed_bytes, hash_cls, policy))
+    return SignatureCheck(
+        certificate=certificate,
+        digest_algorithm=digest,
+        signature_algorithm=sig_name,
+        ok=not errors,
+        errors=tuple(errors),
+        signing_time=signing_time,
+    )
+
+
+def _check_attributes(
+    values: dict[str, list[bytes]],
+    content: bytes,
+    hash_cls: type[hashes.HashAlgorithm] | None,
+    expected_content_type: str | None,
+) -> tuple[datetime | None, list[str]]:
+    errors: list[str] = []
+    content_types = values.get(OID_CONTENT_TYPE, [])
+    if expected_content_type is None:
+        if content_types:
+            errors.append("countersignature carries a content-type attribute")
+    elif len(content_types) != 1:
+        errors.append("content-type attribute missing" if not content_types
+                      else "content-type attribute repeated")
+    elif content_types[0] != _oid_tlv(expected_content_type):
+        errors.append("content-type attribute does not match the signed content type")
+
+    digests = values.get(OID_MESSAGE_DIGEST, [])
+    if len(digests) != 1:
+        errors.append("message-digest attribute missing" if not digests
+                      else "message-digest attribute repeated")
+    elif hash_cls is not None:
+        expected = core.OctetString.load(digests[0]).native
+        actual = hashlib.new(hash_cls.name.replace("-", "_"), content).digest()
+        if expected != actual:
+            errors.append("message digest mismatch: the signed content was altered")
+
+    signing_time = None
+    times = values.get(OID_SIGNING_TIME, [])
+    if times:
+        try:
+            signing_time = asn1_cms.Time.load(times[0]).native
+        except (ValueError, TypeError):
+            errors.append("signing-time attribute is malformed")
+    return signing_time, errors
+
+
+def _verify_value(
+    signer_info: asn1_cms.SignerInfo,
+    certificate: CertInfo,
+    signed_bytes: bytes,
+    hash_cls: type[hashes.HashAlgorithm],
+    policy: AlgorithmPolicy,
+) -> list[str]:
+    """Check the signature value; returns the problems found."""
+    public_key = certificate.public_key
+    if public_key is None:
+        return [certificate.key_error or "signer public key unusable"]
+    algorithm = signer_info["signature_algorithm"]
+    signature = signer_info["signature"].native
+    sig_name = signature_name(signer_info)
+    hash_algorithm = hash_cls()
+    try:
+        if isinstance(public_key, rsa.RSAPublicKey):
+            if public_key.key_size < policy.min_rsa_bits:
+                return [
+                    f"RSA key of {public_key.key_size} bits is below the policy minimum "
+                    f"of {policy.min_rsa_bits}"
+                ]
+            if sig_name == "rsassa_pss":
+                pad = _pss_padding(algorithm, policy)
+                if isinstance(pad, str):
+                    return [pad]
+                pss_hash = _HASHES[algorithm["parameters"]["hash_algorithm"]["algorithm"].native]
+                public_key.verify(signature, signed_bytes, pad, pss_hash())
+            elif sig_name == "rsassa_pkcs1v15":
+                public_key.verify(signature, signed_bytes, padding.PKCS1v15(), hash_algorithm)
+            else:
+                return [f"signature algorithm {sig_name} does not fit an RSA key"]
+        elif isinstance(public_key, ec.EllipticCurvePublicKey):
+            if public_key.curve.name not in _CURVES:
+                return [f"elliptic curve {public_key.curve.name} is not accepted"]
+            if sig_name != "ecdsa":
+                return [f"signature algorithm {sig_name} does not fit an EC key"]
+            public_key.verify(signature, signed_bytes, ec.ECDSA(hash_algorithm))
+        elif isinstance(public_key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
+            if sig_name not in ("ed25519", "ed448"):
+                return [f"signature algorithm {sig_name} does not fit an EdDSA key"]
+            public_key.verify(signature, signed_bytes)
+        elif isinstance(public_key, dsa.DSAPublicKey):
+            public_key.verify(signature, signed_bytes, hash_algorithm)
+        else:
+            return ["signer key type is not supported"]
+    except InvalidSignature:
+        return ["signature value does not verify with the signer's public key"]
+    except (ValueError, TypeError, KeyError, UnsupportedAlgorithm) as exc:
+        return [f"signature could not be checked: {_short(exc)}"]
+    return []
+
+
+def _pss_padding(algorithm: core.Asn1Value, policy: AlgorithmPolicy) -> padding.PSS | str:
+    params = algorithm["parameters"]
+    hash_name = params["hash_algorithm"]["algorithm"].native
+    mgf = params["mask_gen_algorithm"]
+    mgf_hash = mgf["parameters"]["algorithm"].native
+    if mgf["algorithm"].native != "mgf1" or mgf_hash not in _HASHES:
+        return "RSA-PSS mask generation function is not supported"
+    if hash_name not in _HASHES:
+        return f"RSA-PSS hash {hash_name} is not accepted"
+    if "sha1" in (hash_name, mgf_hash) and not policy.allow_sha1:
+        return "SHA-1 in RSA-PSS parameters is not accepted by policy"
+    return padding.PSS(
+        mgf=padding.MGF1(_HASHES[mgf_hash]()), salt_length=params["salt_length"].native
+    )

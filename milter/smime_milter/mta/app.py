@@ -1,0 +1,546 @@
+"""pymilter glue: callbacks in, engine and store in the middle, Plan out.
+
+One ``SmimeMilter`` per SMTP connection (libmilter gives each its own
+thread); per-message state is reset in ``envfrom`` because one connection can
+carry several messages. The daemon-wide objects live in a ``Runtime`` that a
+reload replaces atomically: a message uses the Runtime that was current when
+it reached end of data.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Protocol
+
+import Milter
+
+from smime_milter.advanced import submission
+from smime_milter.advanced.compose import (
+    Advanced,
+    AdvancedError,
+    Composed,
+    OuterField,
+    ValidEncryptionKeyNotFound,
+    sender_of,
+)
+from smime_milter.config.reader import Config
+from smime_milter.mail import mime
+from smime_milter.model import Verdict
+from smime_milter.mta.handling import Plan, forged_headers, plan_delivery, reply_text
+from smime_milter.mta.intake import MessageBuffer
+from smime_milter.mta.pool import Job, PoolClosed, VerifyFailure
+from smime_milter.policy import Action, Decision, Outcome, decide, outcome_of
+from smime_milter.release.rules import (
+    MessageContext,
+    ReleaseDecision,
+    ReleaseRule,
+    assess,
+    divert,
+    select_rule,
+)
+from smime_milter.store.facade import Record, StoreError, new_record_id
+
+log = logging.getLogger("smime_milter")
+
+
+class VerifyBackend(Protocol):
+    def verify(self, job: Job, timeout: float) -> Verdict: ...
+
+
+class RecordSink(Protocol):
+    def put_sync(self, record: Record, timeout: float | None = ...) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """What a message needs from the daemon; immutable, swapped whole on reload."""
+
+    config: Config
+    verifier: VerifyBackend
+    store: RecordSink
+    hostname: str
+    #: Server-side signing and encryption for submitters (None: not configured).
+    advanced: Advanced | None = None
+
+
+class RuntimeHolder:
+    """The current Runtime (a plain attribute: reads and writes are atomic)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.current = runtime
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Transformed:
+    """A submitted message after smime-advanced signing/encryption: what the
+    milter must turn the original into before the usual examination."""
+
+    composed: Composed
+    #: The original header fields (name, decoded value), as the MTA has them.
+    original: tuple[tuple[str, str], ...]
+    #: Index in ``original`` of each field the composer was given.
+    origins: tuple[int, ...]
+    request: submission.Request
+
+
+#: RFC 3463 enhanced status codes for a refused smime-advanced request.
+_REFUSAL_CODES = {
+    "signedSenderNotAllowed": "5.7.1",
+    "validEncryptionKeyNotFound": "5.7.5",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Examination:
+    """What end of data decided for one message (for the log line and the reply)."""
+
+    verdict: Verdict | None
+    decision: Decision
+    record_id: str | None
+    problem: str | None
+    #: Draft-and-release: the rule that applied and its outcome.
+    rule: ReleaseRule | None = None
+    release: ReleaseDecision | None = None
+
+    @property
+    def diverted(self) -> bool:
+        return self.rule is not None and self.release is not None and not self.release.released
+
+
+class SmimeMilter(Milter.Base):
+    """One SMTP connection."""
+
+    #: Set by the daemon before libmilter starts.
+    holder: RuntimeHolder
+    clock: Callable[[], datetime] = staticmethod(_utcnow)
+
+    def __init__(self) -> None:
+        self.mta_hostname: str | None = None
+        self.daemon_name: str | None = None
+        self.daemon_port: int | None = None
+        self.client = ""
+        self.client_address: str | None = None
+        self.sasl_user: str | None = None
+        self.buffer: MessageBuffer | None = None
+        self.sender = ""
+        self.recipients: list[str] = []
+
+    # -- callbacks ---------------------------------------------------------
+
+    @Milter.noreply
+    def connect(self, hostname: str, family: int, hostaddr: object) -> int:
+        address = hostaddr[0] if isinstance(hostaddr, tuple) and hostaddr else None
+        self.client_address = str(address) if address else None
+        self.client = f"{hostname}[{address or ''}]"
+        self.mta_hostname = self.getsymval("j")
+        self.daemon_name = self.getsymval("{daemon_name}")
+        port = self.getsymval("{daemon_port}") or ""
+        self.daemon_port = int(port) if port.isdigit() else None
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    def envfrom(self, sender: str, *params: str) -> int:
+        self._reset()
+        milter = self.holder.current.config.milter
+        self.buffer = MessageBuffer(
+            milter.spool_threshold, milter.max_message_size, milter.spool_directory
+        )
+        self.sender = sender.strip("<>")
+        self.sasl_user = self.getsymval("{auth_authen}") or None
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    def envrcpt(self, recipient: str, *params: str) -> int:
+        self.recipients.append(recipient.strip("<>"))
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    @Milter.decode("bytes")
+    def header(self, name: str, value: bytes) -> int:
+        if self.buffer is not None:
+            self.buffer.add_header(name, value)
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    def eoh(self) -> int:
+        if self.buffer is not None:
+            self.buffer.end_of_headers()
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    def body(self, chunk: bytes) -> int:
+        if self.buffer is not None:
+            self.buffer.add_body(chunk)
+        return Milter.CONTINUE
+
+    def eom(self) -> int:
+        started = time.monotonic()
+        runtime = self.holder.current
+        queue_id = self.getsymval("i") or "NOQUEUE"
+        try:
+            if self.buffer is None:
+                raise RuntimeError("end of message without a message")
+            try:
+                transformed = self._transform(runtime)
+            except (AdvancedError, submission.RequestError) as exc:
+                return self._refuse(queue_id, exc)
+            result = self._examine(runtime)
+            diversion = (divert(result.rule, result.release, self.recipients)
+                         if result.diverted and result.rule and result.release else None)
+            plan = plan_delivery(
+                self.buffer.headers, result.verdict, result.decision,
+                runtime.config.policy, self._authserv_id(runtime), result.record_id,
+                result.release, diversion,
+            )
+            self._apply(plan, transformed)
+        except Exception as exc:  # the MTA must retry, never lose or pass unchecked
+            log.exception("queue_id=%s internal error at end of message: %s", queue_id, exc)
+            self.setreply("451", "4.3.0",
+                          _libmilter_text(reply_text(f"S/MIME milter internal error: {exc}")))
+            self._reset()
+            return Milter.TEMPFAIL
+        self._log(queue_id, result, plan, time.monotonic() - started, transformed)
+        self._reset()
+        return _RETURN[plan.action]
+
+    def abort(self) -> int:
+        self._reset()
+        return Milter.CONTINUE
+
+    def close(self) -> int:
+        self._reset()
+        return Milter.CONTINUE
+
+    # -- work --------------------------------------------------------------
+
+    def _reset(self) -> None:
+        if self.buffer is not None:
+            self.buffer.discard()
+        self.buffer = None
+        self.sender = ""
+        self.recipients = []
+
+    def _transform(self, runtime: Runtime) -> Transformed | None:
+        """Sign and/or encrypt a submitter's message as its request header or
+        an automatic rule asks; then examine the result instead of the
+        original. Raises AdvancedError/RequestError for a refusal."""
+        assert self.buffer is not None
+        config = runtime.config.advanced
+        connection = submission.Connection(self.daemon_name, self.sasl_user, self.client_address)
+        if runtime.advanced is None or not submission.is_submitter(config, connection):
+            return None  # the request header, if any, is removed as a forged field
+        # Decoded as the composer decodes them, so a field it keeps compares
+        # equal even when it is not valid UTF-8 (and is then left untouched).
+        original = tuple((n, v.decode("utf-8", "surrogateescape"))
+                         for n, v in self.buffer.headers)
+        name = submission.REQUEST_HEADER.lower()
+        request = submission.parse_request([v for n, v in original if n.lower() == name])
+        rule = submission.auto_rule(config, sender_of(original))
+        request = submission.combined(request, rule)
+        if request is None or not request.wanted:
+            return None
+        if self.buffer.oversize:  # only part of the body was kept: nothing to sign
+            raise submission.RequestError(
+                f"message larger than {self.buffer.max_size} bytes cannot be signed")
+        skipped = {index for index, (n, _) in enumerate(original) if n.lower() == name}
+        skipped |= _positions(original, forged_headers(self.buffer.headers,
+                                                       self._authserv_id(runtime)))
+        origins = tuple(i for i in range(len(original)) if i not in skipped)
+        message = b"".join(
+            self.buffer.headers[i][0].encode("ascii") + b": " + self.buffer.headers[i][1]
+            + b"\r\n" for i in origins
+        ) + b"\r\n" + self._body()
+        composed = self._compose(runtime.advanced, message, request,
+                                 submission.account_of(config, connection))
+        if composed is None:
+            return None
+        self._replace_buffer(runtime, composed)
+        return Transformed(composed, original, origins, request)
+
+    def _compose(self, advanced: Advanced, message: bytes, request: submission.Request,
+                 account: str | None) -> Composed | None:
+        def compose(encrypt: bool) -> Composed:
+            return advanced.compose(
+                message, sign=request.sign, encrypt=encrypt,
+                header_protect=request.header_protect, opaque=request.opaque,
+                recipients=self.recipients, require_account=True, account=account,
+            )
+        if request.encrypt or not request.encrypt_if_possible:
+            return compose(request.encrypt)
+        try:
+            return compose(True)
+        except ValidEncryptionKeyNotFound:
+            # An automatic "when-possible" rule: sent unencrypted instead.
+            return compose(False) if request.sign else None
+
+    def _body(self) -> bytes:
+        assert self.buffer is not None
+        path = self.buffer.spool_path
+        whole = Path(path).read_bytes() if path is not None else self.buffer.message()
+        return mime.parse_entity(whole).body
+
+    def _replace_buffer(self, runtime: Runtime, composed: Composed) -> None:
+        """The examination (and the record) are about the message as it leaves."""
+        assert self.buffer is not None
+        milter = runtime.config.milter
+        buffer = MessageBuffer(milter.spool_threshold, milter.max_message_size,
+                               milter.spool_directory)
+        for field in composed.headers:
+            buffer.add_header(field.name, field.value.encode("utf-8", "surrogateescape"))
+        buffer.end_of_headers()
+        buffer.add_body(composed.body)
+        self.buffer.discard()
+        self.buffer = buffer
+
+    def _refuse(self, queue_id: str, exc: AdvancedError | submission.RequestError) -> int:
+        """Draft §4 errors become 5.7.x replies whose text starts with the JMAP name."""
+        code = _REFUSAL_CODES.get(exc.jmap_error, "5.7.0")
+        text = reply_text(f"{exc.jmap_error}: {exc}")
+        log.warning("queue_id=%s smime-advanced refused client=%s from=<%s> reason=%r",
+                    queue_id, self.client, self.sender, text)
+        self.setreply("550", code, _libmilter_text(text))
+        self._reset()
+        return Milter.REJECT
+
+    def _authserv_id(self, runtime: Runtime) -> str:
+        return runtime.config.milter.authserv_id or self.mta_hostname or runtime.hostname
+
+    def _examine(self, runtime: Runtime) -> Examination:
+        assert self.buffer is not None
+        policy = runtime.config.policy
+        rules = runtime.config.release.rules
+        # Decoded once, only when draft-and-release is configured.
+        headers = self._text_headers() if rules else []
+        rule = select_rule(rules, self._release_context(headers)) if rules else None
+        received_at = self.clock()
+        if self.buffer.oversize:
+            decision = decide(policy, Outcome.OVERSIZE, self.recipients)
+            problem = f"larger than {self.buffer.max_size} bytes"
+            if rule is None or not decision.action.delivers:
+                return Examination(None, decision, None, problem)
+            # Too large to check an authorization: held back, never released.
+            unexamined = Verdict(None, None, None, notes=(f"not examined: {problem}",))
+            return self._recorded(runtime, unexamined, decision, received_at, rule, None,
+                                  problem, headers)
+        try:
+            verdict = self._verify(runtime, self._job(received_at))
+        except VerifyFailure as exc:
+            return Examination(None, self._error_decision(runtime, rule), None, str(exc))
+        decision = decide(policy, outcome_of(verdict.status), self.recipients)
+        if not decision.action.delivers:
+            return Examination(verdict, decision, None, None)
+        return self._recorded(runtime, verdict, decision, received_at, rule, verdict, None,
+                              headers)
+
+    def _recorded(
+        self, runtime: Runtime, record_verdict: Verdict, decision: Decision,
+        received_at: datetime, rule: ReleaseRule | None, verdict: Verdict | None,
+        problem: str | None, headers: list[tuple[str, str]],
+    ) -> Examination:
+        """Decide release (when a rule applies), then store the record: the
+        message only continues once its record, with the original recipients
+        of a diverted message, is safely written."""
+        assert self.buffer is not None
+        release = None
+        if rule is not None:
+            release = assess(rule, headers, verdict,
+                             casefold_local_part=runtime.config.verify.casefold_local_part)
+        record_id = new_record_id()
+        record = replace(
+            self._record(record_verdict, record_id, received_at), release=release,
+            diverted_to=rule.divert_to if rule and release and not release.released else None,
+        )
+        try:
+            runtime.store.put_sync(record)
+        except (StoreError, TimeoutError) as exc:
+            log.error("store failure reason=%s: %s; applying the error action",
+                      getattr(exc, "reason", "timeout"), exc)
+            return Examination(verdict, self._error_decision(runtime, rule), None,
+                               f"store: {exc}")
+        return Examination(verdict, decision, record_id, problem, rule, release)
+
+    def _error_decision(self, runtime: Runtime, rule: ReleaseRule | None) -> Decision:
+        """The ``error`` action, except that draft-and-release fails closed: a
+        covered message the machinery could not handle is tempfailed, whatever
+        the policy says, so nothing unexamined leaves."""
+        if rule is not None:
+            return Decision(Action.TEMPFAIL, Outcome.ERROR, Action.TEMPFAIL)
+        return decide(runtime.config.policy, Outcome.ERROR, self.recipients)
+
+    def _text_headers(self) -> list[tuple[str, str]]:
+        assert self.buffer is not None
+        return [(name, value.decode("utf-8", "replace")) for name, value in self.buffer.headers]
+
+    def _release_context(self, headers: list[tuple[str, str]]) -> MessageContext:
+        senders = [value for name, value in headers if name.lower() in ("from", "sender")]
+        return MessageContext(
+            envelope_sender=self.sender,
+            header_senders=tuple(a.text for a in mime.mailbox_list(senders) if a is not None),
+            recipients=tuple(self.recipients),
+            daemon_name=self.daemon_name,
+            daemon_port=self.daemon_port,
+        )
+
+    def _verify(self, runtime: Runtime, job: Job) -> Verdict:
+        timeout = runtime.config.milter.verify_timeout
+        verifier = runtime.verifier
+        while True:
+            try:
+                return verifier.verify(job, timeout)
+            except PoolClosed:
+                # A reload swapped the pool between our picking it and submitting;
+                # follow it to the current one (reloads may come back to back).
+                if self.holder.current.verifier is verifier:
+                    raise
+                verifier = self.holder.current.verifier
+
+    def _job(self, at: datetime) -> Job:
+        assert self.buffer is not None
+        path = self.buffer.spool_path
+        if path is not None:
+            return Job(at=at, path=path)
+        return Job(at=at, message=self.buffer.message())
+
+    def _record(self, verdict: Verdict, record_id: str, received_at: datetime) -> Record:
+        assert self.buffer is not None
+        return Record.from_verdict(
+            verdict,
+            record_id=record_id,
+            received_at=received_at,
+            envelope_sender=self.sender,
+            envelope_recipients=tuple(self.recipients),
+            message_id=self._first_header("message-id"),
+            queue_id=self.getsymval("i"),
+        )
+
+    def _first_header(self, name: str) -> str | None:
+        assert self.buffer is not None
+        for field_name, value in self.buffer.headers:
+            if field_name.lower() == name:
+                return " ".join(value.decode("utf-8", "replace").split()) or None
+        return None
+
+    def _apply(self, plan: Plan, transformed: Transformed | None = None) -> None:
+        # Any failure here raises and eom tempfails: the MTA then discards every
+        # edit already made, so a message is never half-diverted.
+        for recipient in plan.delete_recipients:
+            self.delrcpt(f"<{recipient}>")
+        for recipient in plan.add_recipients:
+            self.addrcpt(f"<{recipient}>")
+        if transformed is not None:
+            self._rewrite(plan, transformed)
+            plan = replace(plan, delete_headers=(), subject=None)
+        for name, index in plan.delete_headers:
+            self.chgheader(name, index, "")
+        for position, (name, value) in enumerate(plan.add_headers):
+            self.addheader(name, value, position)
+        if plan.subject is not None:
+            index, value = plan.subject
+            if index:
+                self.chgheader("Subject", index, value)
+            else:
+                self.addheader("Subject", value)
+        if plan.quarantine_reason is not None:
+            self.quarantine(plan.quarantine_reason)
+        if plan.reply is not None:
+            self.setreply(plan.reply.code, plan.reply.xcode, _libmilter_text(plan.reply.text))
+
+    def _rewrite(self, plan: Plan, transformed: Transformed) -> None:
+        """Turn the original header and body into the composed message, with
+        the plan's deletions and Subject tag (which refer to the composed
+        fields) folded in; kept fields are never moved."""
+        fields = list(transformed.composed.headers)
+        drop = frozenset(_positions([(f.name, f.value) for f in fields], plan.delete_headers))
+        if plan.subject is not None:
+            index, value = plan.subject
+            subjects = [i for i, f in enumerate(fields) if f.name.lower() == "subject"]
+            if index:
+                fields[subjects[index - 1]] = replace(fields[subjects[index - 1]], value=value)
+            else:
+                fields.append(OuterField("Subject", value))
+        edits = submission.header_edits(
+            transformed.original, replace(transformed.composed, headers=tuple(fields)),
+            origins=transformed.origins, drop=drop,
+        )
+        for name, index, value in edits.change:
+            self.chgheader(name, index, value)
+        for name, index in edits.delete:
+            self.chgheader(name, index, "")
+        for name, value in edits.add:
+            self.addheader(name, value)
+        self.replacebody(transformed.composed.body)
+
+    def _log(self, queue_id: str, result: Examination, plan: Plan, seconds: float,
+             transformed: Transformed | None = None) -> None:
+        verdict = result.verdict
+        status = (verdict.status.value if verdict and verdict.status else "none")
+        signers = ",".join(
+            (signer.emails or ("?",))[0] for signer in (verdict.signers if verdict else ())
+        )
+        line = (
+            f"queue_id={queue_id} record={result.record_id or '-'} status={status} "
+            f"outcome={result.decision.outcome.value} action={plan.action.value} "
+            f"client={self.client} from=<{self.sender}> rcpts={len(self.recipients)} "
+            f"signers={signers or '-'} removed={len(plan.delete_headers)} "
+            f"size={self.buffer.size if self.buffer else 0} ms={seconds * 1000:.0f}"
+        )
+        if result.decision.monitored:
+            line += f" would={result.decision.intended.value}"
+        if transformed is not None:
+            composed = transformed.composed
+            done = "+".join(word for word, on in (("signed", composed.signer),
+                                                   ("encrypted", composed.recipients)) if on)
+            line += f" advanced={done}"
+        if result.release is not None:
+            state = "released" if result.release.released else "held"
+            line += f" release={state} rule={result.release.rule}"
+            if not result.release.released:
+                log.warning("%s reason=%r", line, result.release.summary)
+                return
+        if plan.action is not Action.ACCEPT or result.problem:
+            reason = result.problem or (verdict.errors[0] if verdict and verdict.errors else "")
+            log.warning("%s reason=%r", line, reason)
+        else:
+            log.info("%s", line)
+
+
+_RETURN = {
+    Action.ACCEPT: Milter.CONTINUE,
+    Action.TAG: Milter.CONTINUE,
+    Action.QUARANTINE: Milter.CONTINUE,
+    Action.REJECT: Milter.REJECT,
+    Action.TEMPFAIL: Milter.TEMPFAIL,
+}
+
+
+def _positions(headers: Sequence[tuple[str, object]], wanted: Sequence[tuple[str, int]]
+               ) -> set[int]:
+    """Indexes in ``headers`` of (name, 1-based occurrence) pairs."""
+    seen: dict[str, int] = {}
+    targets = {(name.lower(), index) for name, index in wanted}
+    found: set[int] = set()
+    for position, (name, _) in enumerate(headers):
+        seen[name.lower()] = seen.get(name.lower(), 0) + 1
+        if (name.lower(), seen[name.lower()]) in targets:
+            found.add(position)
+    return found
+
+
+def _libmilter_text(text: str) -> str:
+    """libmilter formats reply text with printf: a lone '%' (legal in a mail
+    address) would make setreply fail and turn a reject into a tempfail."""
+    return text.replace("%", "%%")
+
+
+def hostname() -> str:
+    return socket.getfqdn() or socket.gethostname()

@@ -1,0 +1,239 @@
+"""``smime-milter run``: the long-running service around libmilter.
+
+Start-up order matters: signals are blocked before any thread exists (so
+only libmilter's signal thread and our reload thread ever receive them),
+the socket is opened and given its group and mode, privileges are dropped,
+and only then are the store and the worker pool started.
+
+Signals: SIGUSR1 (``systemctl reload``) re-reads the configuration and
+trust anchors without dropping a connection; SIGTERM, SIGINT and SIGHUP stop
+libmilter gracefully (libmilter itself treats HUP as stop, so reload uses
+USR1 rather than fighting it for the signal). All of them are blocked in
+every thread and taken by sigwait, in our signal thread or libmilter's.
+"""
+
+from __future__ import annotations
+
+import grp
+import logging
+import os
+import pwd
+import signal
+import stat
+import threading
+from collections.abc import Callable
+from multiprocessing import forkserver, resource_tracker
+from pathlib import Path
+
+import Milter
+
+import milter as libmilter
+from smime_milter.bootstrap import build_advanced, build_verifier, configure_logging, trust_files
+from smime_milter.config.reader import Config
+from smime_milter.mta.app import Runtime, RuntimeHolder, SmimeMilter, hostname
+from smime_milter.mta.pool import VerifierPool
+from smime_milter.store.facade import Store
+
+log = logging.getLogger("smime_milter")
+
+MILTER_NAME = "smime-milter"
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+RELOAD_SIGNAL = signal.SIGUSR1
+#: Pending connections the kernel queues while every libmilter thread is busy.
+_LISTEN_BACKLOG = 512
+
+
+class StartupError(RuntimeError):
+    """The daemon cannot start; the message says why."""
+
+
+def _unix_socket_path(spec: str) -> Path | None:
+    kind, _, rest = spec.partition(":")
+    return Path(rest) if kind in ("unix", "local") else None
+
+
+def _register() -> None:
+    """Wire libmilter's callbacks to SmimeMilter objects (pymilter's runmilter
+    does the same but also opens the socket and blocks, leaving no moment to
+    set the socket's permissions and drop privileges)."""
+    libmilter.set_connect_callback(Milter.connect_callback)
+    libmilter.set_helo_callback(lambda ctx, host: ctx.getpriv().hello(host))
+    libmilter.set_envfrom_callback(lambda ctx, *b: ctx.getpriv().envfrom_bytes(*b))
+    libmilter.set_envrcpt_callback(lambda ctx, *b: ctx.getpriv().envrcpt_bytes(*b))
+    libmilter.set_header_callback(lambda ctx, f, v: ctx.getpriv().header_bytes(f, v))
+    libmilter.set_eoh_callback(lambda ctx: ctx.getpriv().eoh())
+    libmilter.set_body_callback(lambda ctx, chunk: ctx.getpriv().body(chunk))
+    libmilter.set_eom_callback(lambda ctx: ctx.getpriv().eom())
+    libmilter.set_abort_callback(lambda ctx: ctx.getpriv().abort())
+    libmilter.set_close_callback(Milter.close_callback)
+    libmilter.register(
+        MILTER_NAME,
+        data=lambda ctx: ctx.getpriv().data(),
+        unknown=lambda ctx, cmd: ctx.getpriv().unknown(cmd),
+        negotiate=Milter.negotiate_callback,
+    )
+
+
+def _open_socket(config: Config) -> Path | None:
+    spec = config.milter.socket
+    path = _unix_socket_path(spec)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    libmilter.setconn(spec)
+    libmilter.settimeout(config.milter.timeout)
+    libmilter.setbacklog(_LISTEN_BACKLOG)
+    # A Python exception in a callback must make the MTA retry, never accept.
+    libmilter.set_exception_policy(libmilter.TEMPFAIL)
+    Milter.factory = SmimeMilter
+    Milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS | Milter.QUARANTINE
+                     | Milter.ADDRCPT | Milter.DELRCPT | Milter.CHGBODY)
+    _register()
+    try:
+        libmilter.opensocket(True)
+    except libmilter.error as exc:
+        raise StartupError(f"cannot listen on {spec}: {exc}") from exc
+    if path is not None:
+        group = config.milter.socket_group
+        if group is not None:
+            try:
+                os.chown(path, -1, grp.getgrnam(group).gr_gid)
+            except (KeyError, OSError) as exc:
+                raise StartupError(f"cannot give {path} to group {group!r}: {exc}") from exc
+        os.chmod(path, config.milter.socket_mode)
+    return path
+
+
+def _drop_privileges(user: str | None) -> None:
+    if user is None:
+        return
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError as exc:
+        raise StartupError(f"milter.user: no such user {user!r}") from exc
+    if os.geteuid() == entry.pw_uid:
+        return
+    if os.geteuid() != 0:
+        raise StartupError(f"milter.user: must start as root to become {user!r}")
+    os.initgroups(user, entry.pw_gid)
+    os.setgid(entry.pw_gid)
+    os.setuid(entry.pw_uid)
+    log.info("running as user %s", user)
+
+
+def _make_runtime(config: Config, store: Store) -> Runtime:
+    # Load anchors and keys here first: a bad file is then one clear error, not a
+    # traceback from every worker's initializer.
+    build_verifier(config)
+    pool = VerifierPool(config, config.milter.workers)
+    try:
+        pool.check()
+    except Exception:
+        pool.close()
+        raise
+    try:
+        advanced = build_advanced(config, store)
+    except Exception:
+        pool.close()
+        raise
+    return Runtime(config=config, verifier=pool, store=store, hostname=hostname(),
+                   advanced=advanced)
+
+
+#: Seconds between looks at the trust files' modification times.
+TRUST_CHECK_INTERVAL = 5.0
+
+
+def _start_multiprocessing_helpers() -> None:
+    """Start multiprocessing's helper processes now, from the main thread.
+
+    Python's resource tracker *unblocks* SIGINT and SIGTERM in whichever thread
+    first starts it; started later from the pool's manager thread, that thread
+    would take a stop signal with its default action and kill the daemon in the
+    middle of a message.
+    """
+    resource_tracker.ensure_running()
+    forkserver.ensure_running()
+
+
+def _signal_loop(holder: RuntimeHolder, load: Callable[[], Config], store: Store) -> None:
+    """Wait for our signals. Stop signals stop libmilter (its own signal thread
+    may take them first, with the same effect); SIGUSR1 reloads. Between
+    signals, every TRUST_CHECK_INTERVAL seconds, an edited trust anchor,
+    intermediate or CRL file (``smime-milter trust add``, a CRL fetch job)
+    reloads too, so the milter and the JMAP API judge with the same anchors."""
+    watched = trust_files(holder.current.config)
+    while True:
+        info = signal.sigtimedwait(STOP_SIGNALS | {RELOAD_SIGNAL}, TRUST_CHECK_INTERVAL)
+        if info is None:
+            current = trust_files(holder.current.config)
+            if current == watched:
+                continue
+            watched = current
+            log.info("trust anchor, intermediate or CRL files changed: reloading")
+            _reload(holder, load, store)
+            continue
+        if info.si_signo in STOP_SIGNALS:
+            log.info("%s received, finishing open connections",
+                     signal.Signals(info.si_signo).name)
+            libmilter.stop()
+            return
+        _reload(holder, load, store)
+        watched = trust_files(holder.current.config)
+
+
+def _reload(holder: RuntimeHolder, load: Callable[[], Config], store: Store) -> None:
+    """Build a complete new Runtime before swapping it in, so a bad edit keeps
+    the running configuration and no message sees half of each."""
+    old = holder.current
+    try:
+        config = load()
+        if config.store != old.config.store or config.milter.socket != old.config.milter.socket:
+            log.warning("reload: store and socket changes take effect after a restart")
+        runtime = _make_runtime(config, store)
+    except Exception as exc:
+        log.error("reload failed, keeping the running configuration: %s", exc)
+        return
+    holder.current = runtime
+    configure_logging(config.milter)
+    log.info("reloaded configuration and trust anchors")
+    # Messages still verifying on the old pool finish there.
+    threading.Thread(target=_close_pool, args=(old,), daemon=True).start()
+
+
+def _close_pool(runtime: Runtime) -> None:
+    verifier = runtime.verifier
+    if isinstance(verifier, VerifierPool):
+        verifier.close()
+
+
+def run(config: Config, load: Callable[[], Config]) -> int:
+    """Serve until libmilter is told to stop; returns the exit status."""
+    _start_multiprocessing_helpers()
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS | {RELOAD_SIGNAL})
+    configure_logging(config.milter)
+    socket_path = _open_socket(config)
+    _drop_privileges(config.milter.user)
+    store = Store.open(config.store.path, map_size=config.store.map_size,
+                       max_map_size=config.store.max_map_size)
+    try:
+        holder = RuntimeHolder(_make_runtime(config, store))
+        SmimeMilter.holder = holder
+        threading.Thread(target=_signal_loop, args=(holder, load, store), daemon=True,
+                         name="signals").start()
+        log.info("listening on %s (store %s, %d workers)", config.milter.socket,
+                 config.store.path, holder.current.verifier.workers)  # type: ignore[attr-defined]
+        libmilter.main()
+        log.info("stopping")
+        _close_pool(holder.current)
+    finally:
+        store.close()
+        if socket_path is not None and _is_socket(socket_path):
+            socket_path.unlink()
+    return 0
+
+
+def _is_socket(path: Path) -> bool:
+    try:
+        return stat.S_ISSOCK(path.lstat().st_mode)
+    except OSError:
+        return False
