@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from asn1crypto import cms as asn1_cms
 
+from smime_milter import bootstrap
 from smime_milter.advanced import compose as advanced
 from smime_milter.advanced.addressbook import AddressBook
 from smime_milter.advanced.compose import (
@@ -375,3 +376,29 @@ def test_the_module_level_apply_uses_the_configured_instance(world: World):
         advanced.configure(None)
     assert_verified(make_verifier(world.pki).verify(result), "alice@example.com")
     assert os.environ.get("SMIME_MILTER_NEVER_SET") is None
+
+
+def test_the_module_level_apply_without_an_instance_names_the_fix():
+    """The advanced package reads no configuration file: that is the
+    composition root's job (bootstrap.apply_advanced)."""
+    advanced.configure(None)
+    with pytest.raises(advanced.AdvancedNotConfigured, match=r"bootstrap\.apply_advanced"):
+        advanced.apply(MESSAGE, smimeSign=True, account="alice")
+
+
+def test_bootstrap_apply_builds_the_instance_from_the_configuration_file(
+        world: World, monkeypatch: pytest.MonkeyPatch):
+    built = []
+
+    def from_file():
+        built.append(True)
+        return world.engine
+
+    monkeypatch.setattr(bootstrap, "build_advanced_from_file", from_file)
+    try:
+        first = bootstrap.apply_advanced(MESSAGE, smimeSign=True, account="alice")
+        bootstrap.apply_advanced(MESSAGE, smimeSign=True, account="alice")
+    finally:
+        advanced.configure(None)
+    assert built == [True]
+    assert_verified(make_verifier(world.pki).verify(first), "alice@example.com")

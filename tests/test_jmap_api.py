@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from smime_milter.bootstrap import open_jmap
 from smime_milter.config.reader import load_config
-from smime_milter.jmap.methods import SMIMEVERIFY, SmimeJmap, capabilities
+from smime_milter.jmap.methods import SMIMEVERIFY, capabilities
 from smime_milter.model import Status
 from smime_milter.store.facade import CannotCalculateChanges, Store
 from tests.support.jmapworld import DELIVERED, World, build_world
@@ -33,7 +34,7 @@ def test_capabilities_are_empty_objects() -> None:
 @pytest.mark.parametrize("few", [0, 10_000], ids=["scan of stale", "read each"])
 def test_both_ways_of_finding_stale_candidates_agree(world: World, few: int) -> None:
     now = DELIVERED + timedelta(days=3)
-    with SmimeJmap.open(load_config(world.config), clock=lambda: now) as api:
+    with open_jmap(load_config(world.config), clock=lambda: now) as api:
         api.few_candidates = few
         ids = list(world.ids.values())
         matched = api.email_query({"hasVerifiedSmime": True}, ids)
@@ -45,7 +46,7 @@ def test_both_ways_of_finding_stale_candidates_agree(world: World, few: int) -> 
 
 
 def test_get_query_changes_through_the_api(world: World) -> None:
-    with SmimeJmap.open(load_config(world.config), clock=lambda: DELIVERED) as api:
+    with open_jmap(load_config(world.config), clock=lambda: DELIVERED) as api:
         result = api.email_get([world.ids["alice"], "rnothere"], ["smimeStatusAtDelivery"])
         assert result.found == ({"id": world.ids["alice"],
                                  "smimeStatusAtDelivery": "signed/verified"},)
@@ -60,7 +61,7 @@ def test_get_query_changes_through_the_api(world: World) -> None:
 
 def test_read_only_api_does_not_write(world: World) -> None:
     now = DELIVERED + timedelta(days=3)
-    with SmimeJmap.open(load_config(world.config), readonly=True, clock=lambda: now) as api:
+    with open_jmap(load_config(world.config), readonly=True, clock=lambda: now) as api:
         got = api.email_get([world.ids["short"]], ["smimeStatus"]).found
         assert got == ({"id": world.ids["short"], "smimeStatus": "signed/failed"},)
         assert api.email_query({"hasVerifiedSmime": False}, [world.ids["short"]]) == [

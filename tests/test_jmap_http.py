@@ -31,6 +31,7 @@ from typing import Any
 
 import pytest
 
+from smime_milter.bootstrap import build_refresher
 from smime_milter.config.reader import load_config
 from smime_milter.jmap import http as jmap_http
 from smime_milter.jmap.http import JmapService, refresh_interval, session_document
@@ -570,7 +571,8 @@ def test_trust_files_are_looked_at_no_more_often_than_the_interval(world: World)
     config = load_config(world.config)
     ticks = [0.0]
     with Store.open(world.store) as store:
-        service = JmapService(config, store, clock=Clock(DELIVERED + timedelta(minutes=1)),
+        service = JmapService(config, store, build_refresher=build_refresher,
+                              clock=Clock(DELIVERED + timedelta(minutes=1)),
                               check_interval=5.0, monotonic=lambda: ticks[0])
         first = service.protocol()
         world.anchor_dir.mkdir(exist_ok=True)
@@ -596,7 +598,7 @@ def test_background_refresh_reports_expiry_in_email_changes(world: World) -> Non
     assert refresh_interval(config) == 1800.0  # cache_lifetime 3600 / 2
     clock = Clock(DELIVERED + timedelta(minutes=1))
     with Store.open(world.store) as store:
-        service = JmapService(config, store, clock=clock)
+        service = JmapService(config, store, build_refresher=build_refresher, clock=clock)
         state = store.state()
         assert service.refresh_due() == 0  # nothing stale yet
         clock.moment = DELIVERED + timedelta(days=3)  # "short" expired on day 2

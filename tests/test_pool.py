@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from smime_milter.bootstrap import verifier_factory
 from smime_milter.config.reader import Config, TrustConfig
 from smime_milter.model import Status
 from smime_milter.mta.pool import Job, PoolClosed, VerifierPool, VerifyFailure
@@ -21,7 +22,8 @@ from tests.support.smime import multipart_signed, text_entity
 
 @pytest.fixture
 def pool(anchors: Path) -> Iterator[VerifierPool]:
-    verifier_pool = VerifierPool(Config(trust=TrustConfig(anchors=(anchors,))), workers=1)
+    verifier_pool = VerifierPool(verifier_factory(Config(trust=TrustConfig(anchors=(anchors,)))),
+                                 workers=1)
     verifier_pool.check()
     yield verifier_pool
     verifier_pool.close()
@@ -64,7 +66,8 @@ def test_a_killed_worker_fails_one_message_and_is_replaced(
 
 
 def test_bad_trust_anchors_fail_the_check(tmp_path: Path) -> None:
-    bad = VerifierPool(Config(trust=TrustConfig(anchors=(tmp_path / "none.pem",))), workers=1)
+    bad = VerifierPool(
+        verifier_factory(Config(trust=TrustConfig(anchors=(tmp_path / "none.pem",)))), workers=1)
     try:
         with pytest.raises(VerifyFailure, match="did not start"):
             bad.check(30)

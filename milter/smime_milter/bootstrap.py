@@ -1,20 +1,19 @@
-"""Build the long-lived objects (verifier, logging) from a Config.
+"""The composition root: the only place that builds long-lived objects
+(verifier, pool, store-backed re-validation, advanced features, the milter's
+runtime, the JMAP API) from a Config.
 
-Shared by the command-line tools and the daemon so both read a config file
-the same way.
+Library packages below take what they need as arguments; the command-line
+tools call these builders, so every process reads a config file the same way.
 """
 
 from __future__ import annotations
 
-import logging
-import logging.handlers
-import os
-import stat
-import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from smime_milter.advanced import compose
 from smime_milter.advanced.addressbook import AddressBook
 from smime_milter.advanced.compose import Advanced
 from smime_milter.advanced.keystore import SigningKeys
@@ -23,9 +22,11 @@ from smime_milter.config.reader import (
     DEFAULT_CONFIG,
     Config,
     ConfigError,
-    MilterConfig,
     load_config,
 )
+from smime_milter.jmap.methods import SmimeJmap
+from smime_milter.mta.app import Runtime, hostname
+from smime_milter.mta.pool import VerifierPool
 from smime_milter.revalidate import Refresher, Revalidator
 from smime_milter.store.facade import Store
 from smime_milter.trust.chain import ChainValidator, TrustStore
@@ -110,58 +111,79 @@ def build_verifier(config: Config, extra_keys: Sequence[Path] = ()) -> Verifier:
     return Verifier(trust, config.verify, keys)
 
 
-def configure_logging(milter: MilterConfig) -> None:
-    """stderr (the journal under systemd) or syslog facility mail, like other milters."""
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    handler: logging.Handler
-    if milter.log_target == "syslog":
-        handler = logging.handlers.SysLogHandler(
-            address="/dev/log", facility=logging.handlers.SysLogHandler.LOG_MAIL
-        )
-        handler.setFormatter(logging.Formatter("smime-milter[%(process)d]: %(message)s"))
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
-    root.addHandler(handler)
-    root.setLevel(milter.log_level.upper())
+@dataclass(frozen=True, slots=True)
+class VerifierFactory:
+    """Builds a Verifier in a pool worker process: picklable, and holding only
+    the settings a verifier needs (the policy is the daemon's business)."""
+
+    config: Config
+
+    def __call__(self) -> Verifier:
+        return build_verifier(self.config)
 
 
-#: ``(path, mtime_ns, size)`` of every trust file: what the daemon and the
-#: JMAP service compare to notice an edited anchor, intermediate or CRL file.
-TrustFiles = tuple[tuple[str, int, int], ...]
+def verifier_factory(config: Config) -> VerifierFactory:
+    """What each verification worker of ``config``'s pool builds its verifier from."""
+    return VerifierFactory(Config(source=config.source, trust=config.trust,
+                                  verify=config.verify, decrypt_keys=config.decrypt_keys))
 
 
-def _entries(path: Path) -> Iterator[tuple[str, int, int]]:
-    """``(path, mtime_ns, size)`` of ``path`` or of the files in it; a
-    missing path counts too (it may appear later)."""
+def build_pool(config: Config) -> VerifierPool:
+    """The verification worker processes, checked to have started."""
+    pool = VerifierPool(verifier_factory(config), config.milter.workers)
     try:
-        info = path.stat()
-    except OSError:
-        yield (str(path), -1, -1)
-        return
-    if not stat.S_ISDIR(info.st_mode):
-        yield (str(path), info.st_mtime_ns, info.st_size)
-        return
-    # The directory itself: a file removed or renamed changes its mtime.
-    yield (str(path), info.st_mtime_ns, -2)
+        pool.check()
+    except Exception:
+        pool.close()
+        raise
+    return pool
+
+
+def build_runtime(config: Config, store: Store) -> Runtime:
+    """Everything one configuration of the milter daemon serves with."""
+    # Load anchors and keys here first: a bad file is then one clear error, not a
+    # traceback from every worker's initializer.
+    build_verifier(config)
+    pool = build_pool(config)
     try:
-        names = sorted(os.listdir(path))
-    except OSError:
-        return
-    for name in names:
-        child = path / name
-        try:
-            child_info = child.stat()
-        except OSError:
-            continue
-        yield (str(child), child_info.st_mtime_ns, child_info.st_size)
+        advanced = build_advanced(config, store)
+    except Exception:
+        pool.close()
+        raise
+    return Runtime(config=config, verifier=pool, store=store, hostname=hostname(),
+                   advanced=advanced)
 
 
-def trust_files(config: Config) -> TrustFiles:
-    """What changes when any anchor, intermediate or CRL file does."""
-    trust = config.trust
-    paths: Iterable[Path] = (*trust.anchors, trust.anchor_directory, *trust.intermediates,
-                             *trust.crls)
-    return tuple(entry for path in paths for entry in _entries(Path(path)))
+def open_jmap(
+    config: Config,
+    *,
+    readonly: bool = False,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> SmimeJmap:
+    """The JMAP API over the configured store, anchors and cache lifetime, for
+    a JMAP server to embed; :meth:`SmimeJmap.close` (or ``with``) releases the
+    store."""
+    store = Store.open(config.store.path, readonly=readonly, map_size=config.store.map_size,
+                       max_map_size=config.store.max_map_size)
+    try:
+        return SmimeJmap(build_refresher(config, store, readonly=readonly, clock=clock))
+    except BaseException:
+        store.close()
+        raise
+
+
+def apply_advanced(
+    message_bytes: bytes,
+    smimeSign: bool = False,  # the draft's argument names
+    smimeEncrypt: bool = False,
+    headerProtect: bool = True,
+    smimeSignOpaque: bool = True,
+    account: str | None = None,
+) -> bytes:
+    """``advanced.apply`` for a JMAP server that configured nothing: the
+    instance is built on first use from the daemon's configuration file
+    (``DEFAULT_CONFIG``) and its store, read-only."""
+    if compose.configured() is None:
+        compose.configure(build_advanced_from_file())
+    return compose.apply(message_bytes, smimeSign, smimeEncrypt, headerProtect,
+                         smimeSignOpaque, account)

@@ -138,3 +138,28 @@ class Verdict:
     #: signature covering only part of the message...): while there are any,
     #: no re-validation of the signers can make the message verified.
     message_errors: tuple[str, ...] = field(default=())
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseDecision:
+    """The outcome for one message under one rule. Released means: exactly one
+    well-formed MMHS-Authorizing-Users field, every user in it proven and an
+    authorized releaser, at least ``required`` of them, and the originator's
+    own signature (if any) still valid."""
+
+    rule: str
+    released: bool
+    required: int
+    #: Listed users whose authorization was proven and counted, in header order.
+    authorized: tuple[str, ...]
+    #: Why it is not released (empty when released), then notes on proofs that
+    #: did not count.
+    reasons: tuple[str, ...]
+
+    @property
+    def summary(self) -> str:
+        """One line for logs, replies and the stamp."""
+        counted = f"{len(self.authorized)} of {self.required} authorizations"
+        if self.released:
+            return f"released by {', '.join(self.authorized)} ({counted})"
+        return f"not released ({counted}): {'; '.join(self.reasons) or 'no proof'}"

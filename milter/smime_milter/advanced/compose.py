@@ -66,6 +66,13 @@ class AdvancedError(Exception):
     jmap_error: ClassVar[str] = "invalidEmail"
 
 
+class AdvancedNotConfigured(AdvancedError):
+    """The module-level :func:`apply` was called before :func:`configure`: a
+    fault of the embedding server, not of the message."""
+
+    jmap_error = "serverFail"
+
+
 class InvalidEmail(AdvancedError):
     """The message is not one we can sign or encrypt (sender, addresses, MIME)."""
 
@@ -454,9 +461,15 @@ _default: Advanced | None = None
 
 
 def configure(advanced: Advanced | None) -> None:
-    """Set the instance that :func:`apply` uses (see ``wiring.build_advanced``)."""
+    """Set the instance that :func:`apply` uses (``bootstrap.build_advanced``
+    builds one from the configuration)."""
     global _default
     _default = advanced
+
+
+def configured() -> Advanced | None:
+    """The instance :func:`configure` set, if any."""
+    return _default
 
 
 def apply(
@@ -467,12 +480,13 @@ def apply(
     smimeSignOpaque: bool = True,
     account: str | None = None,
 ) -> bytes:
-    """:meth:`Advanced.apply` on the configured instance; by default it is
-    built from ``/etc/smime-milter/smime-milter.toml`` on first use."""
-    global _default
+    """:meth:`Advanced.apply` on the configured instance. Nothing configured
+    is an AdvancedError: this package does not read configuration files
+    (``bootstrap.apply_advanced`` builds the instance from the daemon's
+    configuration on first use)."""
     if _default is None:
-        from smime_milter.bootstrap import build_advanced_from_file
-
-        _default = build_advanced_from_file()
+        raise AdvancedNotConfigured(
+            "no Advanced instance configured: call advanced.configure() first, "
+            "or use smime_milter.bootstrap.apply_advanced")
     return _default.apply(
         message_bytes, smimeSign, smimeEncrypt, headerProtect, smimeSignOpaque, account)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from ipaddress import ip_address
 
 from smime_milter.advanced.compose import Composed
-from smime_milter.config.reader import AdvancedConfig, AutoRule
+from smime_milter.advanced.settings import AdvancedConfig, AutoRule
 from smime_milter.mail import mime
 
 REQUEST_HEADER = "SMIME-Advanced"

@@ -16,6 +16,7 @@ from smime_milter.bootstrap import (
     build_advanced,
     build_refresher,
     build_revalidator,
+    build_runtime,
     build_verifier,
     load_trust,
 )
@@ -273,7 +274,7 @@ def _run_config(args: argparse.Namespace) -> Config:
 
 
 def _run_daemon(args: argparse.Namespace) -> int:
-    return run(_run_config(args), lambda: _run_config(args))
+    return run(_run_config(args), lambda: _run_config(args), build_runtime)
 
 
 def _verify_config(args: argparse.Namespace) -> Config:
@@ -330,7 +331,8 @@ def _run_jmap(args: argparse.Namespace) -> int:
                     map_size=config.store.map_size,
                     max_map_size=config.store.max_map_size) as store:
         if listen:
-            return serve(config, store, listen, readonly=args.read_only, clock=_clock(args))
+            return serve(config, store, listen, build_refresher=build_refresher,
+                         readonly=args.read_only, clock=_clock(args))
         refresher = build_refresher(config, store, readonly=args.read_only, clock=_clock(args))
         protocol = JmapProtocol(SmimeJmap(refresher))
         try:

@@ -96,7 +96,9 @@ def run_release(args: argparse.Namespace, config: Config) -> int:
             record = store.get(record_id)
         finally:
             store.close()
-        resubmission = prepare(message, record, record_id, config, build_verifier(config))
+        resubmission = prepare(message, record, record_id, config.release.rules,
+                               build_verifier(config),
+                               casefold_local_part=config.verify.casefold_local_part)
         if args.dry_run:
             print(f"would release record {record_id} from <{resubmission.sender}> to "
                   + ", ".join(f"<{r}>" for r in resubmission.recipients))

@@ -14,41 +14,25 @@ from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Any
 
+from smime_milter.advanced.settings import ENCRYPT_MODES, AdvancedConfig, AutoRule
 from smime_milter.cms.signed_data import AlgorithmPolicy
 from smime_milter.mail import mime
 from smime_milter.model import RevocationMode
 from smime_milter.policy import MACHINERY_ACTIONS, Action, Actions, Policy, merged
 from smime_milter.release.rules import HOLD, ReleaseRule
-from smime_milter.trust.chain import SYSTEM_ANCHORS, TrustStoreError, load_certificates
+from smime_milter.release.settings import DEFAULT_SUBMIT, ReleaseConfig
+from smime_milter.trust.chain import TrustStoreError, load_certificates
+from smime_milter.trust.settings import TrustConfig
 from smime_milter.verify.engine import VerifyPolicy
 
 DEFAULT_CONFIG = Path("/etc/smime-milter/smime-milter.toml")
 DEFAULT_SOCKET = "unix:/run/smime-milter/smime-milter.sock"
 DEFAULT_STORE = Path("/var/lib/smime-milter/store")
-#: Trust anchors managed by ``smime-milter trust add|remove``.
-DEFAULT_ANCHOR_DIRECTORY = Path("/etc/smime-milter/anchors")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 class ConfigError(ValueError):
     """A configuration problem, already phrased as ``file:line: key: reason``."""
-
-
-@dataclass(frozen=True, slots=True)
-class TrustConfig:
-    anchors: tuple[Path, ...] = (SYSTEM_ANCHORS,)
-    intermediates: tuple[Path, ...] = ()
-    crls: tuple[Path, ...] = ()
-    #: Anchors added with ``smime-milter trust add`` (trusted in addition to
-    #: ``anchors``; a missing directory holds none).
-    anchor_directory: Path = DEFAULT_ANCHOR_DIRECTORY
-
-    @property
-    def all_anchors(self) -> tuple[Path, ...]:
-        """Every anchor source: the configured ones and the managed directory."""
-        if self.anchor_directory.is_dir():
-            return (*self.anchors, self.anchor_directory)
-        return self.anchors
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,73 +93,6 @@ class JmapConfig:
     listen: str | None = None
     #: Mode of that socket; give the JMAP server's user the service group.
     listen_mode: int = 0o660
-
-
-#: How ``smime-milter release`` hands a released message back to the MTA.
-DEFAULT_SUBMIT = "sendmail:/usr/sbin/sendmail"
-
-
-@dataclass(frozen=True, slots=True)
-class ReleaseConfig:
-    """MMHS draft-and-release: the rules (first match wins) and how released
-    messages are re-submitted."""
-
-    rules: tuple[ReleaseRule, ...] = ()
-    #: ``sendmail:/path`` (run as ``sendmail -i -f SENDER -- RCPT...``) or
-    #: ``smtp:host:port`` (plain SMTP to the local MTA).
-    submit: str = DEFAULT_SUBMIT
-
-
-#: ``encrypt`` values of an automatic rule.
-ENCRYPT_MODES = ("never", "when-possible", "always")
-
-
-@dataclass(frozen=True, slots=True)
-class AutoRule:
-    """Sign and/or encrypt every submitted message of some senders without a
-    request header (first matching rule wins)."""
-
-    senders: tuple[str, ...]
-    sign: bool = False
-    #: ``never``; ``when-possible`` (only when every recipient has a valid
-    #: certificate, else sent as it is); ``always`` (else rejected).
-    encrypt: str = "never"
-
-
-@dataclass(frozen=True, slots=True)
-class AdvancedConfig:
-    """Server-side signing and encryption (JMAP smime-advanced): the key and
-    certificate stores, who may sign as whom, and which connections are
-    submitters whose ``SMIME-Advanced`` request header is honoured."""
-
-    #: Directory of signing identities (PEM key+certificates, or PKCS#12).
-    keys: Path | None = None
-    #: File holding the PKCS#12 password (first line).
-    keys_password_file: Path | None = None
-    #: Directory of recipients' certificates (PEM or DER files).
-    addressbook: Path | None = None
-    #: Also use signer certificates learned from inbound signed/verified mail.
-    learn: bool = True
-    #: (account, addresses-or-domains it may sign as); nobody else may sign.
-    accounts: tuple[tuple[str, tuple[str, ...]], ...] = ()
-    #: Postfix ``{daemon_name}`` values of submission services.
-    submission_daemons: tuple[str, ...] = ()
-    #: Client networks that are submitters (a JMAP server submitting by SMTP).
-    submission_clients: tuple[IPv4Network | IPv6Network, ...] = ()
-    #: Connections with an authenticated SASL user are submitters.
-    submission_sasl: bool = True
-    #: The account of a submitter connection without a SASL login; None: such
-    #: connections may encrypt but not sign.
-    client_account: str | None = None
-    auto: tuple[AutoRule, ...] = ()
-
-    def may_sign_as(self, account: str, sender: str) -> bool:
-        """``[advanced.accounts]``: the account lists the address or its domain;
-        an account that is not listed may not sign at all."""
-        for name, senders in self.accounts:
-            if name == account:
-                return mime.address_in(sender, senders)
-        return False
 
 
 @dataclass(frozen=True, slots=True)

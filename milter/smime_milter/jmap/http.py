@@ -49,10 +49,10 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from smime_milter.bootstrap import build_refresher, configure_logging, trust_files
+from smime_milter.config.logging import configure_logging
 from smime_milter.config.reader import Config, check_listen
 from smime_milter.jmap.methods import SmimeJmap, capabilities
 from smime_milter.jmap.protocol import (
@@ -63,8 +63,10 @@ from smime_milter.jmap.protocol import (
     JmapProtocol,
     RequestError,
 )
+from smime_milter.revalidate import Refresher
 from smime_milter.store.facade import Store
 from smime_milter.trust.chain import TrustStoreError
+from smime_milter.trust.watch import trust_files
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +128,16 @@ def session_document() -> dict[str, Any]:
 # --------------------------------------------------------------------------- the service
 
 
+
+class BuildRefresher(Protocol):
+    """Builds the re-validation machinery over ``store`` from ``config`` (the
+    composition root's ``build_refresher``); called again whenever the trust
+    files change."""
+
+    def __call__(self, config: Config, store: Store, *, readonly: bool = ...,
+                 clock: Callable[[], datetime] = ...) -> Refresher: ...
+
+
 class JmapService:
     """The current :class:`JmapProtocol` over one store, kept in step with the
     trust-anchor files; thread-safe."""
@@ -135,6 +147,7 @@ class JmapService:
         config: Config,
         store: Store,
         *,
+        build_refresher: BuildRefresher,
         readonly: bool = False,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         check_interval: float = TRUST_CHECK_INTERVAL,
@@ -142,17 +155,18 @@ class JmapService:
     ) -> None:
         self.config = config
         self.store = store
+        self._build_refresher = build_refresher
         self.readonly = readonly
         self.clock = clock
         self.check_interval = check_interval
         self._monotonic = monotonic
         self._check_lock = threading.Lock()
-        self._fingerprint = trust_files(config)
+        self._fingerprint = trust_files(config.trust)
         self._protocol = self._build()
         self._checked_at = monotonic()
 
     def _build(self) -> JmapProtocol:
-        refresher = build_refresher(self.config, self.store, readonly=self.readonly,
+        refresher = self._build_refresher(self.config, self.store, readonly=self.readonly,
                                     clock=self.clock)
         return JmapProtocol(SmimeJmap(refresher))
 
@@ -175,7 +189,7 @@ class JmapService:
             return False
         try:
             self._checked_at = self._monotonic()
-            fingerprint = trust_files(self.config)
+            fingerprint = trust_files(self.config.trust)
             if fingerprint == self._fingerprint:
                 return False
             try:
@@ -529,6 +543,7 @@ def serve(
     store: Store,
     listen: str,
     *,
+    build_refresher: BuildRefresher,
     readonly: bool = False,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> int:
@@ -537,7 +552,8 @@ def serve(
     configure_logging(config.milter)
     path = check_listen(listen).partition(":")[2]
     try:
-        service = JmapService(config, store, readonly=readonly, clock=clock)
+        service = JmapService(config, store, build_refresher=build_refresher,
+                              readonly=readonly, clock=clock)
         server = JmapHttpServer(path, service, config.jmap.listen_mode)
     except ServeError as exc:
         log.error("%s", exc)

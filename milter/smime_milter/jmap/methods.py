@@ -22,13 +22,11 @@ The JSON protocol around these (``smime-milter jmap``) is in ``jmap_protocol``.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from smime_milter.bootstrap import build_refresher
-from smime_milter.config.reader import Config
 from smime_milter.revalidate import Refresher
 from smime_milter.store.facade import Changes, StatusView, Store, utc_date
 
@@ -113,25 +111,6 @@ class SmimeJmap:
     def __init__(self, refresher: Refresher, *, few_candidates: int = FEW_CANDIDATES) -> None:
         self.refresher = refresher
         self.few_candidates = few_candidates
-
-    @classmethod
-    def open(
-        cls,
-        config: Config,
-        *,
-        readonly: bool = False,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-    ) -> SmimeJmap:
-        """The API over the configured store, anchors and cache lifetime;
-        :meth:`close` (or ``with``) releases the store."""
-        store = Store.open(config.store.path, readonly=readonly,
-                           map_size=config.store.map_size,
-                           max_map_size=config.store.max_map_size)
-        try:
-            return cls(build_refresher(config, store, readonly=readonly, clock=clock))
-        except BaseException:
-            store.close()
-            raise
 
     def close(self) -> None:
         self.store.close()

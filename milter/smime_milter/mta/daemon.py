@@ -28,11 +28,12 @@ from pathlib import Path
 import Milter
 
 import milter as libmilter
-from smime_milter.bootstrap import build_advanced, build_verifier, configure_logging, trust_files
+from smime_milter.config.logging import configure_logging
 from smime_milter.config.reader import Config
-from smime_milter.mta.app import Runtime, RuntimeHolder, SmimeMilter, hostname
+from smime_milter.mta.app import Runtime, RuntimeHolder, SmimeMilter
 from smime_milter.mta.pool import VerifierPool
 from smime_milter.store.facade import Store
+from smime_milter.trust.watch import trust_files
 
 log = logging.getLogger("smime_milter")
 
@@ -120,23 +121,9 @@ def _drop_privileges(user: str | None) -> None:
     log.info("running as user %s", user)
 
 
-def _make_runtime(config: Config, store: Store) -> Runtime:
-    # Load anchors and keys here first: a bad file is then one clear error, not a
-    # traceback from every worker's initializer.
-    build_verifier(config)
-    pool = VerifierPool(config, config.milter.workers)
-    try:
-        pool.check()
-    except Exception:
-        pool.close()
-        raise
-    try:
-        advanced = build_advanced(config, store)
-    except Exception:
-        pool.close()
-        raise
-    return Runtime(config=config, verifier=pool, store=store, hostname=hostname(),
-                   advanced=advanced)
+#: Builds a complete Runtime (verifier pool, advanced features) for a
+#: configuration over the open store; the composition root supplies it.
+MakeRuntime = Callable[[Config, Store], Runtime]
 
 
 #: Seconds between looks at the trust files' modification times.
@@ -155,33 +142,35 @@ def _start_multiprocessing_helpers() -> None:
     forkserver.ensure_running()
 
 
-def _signal_loop(holder: RuntimeHolder, load: Callable[[], Config], store: Store) -> None:
+def _signal_loop(holder: RuntimeHolder, load: Callable[[], Config], store: Store,
+                 make_runtime: MakeRuntime) -> None:
     """Wait for our signals. Stop signals stop libmilter (its own signal thread
     may take them first, with the same effect); SIGUSR1 reloads. Between
     signals, every TRUST_CHECK_INTERVAL seconds, an edited trust anchor,
     intermediate or CRL file (``smime-milter trust add``, a CRL fetch job)
     reloads too, so the milter and the JMAP API judge with the same anchors."""
-    watched = trust_files(holder.current.config)
+    watched = trust_files(holder.current.config.trust)
     while True:
         info = signal.sigtimedwait(STOP_SIGNALS | {RELOAD_SIGNAL}, TRUST_CHECK_INTERVAL)
         if info is None:
-            current = trust_files(holder.current.config)
+            current = trust_files(holder.current.config.trust)
             if current == watched:
                 continue
             watched = current
             log.info("trust anchor, intermediate or CRL files changed: reloading")
-            _reload(holder, load, store)
+            _reload(holder, load, store, make_runtime)
             continue
         if info.si_signo in STOP_SIGNALS:
             log.info("%s received, finishing open connections",
                      signal.Signals(info.si_signo).name)
             libmilter.stop()
             return
-        _reload(holder, load, store)
-        watched = trust_files(holder.current.config)
+        _reload(holder, load, store, make_runtime)
+        watched = trust_files(holder.current.config.trust)
 
 
-def _reload(holder: RuntimeHolder, load: Callable[[], Config], store: Store) -> None:
+def _reload(holder: RuntimeHolder, load: Callable[[], Config], store: Store,
+            make_runtime: MakeRuntime) -> None:
     """Build a complete new Runtime before swapping it in, so a bad edit keeps
     the running configuration and no message sees half of each."""
     old = holder.current
@@ -189,7 +178,7 @@ def _reload(holder: RuntimeHolder, load: Callable[[], Config], store: Store) -> 
         config = load()
         if config.store != old.config.store or config.milter.socket != old.config.milter.socket:
             log.warning("reload: store and socket changes take effect after a restart")
-        runtime = _make_runtime(config, store)
+        runtime = make_runtime(config, store)
     except Exception as exc:
         log.error("reload failed, keeping the running configuration: %s", exc)
         return
@@ -206,8 +195,9 @@ def _close_pool(runtime: Runtime) -> None:
         verifier.close()
 
 
-def run(config: Config, load: Callable[[], Config]) -> int:
-    """Serve until libmilter is told to stop; returns the exit status."""
+def run(config: Config, load: Callable[[], Config], make_runtime: MakeRuntime) -> int:
+    """Serve until libmilter is told to stop; returns the exit status. ``load``
+    re-reads the configuration on reload, ``make_runtime`` builds what serves it."""
     _start_multiprocessing_helpers()
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS | {RELOAD_SIGNAL})
     configure_logging(config.milter)
@@ -216,9 +206,9 @@ def run(config: Config, load: Callable[[], Config]) -> int:
     store = Store.open(config.store.path, map_size=config.store.map_size,
                        max_map_size=config.store.max_map_size)
     try:
-        holder = RuntimeHolder(_make_runtime(config, store))
+        holder = RuntimeHolder(make_runtime(config, store))
         SmimeMilter.holder = holder
-        threading.Thread(target=_signal_loop, args=(holder, load, store), daemon=True,
+        threading.Thread(target=_signal_loop, args=(holder, load, store, make_runtime), daemon=True,
                          name="signals").start()
         log.info("listening on %s (store %s, %d workers)", config.milter.socket,
                  config.store.path, holder.current.verifier.workers)  # type: ignore[attr-defined]

@@ -22,14 +22,14 @@ import os
 import queue
 import signal
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
+from typing import Protocol
 
-from smime_milter.bootstrap import build_verifier
-from smime_milter.config.reader import Config
 from smime_milter.model import Verdict
 
 log = logging.getLogger(__name__)
@@ -53,19 +53,23 @@ class Job:
     path: str | None = None
 
 
-def _verifier_part(config: Config) -> Config:
-    """Only what a worker needs (the policy is the daemon's business)."""
-    return Config(source=config.source, trust=config.trust, verify=config.verify,
-                  decrypt_keys=config.decrypt_keys)
+class _Verifies(Protocol):
+    def verify(self, message: bytes, at: datetime | None = None) -> Verdict: ...
 
 
-def _worker_main(conn: Connection, config: Config) -> None:
+#: What a worker process calls once to build its verifier. It crosses into the
+#: worker by pickling, so it must be a module-level function or a picklable
+#: object (the composition root passes one holding the verifier's settings).
+VerifierFactory = Callable[[], _Verifies]
+
+
+def _worker_main(conn: Connection, build: VerifierFactory) -> None:
     """A worker: announce readiness (or the reason it cannot start), then answer
     jobs until the pipe closes or a None job arrives."""
     # Stop requests go to the daemon, which stops its workers in order.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        verifier = build_verifier(config)
+        verifier = build()
     except Exception as exc:
         conn.send(("error", f"cannot build the verifier: {exc}"))
         return
@@ -94,8 +98,8 @@ class _Worker:
 class VerifierPool:
     """Worker processes that verify Jobs; a dead or hung worker is replaced."""
 
-    def __init__(self, config: Config, workers: int = 0) -> None:
-        self.config = config
+    def __init__(self, build: VerifierFactory, workers: int = 0) -> None:
+        self._build = build
         self.workers = workers or os.cpu_count() or 1
         self._context = multiprocessing.get_context("forkserver")
         self._idle: queue.SimpleQueue[_Worker | None] = queue.SimpleQueue()
@@ -107,7 +111,7 @@ class VerifierPool:
     def _spawn(self) -> _Worker:
         parent, child = self._context.Pipe()
         process = self._context.Process(
-            target=_worker_main, args=(child, _verifier_part(self.config)),
+            target=_worker_main, args=(child, self._build),
             name="smime-milter-verify", daemon=True,
         )
         process.start()

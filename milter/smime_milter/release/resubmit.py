@@ -16,13 +16,13 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from smime_milter.config.reader import Config
 from smime_milter.mail import mime
 from smime_milter.release.rules import (
     ORIGINAL_RECIPIENTS_HEADER,
     RELEASE_STATUS_HEADER,
     MessageContext,
     ReleaseDecision,
+    ReleaseRule,
     assess,
     select_rule,
 )
@@ -80,17 +80,18 @@ def _header_values(message: bytes, name: str) -> list[str]:
     return entity.get_all(name.lower())
 
 
-def prepare(message: bytes, record: Record | None, record_id: str, config: Config,
-            verifier: Verifier) -> Resubmission:
+def prepare(message: bytes, record: Record | None, record_id: str,
+            rules: Sequence[ReleaseRule], verifier: Verifier, *,
+            casefold_local_part: bool) -> Resubmission:
     """Check that the authorized ``message`` is released under the rule that
-    held it and return what to submit, or raise ReleaseError with the reasons."""
+    held it (one of the configured ``rules``) and return what to submit, or
+    raise ReleaseError with the reasons."""
     if record is None:
         raise ReleaseError(f"no record {record_id} in the store")
     if record.diverted_to is None or record.release is None:
         raise ReleaseError(f"record {record_id} was not held for release")
     if not record.envelope_recipients:
         raise ReleaseError(f"record {record_id} has no original recipients")
-    rules = config.release.rules
     rule = next((r for r in rules if r.name == record.release.rule), None)
     if rule is None:
         context = MessageContext(record.envelope_sender, (), record.envelope_recipients)
@@ -102,7 +103,7 @@ def prepare(message: bytes, record: Record | None, record_id: str, config: Confi
                            "submit it by hand if that is intended")
     headers = mime.parse_entity(cleaned).headers
     decision = assess(rule, headers, verifier.verify(cleaned),
-                      casefold_local_part=config.verify.casefold_local_part)
+                      casefold_local_part=casefold_local_part)
     if not decision.released:
         raise ReleaseError("not released: " + "; ".join(decision.reasons))
     return Resubmission(record_id, record.envelope_sender, record.envelope_recipients,

@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from smime_milter.mail import mime
-from smime_milter.model import SignerResult, Verdict
+from smime_milter.model import ReleaseDecision, SignerResult, Verdict
 
 AUTHORIZING_USERS_HEADER = "MMHS-Authorizing-Users"
 #: Our record of the envelope recipients a diverted message was meant for.
@@ -71,31 +71,6 @@ class MessageContext:
     recipients: tuple[str, ...]
     daemon_name: str | None = None
     daemon_port: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ReleaseDecision:
-    """The outcome for one message under one rule. Released means: exactly one
-    well-formed MMHS-Authorizing-Users field, every user in it proven and an
-    authorized releaser, at least ``required`` of them, and the originator's
-    own signature (if any) still valid."""
-
-    rule: str
-    released: bool
-    required: int
-    #: Listed users whose authorization was proven and counted, in header order.
-    authorized: tuple[str, ...]
-    #: Why it is not released (empty when released), then notes on proofs that
-    #: did not count.
-    reasons: tuple[str, ...]
-
-    @property
-    def summary(self) -> str:
-        """One line for logs, replies and the stamp."""
-        counted = f"{len(self.authorized)} of {self.required} authorizations"
-        if self.released:
-            return f"released by {', '.join(self.authorized)} ({counted})"
-        return f"not released ({counted}): {'; '.join(self.reasons) or 'no proof'}"
 
 
 def select_rule(rules: Sequence[ReleaseRule], context: MessageContext) -> ReleaseRule | None:

@@ -28,8 +28,8 @@ from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from smime_milter.config.reader import TrustConfig
 from smime_milter.trust.chain import CERT_SUFFIXES, TrustStoreError, load_certificates
+from smime_milter.trust.settings import TrustConfig
 
 #: Permissions of the directory and of each anchor file: public data, root-owned.
 DIRECTORY_MODE = 0o755
