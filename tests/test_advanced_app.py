@@ -28,11 +28,11 @@ from smime_milter.model import Status
 from smime_milter.mta.app import Runtime, RuntimeHolder, SmimeMilter
 from smime_milter.stamp.fields import parse_status_header
 from smime_milter.trust.chain import ChainValidator, TrustStore
+from tests.support.milterapp import Connection as _ReleaseConnection
+from tests.support.milterapp import FakeStore, FakeVerifier, split_message
 from tests.support.pki import Identity, TestPki, make_leaf
 from tests.support.smime import openssl_decrypt, openssl_verify_result
 from tests.support.verdicts import NOW, anchor, assert_verified, make_verifier
-from tests.test_release_app import Connection as _ReleaseConnection
-from tests.test_release_app import FakeStore, FakeVerifier, split_message
 
 BOTH = frozenset({"digital_signature", "key_encipherment"})
 
@@ -118,9 +118,6 @@ def people(pki: TestPki, tmp_path_factory: pytest.TempPathFactory) -> People:
     engine = Advanced(signing_keys, AddressBook(book, signing_keys, None, validator),
                       AdvancedConfig(accounts=ACCOUNTS).may_sign_as, clock=lambda: NOW)
     return People(alice, bob, erin, mallory, engine, ca_files)
-
-
-Call = tuple[object, ...]
 
 
 class Submission(_ReleaseConnection):
