@@ -27,7 +27,6 @@ from smime_milter.config.reader import (
     DEFAULT_CONFIG,
     Config,
     ConfigError,
-    TrustConfig,
     check_socket,
     load_config,
 )
@@ -42,6 +41,7 @@ from smime_milter.revalidate import AtDeliveryChange, apply_anchor_change
 from smime_milter.store.facade import Store, StoreError, utc_date
 from smime_milter.trust.anchors import AnchorEntry, add_anchors, list_anchors, remove_anchors
 from smime_milter.trust.chain import TrustStore, TrustStoreError
+from smime_milter.trust.settings import TrustConfig
 
 
 def parse_moment(text: str) -> datetime:

@@ -15,8 +15,8 @@ from smime_milter.config.reader import MilterConfig
 def configure_logging(milter: MilterConfig) -> None:
     """stderr (the journal under systemd) or syslog facility mail, like other milters."""
     root = logging.getLogger()
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
+    for previous in list(root.handlers):
+        root.removeHandler(previous)
     handler: logging.Handler
     if milter.log_target == "syslog":
         handler = logging.handlers.SysLogHandler(

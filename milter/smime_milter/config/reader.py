@@ -228,7 +228,7 @@ class _Reader:
         return value
 
     def optional_str(self, key: str) -> str | None:
-        value = self.take(key, str, None)
+        value: str | None = self.take(key, str, None)
         if value is not None and not value.strip():
             raise self.error(key, "must not be empty (leave the key out for the default)")
         return value

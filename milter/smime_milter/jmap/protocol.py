@@ -65,12 +65,16 @@ class _Call:
     call_id: str
 
 
+# A method: (arguments, capabilities in use) -> the response arguments.
+_Method = Callable[[dict[str, Any], set[str]], dict[str, Any]]
+
+
 class JmapProtocol:
     """Processes JMAP Request objects against one :class:`SmimeJmap`."""
 
     def __init__(self, api: SmimeJmap) -> None:
         self.api = api
-        self._methods: dict[str, tuple[str, Callable[[dict[str, Any], set[str]], dict]]] = {
+        self._methods: dict[str, tuple[str, _Method]] = {
             "Core/echo": (CORE, lambda args, using: args),
             "Email/get": (MAIL, self._email_get),
             "Email/query": (MAIL, self._email_query),

@@ -12,13 +12,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from smime_milter.advanced.submission import REQUEST_HEADER
-from smime_milter.model import Verdict
+from smime_milter.model import ReleaseDecision, Verdict
 from smime_milter.policy import Action, Decision, Outcome, Policy
 from smime_milter.release.rules import (
     ORIGINAL_RECIPIENTS_HEADER,
     RELEASE_STATUS_HEADER,
     Diversion,
-    ReleaseDecision,
     status_stamp,
 )
 from smime_milter.stamp import fields as stamp

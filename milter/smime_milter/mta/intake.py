@@ -12,7 +12,7 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 
 def header_line(name: bytes, value: bytes) -> bytes:
@@ -34,7 +34,7 @@ class MessageBuffer:
         self.oversize = False
         self._head = bytearray()
         self._body = bytearray()
-        self._spool: BinaryIO | None = None
+        self._spool: IO[bytes] | None = None
 
     def add_header(self, name: str, value: bytes) -> None:
         self.headers.append((name, value))

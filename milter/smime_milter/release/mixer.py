@@ -246,7 +246,7 @@ def _is_military(heading: IpmsHeading, military: bool | None) -> bool:
 def _military_fields(originator: str, authorizers: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
     """Section 5.2 rule 1: the originator becomes From. Rule 2:
     authorizing-users becomes MMHS-Authorizing-Users, left out when empty."""
-    fields = ((FROM, originator),)
+    fields: tuple[tuple[str, str], ...] = ((FROM, originator),)
     if authorizers:
         fields += ((MMHS_AUTHORIZING_USERS, ", ".join(authorizers)),)
     return fields

@@ -17,11 +17,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from smime_milter.mail import mime
+from smime_milter.model import ReleaseDecision
 from smime_milter.release.rules import (
     ORIGINAL_RECIPIENTS_HEADER,
     RELEASE_STATUS_HEADER,
     MessageContext,
-    ReleaseDecision,
     ReleaseRule,
     assess,
     select_rule,
