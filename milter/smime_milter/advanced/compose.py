@@ -104,8 +104,11 @@ class RecipientCertificates(Protocol):
 
 
 class _Found(Protocol):
-    certificate: x509.Certificate
-    capabilities: tuple[str, ...]
+    # Read-only, so a frozen dataclass (addressbook.RecipientCertificate) fits.
+    @property
+    def certificate(self) -> x509.Certificate: ...
+    @property
+    def capabilities(self) -> tuple[str, ...]: ...
 
 
 SenderPolicy = Callable[[str, str], bool]
