@@ -48,7 +48,8 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+from socketserver import ThreadingUnixStreamServer
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -446,13 +447,20 @@ def _json_bytes(document: Any) -> bytes:
     return json.dumps(document, ensure_ascii=False).encode("utf-8")
 
 
-class JmapHttpServer(ThreadingHTTPServer):
-    """An HTTP server on a unix socket, one thread per connection."""
+class JmapHttpServer(ThreadingUnixStreamServer):
+    """An HTTP server on a unix socket, one thread per connection.
+
+    Not an ``http.server.HTTPServer``: that one only adds a TCP
+    ``server_bind`` (replaced below) and address reuse (which an AF_UNIX
+    socket has no use for); ``server_name``/``server_port`` are still set
+    as it would."""
 
     address_family = socket.AF_UNIX
     daemon_threads = True
     block_on_close = False
     request_queue_size = 128
+    server_name: str
+    server_port: int
 
     def __init__(self, path: str, service: JmapService, mode: int = 0o660) -> None:
         self.service = service
