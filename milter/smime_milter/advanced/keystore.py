@@ -11,7 +11,6 @@ the choice among an address's identities is left (:meth:`SigningKeys.identity_fo
 
 from __future__ import annotations
 
-import re
 import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -21,27 +20,18 @@ from types import MappingProxyType
 
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from smime_milter.cms import files
 from smime_milter.cms.certs import signer_emails
-from smime_milter.cms.signing import (
-    PrivateKey,
-    SigningError,
-    SigningIdentity,
-    certificate_der,
-    load_certificate_file,
-    load_private_key,
-    read_file,
-)
+from smime_milter.cms.files import certificate_der
+from smime_milter.cms.signing import PrivateKey, SigningError, SigningIdentity, signing_key
 
 PEM_SUFFIXES = (".pem",)
 PKCS12_SUFFIXES = (".p12", ".pfx")
 #: Permission bits that expose a key to other users: like ssh, a key (or its
 #: directory, or the PKCS#12 password) anyone else can read or replace is refused.
 _EXPOSED = stat.S_IRGRP | stat.S_IWGRP | stat.S_IROTH | stat.S_IWOTH
-_PEM_KEY = re.compile(rb"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----")
 _SIGNING_EKUS = frozenset({ExtendedKeyUsageOID.EMAIL_PROTECTION,
                            ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE})
 
@@ -103,7 +93,7 @@ class SigningKeys:
                     identities = _pkcs12_identities(path, password)
             except KeyStoreError:
                 raise
-            except SigningError as exc:  # signing's loaders name the file already
+            except (SigningError, files.KeyFileError) as exc:  # these name the file already
                 raise KeyStoreError(str(exc)) from exc
             for identity in identities:
                 encoded = certificate_der(identity.certificate)
@@ -177,37 +167,21 @@ def _read_password(path: Path) -> bytes:
 def _pem_identities(path: Path) -> list[SigningIdentity]:
     """One key and the certificates in any order: the key's certificate(s)
     become identities, the rest their chain."""
-    data = read_file(path, "key")
-    keys = len(_PEM_KEY.findall(data))
+    data = files.read(path, "key")
+    keys = len(files.private_key_blocks(data))
     if keys != 1:
         raise KeyStoreError(f"key file {path} holds {keys} private keys instead of one")
-    key = load_private_key(path)
-    certificates = load_certificate_file(path, "key")
-    return _identities(path, key, certificates)
+    key = signing_key(files.parse_private_key(path, data), path)
+    return _identities(path, key, files.parse_certificates(path, data, "key"))
 
 
 def _pkcs12_identities(path: Path, password: bytes | None) -> list[SigningIdentity]:
-    data = read_file(path, "key")
+    data = files.read(path, "key")
     # Without a password file, try no password and the empty one: tools
     # differ in which of the two "no password" means.
     attempts = [password] if password is not None else [None, b""]
-    failure: Exception | None = None
-    for attempt in attempts:
-        try:
-            key, certificate, additional = pkcs12.load_key_and_certificates(data, attempt)
-            break
-        except (ValueError, TypeError) as exc:
-            failure = exc
-    else:
-        raise KeyStoreError(
-            f"key file {path} is not PKCS#12 or the password does not open it ({failure})"
-        )
-    if key is None:
-        raise KeyStoreError(f"key file {path} holds no private key")
-    if not isinstance(key, PrivateKey):
-        raise KeyStoreError(f"key file {path}: {type(key).__name__} keys cannot sign S/MIME here")
-    found = ([certificate] if certificate is not None else []) + list(additional)
-    return _identities(path, key, found)
+    key, certificates = files.parse_pkcs12(path, data, attempts)
+    return _identities(path, signing_key(key, path), certificates)
 
 
 def _identities(
@@ -215,16 +189,11 @@ def _identities(
 ) -> list[SigningIdentity]:
     """An identity per certificate of ``key`` (a renewal may reuse the key),
     each with the file's other certificates as its chain, issuer first."""
-    spki = serialization.PublicFormat.SubjectPublicKeyInfo
-    mine = key.public_key().public_bytes(serialization.Encoding.DER, spki)
     unique = {certificate_der(c): c for c in certificates}
-    own, others = [], []
+    own: list[x509.Certificate] = []
+    others: list[x509.Certificate] = []
     for certificate in unique.values():
-        try:
-            theirs = certificate.public_key().public_bytes(serialization.Encoding.DER, spki)
-        except (ValueError, TypeError):
-            theirs = b""
-        (own if theirs == mine else others).append(certificate)
+        (own if files.key_matches(key, certificate) else others).append(certificate)
     if not own:
         raise KeyStoreError(f"key file {path}: no certificate matches its private key")
     try:

@@ -37,7 +37,8 @@ from cryptography.hazmat.primitives.kdf.x963kdf import X963KDF
 from cryptography.hazmat.primitives.keywrap import aes_key_wrap
 
 from smime_milter.cms.envelope import ecc_cms_shared_info
-from smime_milter.cms.signing import MIN_RSA_BITS, certificate_der, issuer_and_serial_number
+from smime_milter.cms.files import certificate_der
+from smime_milter.cms.signing import MIN_RSA_BITS, issuer_and_serial_number
 
 __all__ = ["EncryptionError", "EncryptionRecipient", "enveloped_data"]
 
@@ -131,7 +132,8 @@ def enveloped_data(
             "encrypted_content": _aes_cbc(cek, iv, content),
         },
     })
-    return cms.ContentInfo({"content_type": "enveloped_data", "content": envelope}).dump()
+    encoded: bytes = cms.ContentInfo({"content_type": "enveloped_data", "content": envelope}).dump()
+    return encoded
 
 
 def _public_key(
@@ -181,6 +183,7 @@ def _key_trans(
 ) -> cms.RecipientInfo:
     """KeyTransRecipientInfo v0 (RFC 5652 §6.2.1); PKCS#1 v1.5 is rsaEncryption
     with NULL parameters (RFC 3370 §4.2.1), as asn1crypto forces it."""
+    pad: padding.AsymmetricPadding
     if recipient.oaep:
         algorithm, pad = _OAEP_ALGORITHM, _OAEP_PADDING
     else:

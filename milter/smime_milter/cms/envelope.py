@@ -25,7 +25,6 @@ so it cannot be told apart from a bad content padding: no padding oracle.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,16 +33,17 @@ from typing import TypeAlias
 from asn1crypto import cms, core
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
-from cryptography.exceptions import InvalidTag, UnsupportedAlgorithm
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import padding as sym_padding
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.ciphers import BlockCipherAlgorithm, Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM
 from cryptography.hazmat.primitives.kdf.x963kdf import X963KDF
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap
 
+from smime_milter.cms import files
 from smime_milter.cms.der import encode as der_encode
 
 __all__ = [
@@ -93,7 +93,9 @@ _AES_WRAP_KEY_LEN = {
     "2.16.840.1.101.3.4.1.45": 32,
 }
 
-_CBC_CIPHERS: dict[str, tuple[Callable[[bytes], BlockCipherAlgorithm], int]] = {
+_CbcAlgorithm: TypeAlias = type[algorithms.AES] | type[TripleDES]
+
+_CBC_CIPHERS: dict[str, tuple[_CbcAlgorithm, int]] = {
     "2.16.840.1.101.3.4.1.2": (algorithms.AES, 16),  # aes128-CBC
     "2.16.840.1.101.3.4.1.22": (algorithms.AES, 24),  # aes192-CBC
     "2.16.840.1.101.3.4.1.42": (algorithms.AES, 32),  # aes256-CBC
@@ -113,7 +115,7 @@ _CCM_KEY_LEN = {
 }
 
 
-class _GcmParameters(core.Sequence):
+class _GcmParameters(core.Sequence):  # type: ignore[misc]  # asn1crypto is untyped
     """RFC 5084 §3.2 (asn1crypto knows the OIDs but not this structure)."""
 
     _fields = [  # noqa: RUF012 - asn1crypto API
@@ -122,7 +124,7 @@ class _GcmParameters(core.Sequence):
     ]
 
 
-class _CcmParameters(core.Sequence):
+class _CcmParameters(core.Sequence):  # type: ignore[misc]
     """RFC 5084 §3.1, with the DEFAULT 12 that asn1crypto's CcmParams lacks."""
 
     _fields = [  # noqa: RUF012 - asn1crypto API
@@ -153,7 +155,7 @@ class DecryptionKey:
     def __post_init__(self) -> None:
         if not isinstance(self.private_key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
             raise ValueError(f"unsupported private key type {type(self.private_key).__name__}")
-        if not _key_matches_cert(self.private_key, self.certificate):
+        if not files.key_matches(self.private_key, self.certificate):
             raise ValueError("the certificate does not belong to the private key")
         issuer_der = self.certificate.issuer.public_bytes()
         try:
@@ -167,29 +169,14 @@ class DecryptionKey:
         object.__setattr__(self, "_issuer_name", asn1_x509.Name.load(issuer_der))
 
 
-def _key_matches_cert(key: PrivateKey, cert: x509.Certificate) -> bool:
-    try:
-        cert_pub = cert.public_key()
-    except (ValueError, UnsupportedAlgorithm):
-        return False
-    pub = key.public_key()
-    if isinstance(pub, rsa.RSAPublicKey) and isinstance(cert_pub, rsa.RSAPublicKey):
-        return pub.public_numbers() == cert_pub.public_numbers()
-    if isinstance(pub, ec.EllipticCurvePublicKey) and isinstance(
-        cert_pub, ec.EllipticCurvePublicKey
-    ):
-        return pub.public_numbers() == cert_pub.public_numbers()
-    return False
-
-
-_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----.*?-----END \1-----", re.DOTALL)
-
-
-def _read(path: Path) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise ValueError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+#: How load_decryption_key words the problems :mod:`files` reports.
+_WORDING = {
+    files.UNREADABLE: "{path}: cannot read: {detail}",
+    files.ENCRYPTED: "{path}: the private key is encrypted; an unencrypted key is needed",
+    files.BAD_KEY: "{path}: cannot load the private key: {detail}",
+    files.BAD_CERTIFICATE: "{path}: cannot load the certificate: {detail}",
+    files.NO_CERTIFICATE: "{path}: no certificate found",
+}
 
 
 def load_decryption_key(path: Path, cert_path: Path | None = None) -> DecryptionKey:
@@ -203,40 +190,23 @@ def load_decryption_key(path: Path, cert_path: Path | None = None) -> Decryption
     key, unsupported key type, no matching certificate).
     """
     path = Path(path)
-    data = _read(path)
-    key_blocks = [m.group(0) for m in _PEM_BLOCK.finditer(data) if m.group(1).endswith(b"KEY")]
-    key_blocks = [b for b in key_blocks if b"PRIVATE KEY" in b.split(b"\n", 1)[0]]
-    if not key_blocks:
-        raise ValueError(f"{path}: no PEM private key found")
-    if len(key_blocks) > 1:
-        raise ValueError(f"{path}: more than one private key")
-    block = key_blocks[0]
-    if block.startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY") or b"ENCRYPTED" in block[:200]:
-        raise ValueError(f"{path}: the private key is encrypted; an unencrypted key is needed")
-    try:
-        key = serialization.load_pem_private_key(block, password=None)
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise ValueError(f"{path}: cannot load the private key: {exc}") from exc
-    if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
-        raise ValueError(f"{path}: unsupported private key type (RSA or EC needed)")
-
     cert_file = path if cert_path is None else Path(cert_path)
-    cert_data = data if cert_path is None else _read(cert_file)
-    cert_blocks = [
-        m.group(0) for m in _PEM_BLOCK.finditer(cert_data) if m.group(1) == b"CERTIFICATE"
-    ]
-    certs: list[x509.Certificate] = []
     try:
-        if cert_blocks:
-            certs = [x509.load_pem_x509_certificate(b) for b in cert_blocks]
-        elif cert_path is not None and not cert_data.lstrip().startswith(b"-----"):
-            certs = [x509.load_der_x509_certificate(cert_data)]
-    except ValueError as exc:
-        raise ValueError(f"{cert_file}: cannot load the certificate: {exc}") from exc
-    if not certs:
-        raise ValueError(f"{cert_file}: no certificate found")
+        data = files.read(path, "key")
+        key_blocks = files.private_key_blocks(data)
+        if not key_blocks:
+            raise ValueError(f"{path}: no PEM private key found")
+        if len(key_blocks) > 1:
+            raise ValueError(f"{path}: more than one private key")
+        key = files.parse_private_key(path, data)
+        if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
+            raise ValueError(f"{path}: unsupported private key type (RSA or EC needed)")
+        cert_data = data if cert_path is None else files.read(cert_file, "certificate")
+        certs = files.parse_certificates(cert_file, cert_data)
+    except files.KeyFileError as exc:
+        raise ValueError(exc.worded(_WORDING)) from exc
     for cert in certs:
-        if _key_matches_cert(key, cert):
+        if files.key_matches(key, cert):
             return DecryptionKey(key, cert)
     raise ValueError(f"{cert_file}: no certificate matches the private key in {path}")
 
@@ -395,7 +365,7 @@ def _ias_matches(ias: cms.IssuerAndSerialNumber, key: DecryptionKey) -> bool:
     issuer = ias["issuer"]
     # Byte equality first; fall back to RFC 5280 name comparison for senders
     # that re-encode the issuer (e.g. PrintableString vs UTF8String).
-    return issuer.dump() == key.issuer_der or issuer == key._issuer_name
+    return bool(issuer.dump() == key.issuer_der or issuer == key._issuer_name)
 
 
 def _rid_matches(rid: cms.RecipientIdentifier, key: DecryptionKey) -> bool:
@@ -610,7 +580,7 @@ def _content_cipher(
 
 
 def _cbc_decrypt(
-    factory: Callable[[bytes], BlockCipherAlgorithm], cek: bytes, iv: bytes, ciphertext: bytes
+    factory: _CbcAlgorithm, cek: bytes, iv: bytes, ciphertext: bytes
 ) -> bytes:
     algorithm = factory(cek)
     block = algorithm.block_size // 8

@@ -19,10 +19,11 @@ from asn1crypto import algos, core
 from asn1crypto import cms as asn1_cms
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
-from smime_milter.cms import der
+from smime_milter.cms import der, files
+from smime_milter.cms.files import certificate_der, public_key_der
 from smime_milter.cms.signed_data import (
     OID_COUNTERSIGNATURE,
     signature_octets,
@@ -67,10 +68,16 @@ class SigningIdentity:
     def load(cls, key: Path, cert: Path, chain: Path | None = None) -> SigningIdentity:
         """Read an unencrypted PEM/DER key, a PEM/DER certificate (further
         certificates in that file join the chain) and an optional PEM chain."""
-        private_key = load_private_key(key)
-        certificates = load_certificate_file(cert, "certificate")
+        try:
+            private_key = signing_key(files.parse_private_key(key, files.read(key, "key")), key)
+            certificates = files.parse_certificates(cert, files.read(cert, "certificate"))
+            chain_certs = (
+                files.parse_certificates(chain, files.read(chain, "chain"), "chain")
+                if chain is not None else ()
+            )
+        except files.KeyFileError as exc:
+            raise SigningError(str(exc)) from exc
         leaf, extra = certificates[0], certificates[1:]
-        chain_certs = load_certificate_file(chain, "chain") if chain is not None else ()
         problem = _key_problem(private_key, leaf)
         if problem is not None:
             raise SigningError(f"{problem} (key {key}, certificate {cert})")
@@ -94,46 +101,11 @@ class SigningIdentity:
         return tuple(certificate_der(c) for c in (self.certificate, *self.chain))
 
 
-def certificate_der(cert: x509.Certificate) -> bytes:
-    """DER of a certificate: what SignedData and RecipientInfos carry."""
-    return cert.public_bytes(serialization.Encoding.DER)
-
-
-def read_file(path: Path, what: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise SigningError(f"cannot read {what} file {path}: {exc.strerror or exc}") from exc
-
-
-def load_private_key(path: Path) -> PrivateKey:
-    data = read_file(path, "key")
-    try:
-        if b"-----BEGIN" in data:
-            key = serialization.load_pem_private_key(data, password=None)
-        else:
-            key = serialization.load_der_private_key(data, password=None)
-    except TypeError as exc:  # cryptography's way of saying "needs a password"
-        raise SigningError(f"key file {path} is encrypted; an unencrypted key is needed") from exc
-    except ValueError as exc:
-        raise SigningError(f"key file {path} holds no usable private key") from exc
+def signing_key(key: object, path: Path) -> PrivateKey:
+    """``key`` (read from ``path``) if its type can sign S/MIME here."""
     if not isinstance(key, PrivateKey):
         raise SigningError(f"key file {path}: {type(key).__name__} keys cannot sign S/MIME here")
     return key
-
-
-def load_certificate_file(path: Path, what: str) -> tuple[x509.Certificate, ...]:
-    data = read_file(path, what)
-    try:
-        if b"-----BEGIN" in data:
-            certificates = tuple(x509.load_pem_x509_certificates(data))
-        else:
-            certificates = (x509.load_der_x509_certificate(data),)
-    except ValueError as exc:
-        raise SigningError(f"{what} file {path} holds no usable certificate") from exc
-    if not certificates:
-        raise SigningError(f"{what} file {path} holds no certificate")
-    return certificates
 
 
 def _key_problem(key: PrivateKey, cert: x509.Certificate) -> str | None:
@@ -144,10 +116,9 @@ def _key_problem(key: PrivateKey, cert: x509.Certificate) -> str | None:
         return f"elliptic curve {key.curve.name} is not supported for signing"
     if not isinstance(key, PrivateKey):
         return f"{type(key).__name__} keys are not supported for signing"
-    spki = serialization.PublicFormat.SubjectPublicKeyInfo
-    mine = key.public_key().public_bytes(serialization.Encoding.DER, spki)
+    mine = public_key_der(key)
     try:
-        theirs = cert.public_key().public_bytes(serialization.Encoding.DER, spki)
+        theirs = public_key_der(cert)
     except (ValueError, TypeError):
         return "the certificate's public key cannot be read"
     if mine != theirs:

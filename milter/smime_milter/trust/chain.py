@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 from asn1crypto import crl as asn1_crl
-from asn1crypto import pem, x509
+from asn1crypto import x509
 from pyhanko_certvalidator import CertificateValidator, ValidationContext
 from pyhanko_certvalidator import errors as cv_errors
 from pyhanko_certvalidator.policy_decl import (
@@ -35,6 +35,7 @@ from pyhanko_certvalidator.policy_decl import (
 )
 from pyhanko_certvalidator.registry import SimpleTrustManager
 
+from smime_milter.cms import files
 from smime_milter.model import ChainResult, RevocationMode
 
 CERT_SUFFIXES = (".pem", ".crt", ".cer", ".der")
@@ -63,12 +64,10 @@ class TrustStoreError(ValueError):
 
 
 def _der_blobs(path: Path, kind: str) -> list[bytes]:
-    data = path.read_bytes()
-    if pem.detect(data):
-        return [der for _type, _headers, der in pem.unarmor(data, multiple=True)]
-    if not data:
+    blobs = files.der_blobs(path.read_bytes())
+    if not blobs:
         raise TrustStoreError(f"{path}: empty {kind} file")
-    return [data]
+    return blobs
 
 
 def _files(path: Path, suffixes: tuple[str, ...]) -> list[Path]:
@@ -180,11 +179,11 @@ class ChainValidator:
         self._weak = frozenset({"md2", "md5"} | (set() if allow_sha1 else {"sha1"}))
         # [verify] min_rsa_bits governs certificate keys as well as signer keys;
         # a legacy policy below 2048 bits also admits DSA keys of that size.
-        self._algorithms = DisallowWeakAlgorithmsPolicy(
+        self._algorithms = DisallowWeakAlgorithmsPolicy(  # type: ignore[no-untyped-call]
             self._weak, rsa_key_size_threshold=min_rsa_bits,
             dsa_key_size_threshold=min_rsa_bits if min_rsa_bits < 2048 else 3192,
         )
-        self._cache: OrderedDict[tuple, _CacheEntry] = OrderedDict()
+        self._cache: OrderedDict[tuple[object, ...], _CacheEntry] = OrderedDict()
         self._cache_size = cache_size
         self._bucket = bucket_seconds
         self._lock = threading.Lock()
