@@ -111,8 +111,8 @@ from smime_milter.stamp.fields import (
     authserv_id_of,
     claims_authserv_id,
     parse_status_header,
-    unfold,
 )
+from smime_milter.stamp.lexer import resinfos, unfold
 from smime_milter.store.facade import Record, Store
 from smime_milter.verify.engine import Verifier
 
@@ -225,7 +225,7 @@ def _smime_results(value: str) -> tuple[tuple[str, ...], str | None]:
     runs to the end of the value."""
     results: list[str] = []
     reason: str | None = None
-    for text, comments in _resinfos(value)[1:]:
+    for text, comments in resinfos(value)[1:]:
         match = _METHOD.match(text)
         if match is None or match.group(1).lower() != "smime":
             continue
@@ -234,55 +234,6 @@ def _smime_results(value: str) -> tuple[tuple[str, ...], str | None]:
         if reason is None and result != PASS and comments:
             reason = " ".join(comments[0].split()) or None
     return tuple(results), reason
-
-
-def _resinfos(value: str) -> list[tuple[str, list[str]]]:
-    """Split at ';' outside comments and quoted-strings: (text with comments
-    replaced by a space, the comments' texts) per part."""
-    text = unfold(value)
-    parts: list[tuple[str, list[str]]] = []
-    current: list[str] = []
-    comments: list[str] = []
-    comment: list[str] = []
-    depth, quoted, pos = 0, False, 0
-    while pos < len(text):
-        char = text[pos]
-        if depth:
-            if char == "\\":
-                pos += 1
-                char = text[pos : pos + 1]
-            elif char == "(":
-                depth += 1
-            elif char == ")":
-                depth -= 1
-                if not depth:
-                    comments.append("".join(comment))
-                    comment = []
-                    current.append(" ")
-                    pos += 1
-                    continue
-            comment.append(char)
-        elif quoted:
-            current.append(char)
-            if char == "\\":
-                pos += 1
-                current.append(text[pos : pos + 1])
-            elif char == '"':
-                quoted = False
-        elif char == "(":
-            depth = 1
-        elif char == ";":
-            parts.append(("".join(current), comments))
-            current, comments = [], []
-        else:
-            if char == '"':
-                quoted = True
-            current.append(char)
-        pos += 1
-    if comment:
-        comments.append("".join(comment))
-    parts.append(("".join(current), comments))
-    return parts
 
 
 def _status_field(headers: Sequence[tuple[str, str]]) -> tuple[Status | None, str]:

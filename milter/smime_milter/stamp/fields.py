@@ -32,6 +32,7 @@ from cryptography import x509
 
 from smime_milter.mail.mime import Address, parse_address
 from smime_milter.model import SignerResult, Status, Verdict
+from smime_milter.stamp.lexer import CFWS_SPACE, read_quoted, skip_cfws, unfold, word_end
 
 STATUS_HEADER = "SMIME-Status-At-Delivery"
 AR_HEADER = "Authentication-Results"
@@ -67,8 +68,6 @@ _TOKEN_EXTRA = frozenset("!#$%&'*+-.^_`{|}~")
 _BARE_LOCAL = re.compile(r"[A-Za-z0-9_+-]+(?:\.[A-Za-z0-9_+-]+)*")
 _BARE_DOMAIN = re.compile(r"[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*")
 _IMAP_PART = re.compile(r"[1-9][0-9]{0,8}(?:\.[1-9][0-9]{0,8}){0,31}")
-_FOLD = re.compile(r"\r?\n(?=[ \t])")
-_CFWS_SPACE = " \t\r\n"
 _COMMENT_MAP = str.maketrans({"(": "[", ")": "]", "\\": "/", '"': "'", ";": ","})
 _STATUS_TOKENS: dict[str, Status | None] = {"none": None, **{s.value: s for s in Status}}
 
@@ -169,11 +168,6 @@ def _unverified_reason(verdict: Verdict) -> tuple[str, ...]:
     if verdict.status is Status.SIGNED:
         return ("signature not yet verified",)
     return (f"S/MIME layer {verdict.layer} not verifiable",) if verdict.layer else ()
-
-
-def unfold(value: str) -> str:
-    """RFC 5322 §2.2.3 unfolding: drop line breaks that precede whitespace."""
-    return _FOLD.sub("", value)
 
 
 def _signer_resinfo(signer: SignerResult, verdict: Verdict, part: list[str]) -> list[str]:
@@ -367,29 +361,29 @@ def parse_status_header(value: str) -> tuple[Status | None, str | None]:
     an unknown status, a malformed parameter or a repeated one.
     """
     text = unfold(value)
-    pos = _skip_cfws(text, 0)
-    end = _word_end(text, pos)
+    pos = skip_cfws(text, 0)
+    end = word_end(text, pos)
     word = text[pos:end].lower()
     if word not in _STATUS_TOKENS:
         raise ValueError(f"unknown S/MIME status {text[pos:end]!r}")
     status, record, seen = _STATUS_TOKENS[word], None, set()
-    pos = _skip_cfws(text, end)
+    pos = skip_cfws(text, end)
     while pos < len(text):
         if text[pos] != ";":
             raise ValueError(f"expected ';' at offset {pos}")
-        pos = _skip_cfws(text, pos + 1)
+        pos = skip_cfws(text, pos + 1)
         if pos == len(text):
             break  # a trailing ';' is harmless
-        end = _word_end(text, pos)
+        end = word_end(text, pos)
         name = text[pos:end].lower()
         if not _is_token(name) or name in seen:
             raise ValueError(f"bad or repeated parameter {text[pos:end]!r}")
         seen.add(name)
-        pos = _skip_cfws(text, end)
+        pos = skip_cfws(text, end)
         if pos >= len(text) or text[pos] != "=":
             raise ValueError(f"parameter {name!r} has no value")
-        param, pos = _read_value(text, _skip_cfws(text, pos + 1))
-        pos = _skip_cfws(text, pos)
+        param, pos = _read_value(text, skip_cfws(text, pos + 1))
+        pos = skip_cfws(text, pos)
         if name == "record":
             record = param
     return status, record
@@ -397,9 +391,9 @@ def parse_status_header(value: str) -> tuple[Status | None, str | None]:
 
 def _read_value(text: str, pos: int) -> tuple[str, int]:
     if pos < len(text) and text[pos] == '"':
-        content, end = _read_quoted(text, pos)
+        content, end = read_quoted(text, pos)
         return unquote(content, errors="surrogatepass"), end
-    end = _word_end(text, pos)
+    end = word_end(text, pos)
     if not _is_token(text[pos:end]):
         raise ValueError(f"bad parameter value at offset {pos}")
     return text[pos:end], end
@@ -419,13 +413,13 @@ def authserv_id_of(value: str | bytes) -> str | None:
     text = unfold(value.decode("utf-8", "surrogateescape") if isinstance(value, bytes)
                   else value)
     try:
-        pos = _skip_cfws(text, 0)
+        pos = skip_cfws(text, 0)
         if pos < len(text) and text[pos] == '"':
-            return _read_quoted(text, pos)[0]
+            return read_quoted(text, pos)[0]
     except ValueError:
         return None
     end = pos
-    while end < len(text) and text[end] not in ";(" + _CFWS_SPACE:
+    while end < len(text) and text[end] not in ";(" + CFWS_SPACE:
         end += 1
     word = text[pos:end]
     return word if _is_token(word) else None
@@ -450,7 +444,7 @@ def claims_authserv_id(value: str | bytes, authserv_id: str) -> bool:
     text = unfold(value.decode("utf-8", "surrogateescape") if isinstance(value, bytes)
                   else value)
     try:
-        pos = _skip_cfws(text, 0)
+        pos = skip_cfws(text, 0)
     except ValueError:
         return False  # all comment to a conforming reader: it names nobody
     while pos < len(text) and (text[pos] == '"' or text[pos] <= " " or text[pos] == "\x7f"):
@@ -460,53 +454,3 @@ def claims_authserv_id(value: str | bytes, authserv_id: str) -> bool:
     after = text[pos + len(ours): pos + len(ours) + 1]
     return not after or not (after.isalnum() or after in _TOKEN_EXTRA)
 
-
-# --- lexing shared by the parsers --------------------------------------------------------
-
-
-def _skip_cfws(text: str, pos: int) -> int:
-    """Skip RFC 5322 CFWS (nested comments, quoted-pairs); ValueError when a
-    comment never closes."""
-    depth = 0
-    while pos < len(text):
-        char = text[pos]
-        if depth:
-            if char == "\\":
-                pos += 1
-            elif char == "(":
-                depth += 1
-            elif char == ")":
-                depth -= 1
-        elif char == "(":
-            depth = 1
-        elif char not in _CFWS_SPACE:
-            return pos
-        pos += 1
-    if depth:
-        raise ValueError("unterminated comment")
-    return pos
-
-
-def _read_quoted(text: str, pos: int) -> tuple[str, int]:
-    """Content of the quoted-string at ``pos`` (quoted-pairs resolved) and the
-    offset after it; ValueError when it never closes."""
-    out: list[str] = []
-    pos += 1
-    while pos < len(text):
-        char = text[pos]
-        if char == '"':
-            return "".join(out), pos + 1
-        if char == "\\":
-            pos += 1
-            if pos == len(text):
-                break
-            char = text[pos]
-        out.append(char)
-        pos += 1
-    raise ValueError("unterminated quoted-string")
-
-
-def _word_end(text: str, pos: int) -> int:
-    while pos < len(text) and text[pos] not in ';=()"' + _CFWS_SPACE:
-        pos += 1
-    return pos
