@@ -20,7 +20,7 @@ authserv-id is therefore the milter's. A message is ingested only when:
   share the host name) are ignored. Two with ``smime`` results cannot come
   from one pass through the milter: ambiguous, skipped;
 * exactly one ``SMIME-Status-At-Delivery`` field exists, it parses, and its
-  record id has the form ``store.new_record_id`` issues (:data:`RECORD_ID`);
+  record id has the form ``model.new_record_id`` issues (``is_issued_record_id``);
 * the two agree (``smime=none`` for no S/MIME, ``neutral`` for ``unknown``
   and ``signed``, a ``pass`` for a verified status, neither ``pass`` nor
   ``none`` for a failed one), so a hand-edited half of a stamp is refused.
@@ -100,7 +100,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from smime_milter.mail import mime
-from smime_milter.model import Status, Verdict
+from smime_milter.model import Status, Verdict, is_issued_record_id
 from smime_milter.stamp.fields import (
     AR_HEADER,
     MAX_RESULTS,
@@ -117,9 +117,6 @@ from smime_milter.store.facade import Record, Store
 from smime_milter.verify.engine import Verifier
 
 log = logging.getLogger(__name__)
-
-#: What ``store.new_record_id`` issues: "r" and 25 lower-case base32 characters.
-RECORD_ID = re.compile(r"r[a-z2-7]{25}")
 
 Action = Literal["created", "refreshed", "unchanged", "skipped"]
 
@@ -248,7 +245,7 @@ def _status_field(headers: Sequence[tuple[str, str]]) -> tuple[Status | None, st
         raise Untrusted(f"malformed {STATUS_HEADER}: {_show(str(exc))}") from None
     if record_id is None:
         raise Untrusted(f"{STATUS_HEADER} names no record")
-    if not RECORD_ID.fullmatch(record_id):
+    if not is_issued_record_id(record_id):
         raise Untrusted(f"{STATUS_HEADER} names {_show(record_id)}, not a record id "
                         "this milter issues")
     return status, record_id

@@ -1,4 +1,5 @@
-"""Values that cross module boundaries: the RFC 9219 status model and verdicts.
+"""Values that cross module boundaries: record ids, the RFC 9219 status model
+and verdicts.
 
 Everything here is immutable so a verdict can be cached, shared between
 threads and stored without anyone changing it behind the caller's back.
@@ -6,9 +7,45 @@ threads and stored without anyone changing it behind the caller's back.
 
 from __future__ import annotations
 
+import base64
 import enum
+import re
+import secrets
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+
+# --------------------------------------------------------------------------- record ids
+#
+# One rule, two strengths: the store keys records by any RFC 8620 Id, and
+# the milter issues ids of one narrower form, the only form trusted when an
+# id comes from a message (a delivery stamp, a held copy).
+
+#: RFC 8620 §1.2 Id: 1-255 octets of the URL- and filename-safe base64
+#: alphabet. Any such string can name a record in the store.
+RECORD_ID = re.compile(r"[A-Za-z0-9_-]{1,255}")
+#: What :func:`new_record_id` issues: "r" and 25 lower-case base32 characters.
+ISSUED_RECORD_ID = re.compile(r"r[a-z2-7]{25}")
+
+
+def new_record_id() -> str:
+    """A fresh opaque record id: ``r`` and 25 base32 characters (125 random bits).
+
+    Random rather than derived from the message so ids leak nothing and never
+    collide for resent messages; the letter prefix keeps it a valid JMAP Id
+    that neither starts with a dash nor is all digits.
+    """
+    text = base64.b32encode(secrets.token_bytes(16)).decode("ascii").lower()
+    return "r" + text[:25]
+
+
+def is_record_id(value: object) -> bool:
+    """Whether ``value`` can name a record in the store (a JMAP Id)."""
+    return isinstance(value, str) and RECORD_ID.fullmatch(value) is not None
+
+
+def is_issued_record_id(text: str) -> bool:
+    """Whether ``text`` has the form :func:`new_record_id` issues."""
+    return ISSUED_RECORD_ID.fullmatch(text) is not None
 
 
 class Status(enum.StrEnum):

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from smime_milter.mail import mime
-from smime_milter.model import ReleaseDecision
+from smime_milter.model import ReleaseDecision, is_issued_record_id
 from smime_milter.release.rules import (
     ORIGINAL_RECIPIENTS_HEADER,
     RELEASE_STATUS_HEADER,
@@ -37,7 +37,6 @@ DROPPED_FIELDS = frozenset({
     ORIGINAL_RECIPIENTS_HEADER.lower(), RELEASE_STATUS_HEADER.lower(),
     stamp.STATUS_HEADER.lower(),
 })
-_RECORD_ID = re.compile(r"r[a-z2-7]{25}")
 
 
 class ReleaseError(RuntimeError):
@@ -55,8 +54,8 @@ class Resubmission:
     decision: ReleaseDecision
 
 
-def looks_like_record_id(text: str) -> bool:
-    return bool(_RECORD_ID.fullmatch(text))
+#: Whether a command-line target names a record rather than a file.
+looks_like_record_id = is_issued_record_id
 
 
 def record_id_of(message: bytes) -> str:
