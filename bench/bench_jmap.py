@@ -49,9 +49,9 @@ for entry in (REPO / "milter", REPO):
 
 from smime_milter.jmap.methods import SmimeJmap
 from smime_milter.jmap.protocol import JmapProtocol
-from smime_milter.model import Verdict
+from smime_milter.model import Verdict, new_record_id
 from smime_milter.revalidate import Refresher, Revalidator
-from smime_milter.store.facade import Record, Store, new_record_id
+from smime_milter.store import Record, Store
 from smime_milter.trust.chain import ChainValidator, TrustStore
 from tests.support.pki import build_pki, make_leaf
 from tests.support.smime import multipart_signed, text_entity, wrap_message

@@ -43,8 +43,8 @@ if str(REPO / "milter") not in sys.path:  # smime_milter without installing
 
 import lmdb
 
-from smime_milter.model import SignerResult, Status
-from smime_milter.store.facade import Record, Store, new_record_id
+from smime_milter.model import SignerResult, Status, new_record_id
+from smime_milter.store import Record, Store
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 

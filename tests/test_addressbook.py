@@ -20,8 +20,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from smime_milter.advanced.addressbook import AddressBook, AddressBookError, RecipientCertificate
 from smime_milter.advanced.keystore import SigningKeys
-from smime_milter.model import RevocationMode, SignerResult, Status
-from smime_milter.store.facade import Record, Store, new_record_id
+from smime_milter.model import RevocationMode, SignerResult, Status, new_record_id
+from smime_milter.store import Record, Store
 from smime_milter.trust.chain import ChainValidator, TrustStore
 from tests.support.pki import Identity, TestPki, make_crl, make_leaf
 from tests.support.verdicts import NOW, anchor

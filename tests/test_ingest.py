@@ -32,9 +32,9 @@ from smime_milter.ingest import (
     message_files,
     read_stamp,
 )
-from smime_milter.model import Status, Verdict, is_issued_record_id
+from smime_milter.model import Status, Verdict, is_issued_record_id, new_record_id
 from smime_milter.stamp import fields as stamp
-from smime_milter.store.facade import Record, Store, new_record_id
+from smime_milter.store import Record, Store
 from smime_milter.verify.engine import Verifier
 from tests import test_milter_postfix as postfix_tests
 from tests.support.pki import TestPki

@@ -15,7 +15,7 @@ from smime_milter.bootstrap import open_jmap
 from smime_milter.config.reader import load_config
 from smime_milter.jmap.methods import SMIMEVERIFY, capabilities
 from smime_milter.model import Status
-from smime_milter.store.facade import CannotCalculateChanges, Store
+from smime_milter.store import CannotCalculateChanges, Store
 from tests.support.jmapworld import DELIVERED, World, build_world
 from tests.support.pki import TestPki
 

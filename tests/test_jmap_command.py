@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from smime_milter.cli.main import main
-from smime_milter.store.facade import Store
+from smime_milter.store import Store
 from tests.support.jmapworld import ACCOUNT, DELIVERED, World, build_world
 from tests.support.pki import TestPki
 

@@ -18,7 +18,7 @@ from smime_milter.policy import Action, Actions, Policy
 from smime_milter.release.authorize import authorize
 from smime_milter.release.rules import ReleaseRule
 from smime_milter.stamp.fields import parse_status_header
-from smime_milter.store.facade import StoreError
+from smime_milter.store import StoreError
 from tests.support.milterapp import RECIPIENTS, Connection, FakeStore, FakeVerifier
 from tests.support.pki import Identity, TestPki, make_leaf
 from tests.support.smime import multipart_signed, text_entity, wrap_message

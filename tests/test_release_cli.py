@@ -23,12 +23,12 @@ from smime_milter.cli.main import main
 from smime_milter.cms.signing import SigningIdentity
 from smime_milter.config.reader import Config, load_config
 from smime_milter.mail import mime
-from smime_milter.model import Status
+from smime_milter.model import Status, new_record_id
 from smime_milter.release.authorize import authorize
 from smime_milter.release.resubmit import DROPPED_FIELDS, strip_fields
 from smime_milter.release.rules import ReleaseDecision, assess
 from smime_milter.stamp.fields import status_header
-from smime_milter.store.facade import Record, Store, new_record_id
+from smime_milter.store import Record, Store
 from tests.support.daemon import SMIME_MILTER
 from tests.support.pki import Identity, TestPki, make_leaf
 from tests.support.smime import multipart_signed, text_entity

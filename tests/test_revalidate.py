@@ -17,7 +17,7 @@ from cryptography import x509
 
 from smime_milter.model import ChainResult, SignerResult, Status
 from smime_milter.revalidate import Refresher, Revalidator
-from smime_milter.store.facade import Record, Store
+from smime_milter.store import Record, Store
 from smime_milter.trust.chain import ChainValidator, TrustStore
 from smime_milter.verify.status import signed_status
 from tests.support.pki import TestPki

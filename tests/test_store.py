@@ -25,9 +25,8 @@ from pathlib import Path
 import lmdb
 import pytest
 
-from smime_milter.model import SignerResult, Status, Verdict
-from smime_milter.store import facade as store_module
-from smime_milter.store.facade import (
+from smime_milter.model import SignerResult, Status, Verdict, new_record_id
+from smime_milter.store import (
     INDEXES,
     MAX_LEARNED_PER_ADDRESS,
     SCHEMA_VERSION,
@@ -37,8 +36,9 @@ from smime_milter.store.facade import (
     Record,
     Store,
     StoreError,
-    new_record_id,
 )
+from smime_milter.store import facade as store_module
+from smime_milter.store import writer as store_writer
 
 REPO = Path(__file__).resolve().parents[1]
 RECEIVED = datetime(2026, 6, 1, 12, 30, 5, tzinfo=UTC)
@@ -706,9 +706,9 @@ def test_a_failed_batch_fails_exactly_its_futures(
 ) -> None:
     gate, poison = record(), record()
     entered, release = threading.Event(), threading.Event()
-    apply = store_module._Put.apply
+    apply = store_writer._Put.apply
 
-    def patched(self: store_module._Put, batch: store_module._Batch) -> None:
+    def patched(self: store_writer._Put, batch: store_writer._Batch) -> None:
         if self.record_id == gate.record_id:
             entered.set()
             release.wait(10)
@@ -716,7 +716,7 @@ def test_a_failed_batch_fails_exactly_its_futures(
             raise failure
         apply(self, batch)
 
-    monkeypatch.setattr(store_module._Put, "apply", patched)
+    monkeypatch.setattr(store_writer._Put, "apply", patched)
     first = store.put(gate)
     assert entered.wait(10)
     # The writer is busy with ``gate``: these three queue up for one batch.

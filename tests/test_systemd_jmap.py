@@ -21,7 +21,7 @@ import pytest
 
 from smime_milter.cli.main import _build_parser, _run_jmap, _run_prune, _run_refresh
 from smime_milter.config.reader import DEFAULT_CONFIG, DEFAULT_STORE, JmapConfig, check_listen
-from smime_milter.store.facade import Store
+from smime_milter.store import Store
 from tests import test_systemd as base
 from tests.support.daemon import SMIME_MILTER
 from tests.support.jmapworld import DELIVERED, build_world

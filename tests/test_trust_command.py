@@ -21,7 +21,7 @@ from smime_milter.bootstrap import load_trust
 from smime_milter.cli.main import main
 from smime_milter.config.reader import Config, load_config
 from smime_milter.model import Status
-from smime_milter.store.facade import Record, Store
+from smime_milter.store import Record, Store
 from smime_milter.verify.engine import Verifier
 from tests.support import smime
 from tests.support.pki import TestPki

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from smime_milter.cli.main import main
-from smime_milter.store.facade import Record, Store
+from smime_milter.store import Record, Store
 
 from .pki import Identity, TestPki, make_ca, make_crl, make_leaf
 from .smime import multipart_signed, opaque_signed, text_entity, wrap_message

@@ -1,0 +1,207 @@
+"""The LMDB environment of one store path, and the lock that keeps it usable.
+
+LMDB allows one environment per process and path, and growing its map (or
+closing it) invalidates every transaction the process has open. This module
+owns both facts: :class:`_Env` opens the files and hands out read
+transactions under :class:`_SharedLock`, and :func:`_translate` turns LMDB
+and OS failures into :class:`~.records.StoreError`. It knows nothing of the
+schema or of writing.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, TypeAlias
+
+import lmdb
+
+from smime_milter.store.records import StoreError
+
+if TYPE_CHECKING:
+    from lmdb import _Database
+
+#: A sub-database handle (py-lmdb's stub names its class but does not export it).
+Database: TypeAlias = "_Database"
+
+_MAX_DBS = 16
+_CORRUPT = (
+    lmdb.CorruptedError,
+    lmdb.InvalidError,
+    lmdb.VersionMismatchError,
+    lmdb.BadRslotError,
+    lmdb.PageNotFoundError,
+    lmdb.IncompatibleError,
+    lmdb.BadDbiError,
+)
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, lmdb.DiskError):
+        return True
+    if isinstance(exc, OSError):
+        code = exc.errno
+    elif isinstance(exc, lmdb.Error):
+        code = exc.code
+    else:
+        return False
+    return code in (errno.ENOSPC, errno.EDQUOT)
+
+
+def _translate(exc: BaseException, where: str) -> StoreError:
+    """The StoreError for an LMDB or OS failure, naming what was being done where."""
+    if isinstance(exc, StoreError):
+        return exc
+    if isinstance(exc, lmdb.MapFullError):
+        return StoreError("map-full", f"{where}: the LMDB map is full ({exc})")
+    if _is_disk_full(exc):
+        return StoreError("disk-full", f"{where}: no space left on the device ({exc})")
+    if isinstance(exc, _CORRUPT):
+        return StoreError("corrupt", f"{where}: damaged or not an LMDB environment ({exc})")
+    return StoreError("io", f"{where}: {exc}")
+
+
+class _SharedLock:
+    """Many holders of ``shared`` or one of ``exclusive``; waiting exclusive
+    holders go first so growing the map is not starved by a stream of reads."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._shared = 0
+        self._exclusive = False
+        self._waiting = 0
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            while self._exclusive or self._waiting:
+                self._cond.wait()
+            self._shared += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._shared -= 1
+                if not self._shared:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            self._waiting += 1
+            try:
+                while self._exclusive or self._shared:
+                    self._cond.wait()
+            finally:
+                self._waiting -= 1
+            self._exclusive = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._exclusive = False
+                self._cond.notify_all()
+
+
+class _Env:
+    """One open LMDB environment, shared by every Store handle on its path."""
+
+    def __init__(self, path: str, env: lmdb.Environment, readonly: bool) -> None:
+        self.path = path
+        self.env = env
+        self.readonly = readonly
+        self.dbs: dict[str, Database] = {}
+        self.lock = _SharedLock()
+        self.closed = False
+        self._submit_lock = threading.Lock()
+
+    @contextmanager
+    def accepting(self) -> Iterator[None]:
+        """Lets the caller queue work unless the store is closing; holds off
+        :meth:`stop_accepting` meanwhile, so the writer's last drain sees it."""
+        with self._submit_lock:
+            if self.closed:
+                raise StoreError("closed", f"{self.path}: store is closed")
+            yield
+
+    @contextmanager
+    def reading(self, what: str) -> Iterator[lmdb.Transaction[bytes]]:
+        """A read transaction; adopts a map another process grew and retries."""
+        while True:
+            with self.lock.shared():
+                if self.closed:
+                    raise StoreError("closed", f"{self.path}: store is closed")
+                try:
+                    txn = self.env.begin()
+                except lmdb.MapResizedError:
+                    txn = None
+                except lmdb.Error as exc:
+                    raise _translate(exc, f"{what} in {self.path}") from exc
+                if txn is not None:
+                    try:
+                        yield txn
+                    except lmdb.Error as exc:
+                        raise _translate(exc, f"{what} in {self.path}") from exc
+                    finally:
+                        txn.abort()
+                    return
+            self.adopt_map_size()
+
+    def adopt_map_size(self) -> None:
+        with self.lock.exclusive():
+            self.env.set_mapsize(0)
+
+    def stop_accepting(self) -> None:
+        """Refuses work and reads from now on (the writer may still drain)."""
+        with self._submit_lock:
+            self.closed = True
+
+    def close(self) -> None:
+        """Closes LMDB once no transaction of this process is in flight."""
+        with self.lock.exclusive():
+            self.env.close()
+
+
+def _open_readonly_env(path: str) -> _Env:
+    """The existing environment at ``path``, for reading; no sub-database yet."""
+    if not os.path.isfile(os.path.join(path, "data.mdb")):
+        raise StoreError("missing", f"no store at {path} (no data.mdb); the milter creates it")
+    try:
+        # map_size=0: adopt the size the writer gave the map.
+        env = lmdb.open(path, readonly=True, lock=True, subdir=True, max_dbs=_MAX_DBS, map_size=0)
+    except lmdb.Error as exc:
+        raise _translate(exc, f"opening {path}") from exc
+    return _Env(path, env, readonly=True)
+
+
+def _open_writable_env(path: str, map_size: int) -> _Env:
+    """The environment at ``path`` for writing, created with the modes
+    readers in other processes need when it does not exist yet."""
+    data = os.path.join(path, "data.mdb")
+    fresh = not os.path.exists(data)
+    try:
+        if not os.path.isdir(path):
+            os.makedirs(path, mode=0o750)
+            os.chmod(path, 0o750)
+        env = lmdb.open(
+            path,
+            map_size=map_size,
+            subdir=True,
+            max_dbs=_MAX_DBS,
+            lock=True,
+            mode=0o640,
+            # A new store uses the LMDB 0.9 data format every binding can read;
+            # None lets an existing store's data format choose. py-lmdb's stub
+            # types this int (default -1), but None is its real default.
+            lib_version=0 if fresh else None,  # type: ignore[arg-type]
+        )
+    except (lmdb.Error, OSError) as exc:
+        raise _translate(exc, f"opening {path}") from exc
+    if fresh:
+        # Readers need write access to lock.mdb for their reader slot.
+        os.chmod(data, 0o640)
+        os.chmod(os.path.join(path, "lock.mdb"), 0o660)
+    return _Env(path, env, readonly=False)

@@ -1,0 +1,386 @@
+"""The writer thread: the one owner of every write transaction of a store.
+
+Callers queue operations (:class:`_Op`) and get a
+:class:`~concurrent.futures.Future` that resolves only after the transaction
+holding their work committed, so the milter never acknowledges a message
+whose result could still be lost. The writer commits up to ``batch_limit``
+queued operations per transaction, which amortises the fsync of each commit
+over many messages, and grows the map when a batch does not fit.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+from concurrent.futures import Future
+from datetime import datetime
+from typing import Any
+
+import lmdb
+
+from smime_milter.store.changelog import (
+    _CREATED,
+    _DESTROYED,
+    _UPDATED,
+    _logged_view,
+    _read_counter,
+    _state_key,
+)
+from smime_milter.store.codec import (
+    INDEXES,
+    MAX_LEARNED_PER_ADDRESS,
+    _CertRefs,
+    _due_key,
+    _id_key,
+    _index_flags,
+    _json_bytes,
+    _learned_entries,
+    _learned_order,
+    _LearnedEntry,
+    _record_json,
+    _status_entry,
+    _with_change_state,
+)
+from smime_milter.store.environment import Database, _Env, _translate
+from smime_milter.store.migrations import _writer_dbs
+from smime_milter.store.records import CannotCalculateChanges, Record, StoreError, _utc
+
+
+class _Batch:
+    """One write transaction: the state counter and the change entries it adds."""
+
+    def __init__(self, txn: lmdb.Transaction[bytes], env: _Env) -> None:
+        self.txn = txn
+        self.dbs = env.dbs
+        self.start = self.state = _read_counter(txn, env, b"state")
+
+    def log(self, kind: bytes, record_id: str) -> int:
+        self.state += 1
+        value = kind + record_id.encode("ascii")
+        self.txn.put(_state_key(self.state), value, db=self.dbs["changes"], append=True)
+        return self.state
+
+    def write_record(
+        self, record_id: str, doc: dict[str, Any], body: bytes, old: dict[str, Any] | None
+    ) -> None:
+        key = record_id.encode("ascii")
+        self.txn.put(key, body, db=self.dbs["records"])
+        self.txn.put(key, _status_entry(doc), db=self.dbs["status"])
+        for index, member in _index_flags(doc).items():
+            if member:
+                self.txn.put(key, b"", db=self.dbs[index], overwrite=False)
+            else:
+                self.txn.delete(key, db=self.dbs[index])
+        due, old_due = _due_key(doc), None if old is None else _due_key(old)
+        if due != old_due:
+            if old_due is not None:
+                self.txn.delete(old_due, db=self.dbs["verify_due"])
+            if due is not None:
+                self.txn.put(due, b"", db=self.dbs["verify_due"])
+
+    def delete_record(self, record_id: str) -> bool:
+        """Removes a record and its index entries; its certificates and CRLs
+        stay (they are shared, and learned certificates refer to them)."""
+        key = record_id.encode("ascii")
+        old = self.txn.get(key, db=self.dbs["records"])
+        if old is None:
+            return False
+        due = _due_key(json.loads(old))
+        if due is not None:
+            self.txn.delete(due, db=self.dbs["verify_due"])
+        for db in ("records", "status", *INDEXES):
+            self.txn.delete(key, db=self.dbs[db])
+        self.log(_DESTROYED, record_id)
+        return True
+
+    def finish(self, changelog_limit: int) -> None:
+        if self.state == self.start:
+            return
+        meta = self.dbs["meta"]
+        self.txn.put(b"state", str(self.state).encode("ascii"), db=meta)
+        excess = self.txn.stat(self.dbs["changes"])["entries"] - changelog_limit
+        if excess > 0:
+            self.txn.put(b"min_state", str(self._trim(excess)).encode("ascii"), db=meta)
+
+    def _trim(self, count: int) -> int:
+        """Deletes the ``count`` oldest entries; returns the newest deleted state,
+        the oldest one the log can still answer from."""
+        cursor = self.txn.cursor(db=self.dbs["changes"])
+        cursor.first()
+        last = 0
+        for _ in range(count):
+            last = int.from_bytes(cursor.key(), "big")
+            cursor.delete()
+        return last
+
+
+class _Op:
+    """Queued work for the writer; ``apply`` runs inside the batch transaction
+    and may run again if the batch is retried after growing the map."""
+
+    def __init__(self) -> None:
+        self.future: Future[Any] = Future()
+
+    def apply(self, batch: _Batch) -> Any:
+        raise NotImplementedError
+
+    def result(self, applied: Any, state: int) -> Any:
+        return applied
+
+
+class _Put(_Op):
+    def __init__(self, record: Record) -> None:
+        super().__init__()
+        certs, crls = _CertRefs(), _CertRefs()
+        self.record_id = record.record_id
+        self.doc = _record_json(record, certs, crls)
+        self.body = _json_bytes(self.doc)
+        self.learned = _learned_entries(record, self.doc)
+        self.blobs = [
+            (db, digest.encode("ascii"), der)
+            for db, refs in (("certs", certs), ("crls", crls))
+            for digest, der in refs.der.items()
+        ]
+
+    def apply(self, batch: _Batch) -> None:
+        old = batch.txn.get(self.record_id.encode("ascii"), db=batch.dbs["records"])
+        old_doc = None if old is None else json.loads(old)
+        if old_doc is None:
+            state = batch.log(_CREATED, self.record_id)
+        elif _logged_view(old_doc) != _logged_view(self.doc):
+            state = batch.log(_UPDATED, self.record_id)
+        else:
+            state = old_doc["changeState"]
+        for db, key, der in self.blobs:
+            batch.txn.put(key, der, db=batch.dbs[db], overwrite=False)
+        body = _with_change_state(self.body, state)
+        batch.write_record(self.record_id, self.doc, body, old_doc)
+        for entry in self.learned:
+            _learn(batch.txn, batch.dbs["learned"], entry)
+
+    def result(self, applied: Any, state: int) -> int:
+        return state
+
+
+class _Update(_Op):
+    def __init__(self, record_id: str, patch: dict[str, Any]) -> None:
+        super().__init__()
+        self.record_id = record_id
+        self.patch = patch
+
+    def apply(self, batch: _Batch) -> bool:
+        key = _id_key(self.record_id)
+        old = None if key is None else batch.txn.get(key, db=batch.dbs["records"])
+        if old is None:
+            raise StoreError("missing", f"no record {self.record_id!r}")
+        old_doc = json.loads(old)
+        doc = {**old_doc, **self.patch}
+        if doc == old_doc:
+            return False
+        logged = _logged_view(doc) != _logged_view(old_doc)
+        if logged:
+            doc["changeState"] = batch.log(_UPDATED, self.record_id)
+        batch.write_record(self.record_id, doc, _json_bytes(doc), old_doc)
+        return logged
+
+
+class _Delete(_Op):
+    def __init__(self, record_ids: list[str]) -> None:
+        super().__init__()
+        self.record_ids = record_ids
+
+    def apply(self, batch: _Batch) -> tuple[str, ...]:
+        return tuple(record_id for record_id in self.record_ids
+                     if batch.delete_record(record_id))
+
+
+class _SetTrust(_Op):
+    """Records the trust-anchor generation; a new one restarts the epoch."""
+
+    def __init__(self, generation: str, changed_at: datetime) -> None:
+        super().__init__()
+        self.generation = generation.encode("ascii")
+        self.changed_at = str(int(_utc(changed_at).timestamp())).encode("ascii")
+
+    def apply(self, batch: _Batch) -> bool:
+        meta = batch.dbs["meta"]
+        if batch.txn.get(b"trust_generation", db=meta) == self.generation:
+            return False
+        batch.txn.put(b"trust_generation", self.generation, db=meta)
+        batch.txn.put(b"trust_changed_at", self.changed_at, db=meta)
+        return True
+
+
+class _Writer:
+    """The thread that owns every write transaction of one environment."""
+
+    def __init__(self, env: _Env, batch_limit: int, max_map_size: int, changelog_limit: int):
+        self._env = env
+        self._batch_limit = batch_limit
+        self._max_map_size = max_map_size
+        self._changelog_limit = changelog_limit
+        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self.ready: Future[None] = Future()
+        self.commits = 0
+        self._thread = threading.Thread(
+            target=self._run, name=f"store-writer {env.path}", daemon=True
+        )
+        self._thread.start()
+
+    def submit(self, op: _Op) -> Future[Any]:
+        """Queues ``op`` unless the store is closing; returns its future."""
+        with self._env.accepting():
+            self._queue.put(op)
+        return op.future
+
+    def stop(self) -> None:
+        """Finishes everything queued so far, then ends the thread."""
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            self._env.dbs = self._setup()
+        except BaseException as exc:  # the opener re-raises it
+            self.ready.set_exception(_translate(exc, f"opening {self._env.path}"))
+            return
+        self.ready.set_result(None)
+        stop = False
+        while not stop:
+            batch, stop = self._next_batch()
+            if batch:
+                self._run_batch(batch)
+
+    def _setup(self) -> dict[str, Database]:
+        env = self._env
+        with env.lock.shared(), env.env.begin(write=True) as txn:
+            return _writer_dbs(txn, env.env, env.path)
+
+    def _next_batch(self) -> tuple[list[_Op], bool]:
+        """Blocks for one operation, then takes what else is queued."""
+        first = self._queue.get()
+        if first is None:
+            return [], True
+        batch = [first]
+        while len(batch) < self._batch_limit:
+            try:
+                op = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if op is None:
+                return batch, True
+            batch.append(op)
+        return batch, False
+
+    def _run_batch(self, ops: list[_Op]) -> None:
+        """Commits the batch, then settles its futures; a failure fails
+        exactly these futures and leaves the writer running."""
+        try:
+            outcomes, state = self._commit_growing(ops)
+        except Exception as exc:
+            error = _translate(exc, f"writing to {self._env.path}")
+            if error is not exc:
+                error.__cause__ = exc
+            for op in ops:
+                op.future.set_exception(_copy_error(error))
+            return
+        for op, outcome in zip(ops, outcomes, strict=True):
+            if isinstance(outcome, StoreError):
+                op.future.set_exception(outcome)
+            else:
+                op.future.set_result(op.result(outcome, state))
+
+    def _commit_growing(self, ops: list[_Op]) -> tuple[list[Any], int]:
+        while True:
+            try:
+                return self._commit(ops)
+            except lmdb.MapFullError as exc:
+                if not self._grow():
+                    raise StoreError(
+                        "map-full",
+                        f"{self._env.path}: batch of {len(ops)} does not fit in the map "
+                        f"at max_map_size {self._max_map_size} bytes",
+                    ) from exc
+            except lmdb.MapResizedError:
+                self._env.adopt_map_size()
+
+    def _commit(self, ops: list[_Op]) -> tuple[list[Any], int]:
+        """One write transaction for ``ops``. A failed one is aborted under the
+        exclusive lock: py-lmdb's abort of a write txn waits until no LMDB call
+        is in flight on any thread, which a steady stream of reads can delay
+        indefinitely."""
+        env = self._env
+        with env.lock.shared():
+            txn = env.env.begin(write=True)
+            try:
+                batch = _Batch(txn, env)
+                outcomes = [_apply(op, batch) for op in ops]
+                batch.finish(self._changelog_limit)
+                txn.commit()
+            except BaseException as exc:
+                failure = exc
+            else:
+                self.commits += 1
+                return outcomes, batch.state
+        with env.lock.exclusive():
+            txn.abort()
+        raise failure
+
+    def _grow(self) -> bool:
+        """Doubles the map up to max_map_size; False when already there."""
+        env = self._env
+        with env.lock.exclusive():
+            current = env.env.info()["map_size"]
+            if current >= self._max_map_size:
+                return False
+            env.env.set_mapsize(min(current * 2, self._max_map_size))
+        return True
+
+
+def _apply(op: _Op, batch: _Batch) -> Any:
+    """Runs one operation; an unknown id (found before anything is written) is
+    that operation's outcome and does not fail the rest of the batch."""
+    try:
+        return op.apply(batch)
+    except StoreError as exc:
+        if exc.reason != "missing":
+            raise
+        return exc
+
+
+def _learn(txn: lmdb.Transaction[bytes], db: Database, entry: _LearnedEntry) -> None:
+    """Writes one ``learned`` entry unless a newer message already holds it;
+    a new certificate then trims the address to
+    :data:`MAX_LEARNED_PER_ADDRESS` (the oldest go)."""
+    prefix, key, order, value = entry
+    old = txn.get(key, db=db)
+    if old is not None:
+        # The common case, a known sender's next message: the count is unchanged.
+        if _learned_order(old) <= order:
+            txn.put(key, value, db=db)
+        return
+    txn.put(key, value, db=db)
+    cursor = txn.cursor(db=db)
+    entries: list[tuple[tuple[str, str], bytes]] = []
+    if cursor.set_range(prefix):
+        for entry_key, entry_value in cursor.iternext():
+            if not entry_key.startswith(prefix):
+                break
+            entries.append((_learned_order(entry_value), entry_key))
+    if len(entries) > MAX_LEARNED_PER_ADDRESS:
+        entries.sort()
+        for _order, stale in entries[: len(entries) - MAX_LEARNED_PER_ADDRESS]:
+            txn.delete(stale, db=db)
+
+
+def _copy_error(exc: StoreError) -> StoreError:
+    """One exception object per future: a shared one would collect the
+    tracebacks of every thread that re-raises it."""
+    copy = (
+        CannotCalculateChanges(str(exc))
+        if isinstance(exc, CannotCalculateChanges)
+        else StoreError(exc.reason, str(exc))
+    )
+    copy.__cause__ = exc.__cause__
+    return copy
