@@ -37,7 +37,7 @@ from smime_milter.cms.signing import (
     encapsulated_signed_data,
 )
 from smime_milter.mail import mime, protect
-from smime_milter.release.rules import folded
+from smime_milter.mail.headers import folded
 
 __all__ = [
     "Advanced",

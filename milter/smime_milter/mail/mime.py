@@ -17,6 +17,9 @@ from email.errors import NonASCIILocalPartDefect, ObsoleteHeaderDefect
 from email.headerregistry import AddressHeader, HeaderRegistry
 from email.utils import getaddresses
 from functools import lru_cache
+from typing import cast
+
+from smime_milter.mail.headers import unfold
 
 MAX_HEADERS = 1000
 MAX_HEADER_BYTES = 256 * 1024
@@ -336,13 +339,12 @@ _ADDRESS_HEADERS = HeaderRegistry()
 #: RFC 5322 §4 obsolete syntax (receivers must accept it) and RFC 6532 UTF-8
 #: local parts are tolerated; any other defect means "not an address-list".
 _TOLERATED_DEFECTS = (ObsoleteHeaderDefect, NonASCIILocalPartDefect)
-_FOLDING = re.compile(r"\r?\n(?=[ \t])")
 
 
 def address_header(value: str) -> AddressHeader:
     """One RFC 5322 ``address-list`` value parsed strictly, display names and
     groups kept (raises MimeError with the reason)."""
-    unfolded = _FOLDING.sub("", value)
+    unfolded = unfold(value)
     if "\r" in unfolded or "\n" in unfolded:
         raise MimeError("a line break that is not folding")
     try:
@@ -358,10 +360,11 @@ def address_header(value: str) -> AddressHeader:
     defects = [d for d in header.defects if not isinstance(d, _TOLERATED_DEFECTS)]
     if defects:
         raise MimeError(f"not an address list: {defects[0]}")
-    for entry in header.addresses:
+    addresses = cast("AddressHeader", header)  # what the registry makes of "to"
+    for entry in addresses.addresses:
         if not entry.username or not entry.domain:
             raise MimeError(f"{entry.addr_spec!r} is not a mailbox")
-    return header
+    return addresses
 
 
 def address_list(value: str) -> tuple[Address, ...]:

@@ -39,14 +39,14 @@ from smime_milter.cms.signing import (
     with_countersignature,
 )
 from smime_milter.mail import mime
+from smime_milter.mail.headers import LINE_WIDTH, folded
 from smime_milter.model import Verdict
-from smime_milter.release.rules import AUTHORIZING_USERS_HEADER, drafter, folded, proven_users
+from smime_milter.release.rules import AUTHORIZING_USERS_HEADER, drafter, proven_users
 from smime_milter.verify.engine import Verifier
 
 #: RFC 8551 §3.5.3 micalg names of the digests signing.py uses.
 MICALG = {"sha256": "sha-256", "sha384": "sha-384", "sha512": "sha-512"}
 
-_FOLD_WIDTH = 78
 _BASE64_LINE = 76
 _LINE = re.compile(rb"[^\n]*\n|[^\n]+\Z")
 _ASN1_ERRORS = (ValueError, TypeError, KeyError, IndexError, OverflowError)
@@ -426,7 +426,7 @@ def _checked_addresses(addresses: Sequence[str]) -> list[str]:
 
 def _folded(name: str, items: Sequence[str], newline: bytes) -> bytes:
     """``name: a, b, c`` folded before an item that would pass the width."""
-    value = folded(", ".join(items), _FOLD_WIDTH - len(name) - 2)
+    value = folded(", ".join(items), LINE_WIDTH - len(name) - 2)
     return f"{name}: {value}".replace("\n", newline.decode()).encode("utf-8") + newline
 
 

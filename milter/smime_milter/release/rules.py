@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from smime_milter.mail import mime
+from smime_milter.mail.headers import LINE_WIDTH, folded
 from smime_milter.model import ReleaseDecision, SignerResult, Verdict
 
 AUTHORIZING_USERS_HEADER = "MMHS-Authorizing-Users"
@@ -290,8 +291,6 @@ class Diversion:
 
 
 _UNSAFE = frozenset('"\\')
-#: RFC 5322 §2.1.1: lines SHOULD be at most 78 characters.
-_LINE = 78
 
 
 def _quoted(text: str, limit: int = 300) -> str:
@@ -309,23 +308,7 @@ def status_stamp(decision: ReleaseDecision, divert_to: str | None) -> str:
     else:
         where = f"; divert-to={divert_to}" if divert_to else ""
         value = f"held; rule={decision.rule}{where}; reason={_quoted(decision.summary)}"
-    return folded(value, _LINE - len(RELEASE_STATUS_HEADER) - 2)
-
-
-def folded(value: str, room: int, *, continuation: str = " ") -> str:
-    """``value`` folded at spaces (RFC 5322 FWS): the first line holds at most
-    ``room`` characters, the others 78 with their leading ``continuation``
-    (which replaces the space, so unfolding a space gives ``value`` back)."""
-    lines: list[str] = []
-    current = ""
-    for word in value.split(" "):
-        if current and len(current) + 1 + len(word) > room:
-            lines.append(current)
-            current, room = continuation + word, _LINE
-        else:
-            current = f"{current} {word}" if current else word
-    lines.append(current)
-    return "\n".join(lines)
+    return folded(value, LINE_WIDTH - len(RELEASE_STATUS_HEADER) - 2)
 
 
 def recipients_field(recipients: Sequence[str], name: str = ORIGINAL_RECIPIENTS_HEADER) -> str:
@@ -333,7 +316,7 @@ def recipients_field(recipients: Sequence[str], name: str = ORIGINAL_RECIPIENTS_
     line of the field ``name: value`` exceeds 78 characters (RFC 5322 §2.1.1;
     a single longer address stays whole)."""
     value = ", ".join(f"<{recipient}>" for recipient in recipients)
-    return folded(value, _LINE - len(name) - 2, continuation="\t")
+    return folded(value, LINE_WIDTH - len(name) - 2, continuation="\t")
 
 
 def divert(rule: ReleaseRule, decision: ReleaseDecision, recipients: Sequence[str]

@@ -30,6 +30,7 @@ from urllib.parse import unquote
 
 from cryptography import x509
 
+from smime_milter.mail.headers import LINE_WIDTH, fold_words
 from smime_milter.mail.mime import Address, parse_address
 from smime_milter.model import SignerResult, Status, Verdict
 from smime_milter.stamp.lexer import CFWS_SPACE, read_quoted, skip_cfws, unfold, word_end
@@ -48,8 +49,6 @@ NEUTRAL = "neutral"
 PERMERROR = "permerror"
 NONE = "none"
 
-#: Fold so that lines stay within RFC 5322's recommended 78 characters.
-LINE = 78
 #: A reason comment is a hint for humans, not a log.
 MAX_COMMENT = 100
 #: One resinfo per signer, but a hostile message with thousands of
@@ -262,20 +261,14 @@ def _fold(head: str, resinfos: list[list[str]]) -> str:
     """One line when it fits, else the authserv-id, then each resinfo on its own
     line(s), breaking between atoms only (never inside a quoted-string)."""
     flat = head + "; " + "; ".join(" ".join(atoms) for atoms in resinfos)
-    if len(AR_HEADER) + 2 + len(flat) <= LINE:
+    if len(AR_HEADER) + 2 + len(flat) <= LINE_WIDTH:
         return flat
     lines = [head + ";"]
     for index, atoms in enumerate(resinfos):
         if index < len(resinfos) - 1:
             atoms = [*atoms[:-1], atoms[-1] + ";"]
-        line = "\t" + atoms[0]
-        for atom in atoms[1:]:
-            if len(line) + 1 + len(atom) > LINE:
-                lines.append(line)
-                line = "\t" + atom
-            else:
-                line += " " + atom
-        lines.append(line)
+        first, *rest = fold_words(atoms, LINE_WIDTH - 1, continuation="\t")
+        lines += ["\t" + first, *rest]
     return "\n".join(lines)
 
 

@@ -9,8 +9,9 @@ quoted-string simply runs to the end of the value).
 
 from __future__ import annotations
 
-import re
 from typing import NamedTuple
+
+from smime_milter.mail.headers import unfold
 
 __all__ = [
     "CFWS_SPACE",
@@ -26,7 +27,6 @@ __all__ = [
 
 #: The whitespace CFWS may hold once unfolded (a bare CR or LF included).
 CFWS_SPACE = " \t\r\n"
-_FOLD = re.compile(r"\r?\n(?=[ \t])")
 
 
 class Span(NamedTuple):
@@ -36,11 +36,6 @@ class Span(NamedTuple):
     content: str
     end: int
     closed: bool
-
-
-def unfold(value: str) -> str:
-    """RFC 5322 §2.2.3 unfolding: drop line breaks that precede whitespace."""
-    return _FOLD.sub("", value)
 
 
 def comment_at(text: str, pos: int) -> Span:
