@@ -18,8 +18,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
-import Milter
-
 from smime_milter.advanced import submission
 from smime_milter.advanced.compose import (
     Advanced,
@@ -31,14 +29,14 @@ from smime_milter.advanced.compose import (
 )
 from smime_milter.config.reader import Config
 from smime_milter.mail import mime
-from smime_milter.model import Verdict
+from smime_milter.model import ReleaseDecision, Verdict
+from smime_milter.mta import milterapi
 from smime_milter.mta.handling import Plan, forged_headers, plan_delivery, reply_text
 from smime_milter.mta.intake import MessageBuffer
 from smime_milter.mta.pool import Job, PoolClosed, VerifyFailure
 from smime_milter.policy import Action, Decision, Outcome, decide, outcome_of
 from smime_milter.release.rules import (
     MessageContext,
-    ReleaseDecision,
     ReleaseRule,
     assess,
     divert,
@@ -117,7 +115,7 @@ class Examination:
         return self.rule is not None and self.release is not None and not self.release.released
 
 
-class SmimeMilter(Milter.Base):
+class SmimeMilter(milterapi.Base):
     """One SMTP connection."""
 
     #: Set by the daemon before libmilter starts.
@@ -137,7 +135,7 @@ class SmimeMilter(Milter.Base):
 
     # -- callbacks ---------------------------------------------------------
 
-    @Milter.noreply
+    @milterapi.noreply
     def connect(self, hostname: str, family: int, hostaddr: object) -> int:
         address = hostaddr[0] if isinstance(hostaddr, tuple) and hostaddr else None
         self.client_address = str(address) if address else None
@@ -146,9 +144,9 @@ class SmimeMilter(Milter.Base):
         self.daemon_name = self.getsymval("{daemon_name}")
         port = self.getsymval("{daemon_port}") or ""
         self.daemon_port = int(port) if port.isdigit() else None
-        return Milter.CONTINUE
+        return milterapi.CONTINUE
 
-    @Milter.noreply
+    @milterapi.noreply
     def envfrom(self, sender: str, *params: str) -> int:
         self._reset()
         milter = self.holder.current.config.milter
@@ -157,31 +155,31 @@ class SmimeMilter(Milter.Base):
         )
         self.sender = sender.strip("<>")
         self.sasl_user = self.getsymval("{auth_authen}") or None
-        return Milter.CONTINUE
+        return milterapi.CONTINUE
 
-    @Milter.noreply
+    @milterapi.noreply
     def envrcpt(self, recipient: str, *params: str) -> int:
         self.recipients.append(recipient.strip("<>"))
-        return Milter.CONTINUE
+        return milterapi.CONTINUE
 
-    @Milter.noreply
-    @Milter.decode("bytes")
+    @milterapi.noreply
+    @milterapi.decode("bytes")
     def header(self, name: str, value: bytes) -> int:
         if self.buffer is not None:
             self.buffer.add_header(name, value)
-        return Milter.CONTINUE
+        return milterapi.CONTINUE
 
-    @Milter.noreply
+    @milterapi.noreply
     def eoh(self) -> int:
         if self.buffer is not None:
             self.buffer.end_of_headers()
-        return Milter.CONTINUE
+        return milterapi.CONTINUE
 
-    @Milter.noreply
+    @milterapi.noreply
     def body(self, chunk: bytes) -> int:
         if self.buffer is not None:
             self.buffer.add_body(chunk)
-        return Milter.CONTINUE
+        return milterapi.CONTINUE
 
     def eom(self) -> int:
         started = time.monotonic()
@@ -208,18 +206,18 @@ class SmimeMilter(Milter.Base):
             self.setreply("451", "4.3.0",
                           _libmilter_text(reply_text(f"S/MIME milter internal error: {exc}")))
             self._reset()
-            return Milter.TEMPFAIL
+            return milterapi.TEMPFAIL
         self._log(queue_id, result, plan, time.monotonic() - started, transformed)
         self._reset()
         return _RETURN[plan.action]
 
     def abort(self) -> int:
         self._reset()
-        return Milter.CONTINUE
+        return milterapi.CONTINUE
 
     def close(self) -> int:
         self._reset()
-        return Milter.CONTINUE
+        return milterapi.CONTINUE
 
     # -- work --------------------------------------------------------------
 
@@ -310,7 +308,7 @@ class SmimeMilter(Milter.Base):
                     queue_id, self.client, self.sender, text)
         self.setreply("550", code, _libmilter_text(text))
         self._reset()
-        return Milter.REJECT
+        return milterapi.REJECT
 
     def _authserv_id(self, runtime: Runtime) -> str:
         return runtime.config.milter.authserv_id or self.mta_hostname or runtime.hostname
@@ -515,11 +513,11 @@ class SmimeMilter(Milter.Base):
 
 
 _RETURN = {
-    Action.ACCEPT: Milter.CONTINUE,
-    Action.TAG: Milter.CONTINUE,
-    Action.QUARANTINE: Milter.CONTINUE,
-    Action.REJECT: Milter.REJECT,
-    Action.TEMPFAIL: Milter.TEMPFAIL,
+    Action.ACCEPT: milterapi.CONTINUE,
+    Action.TAG: milterapi.CONTINUE,
+    Action.QUARANTINE: milterapi.CONTINUE,
+    Action.REJECT: milterapi.REJECT,
+    Action.TEMPFAIL: milterapi.TEMPFAIL,
 }
 
 
