@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -49,7 +49,7 @@ FORGED = (
 @dataclass(frozen=True)
 class Case:
     build: Callable[[Identity], bytes]
-    policy: Policy = Policy()
+    policy: Policy = field(default_factory=Policy)
 
 
 def _signed(alice: Identity, **headers: object) -> bytes:
