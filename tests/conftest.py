@@ -1,14 +1,41 @@
-"""Shared fixtures: the standard test PKI at the fixed moment the engine tests use."""
+"""Shared fixtures: the standard test PKI at the fixed moment the engine tests use;
+and the check that every test carries the markers for what it starts
+(tests/support/activity.py)."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from tests.support import activity, systemd
 from tests.support.pki import TestPki, build_pki
+from tests.support.postfix import PostfixFactory
 from tests.support.verdicts import NOW
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    activity.install()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> object:
+    activity.take()  # whatever happened between tests is nobody's
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> object:
+    result = yield
+    missing = activity.missing_markers(activity.take(), {m.name for m in item.iter_markers()})
+    if missing:
+        pytest.fail(f"{item.nodeid} started what only tests marked {missing} may start "
+                    "(setup.cfg [tool:pytest] markers)", pytrace=False)
+    return result
 
 
 @pytest.fixture(scope="session")
@@ -42,3 +69,29 @@ def anchors(live_pki: TestPki, tmp_path_factory: pytest.TempPathFactory) -> Path
     path = tmp_path_factory.mktemp("anchors") / "root.pem"
     path.write_bytes(live_pki.root.cert_pem)
     return path
+
+
+@pytest.fixture
+def postfix(tmp_path: Path) -> Iterator[PostfixFactory]:
+    """Starts throw-away Postfix instances below ``tmp_path/postfix`` (call it with the
+    instance's options); stops them all after the test.  Mark the test ``postfix``."""
+    with PostfixFactory(tmp_path / "postfix") as factory:
+        yield factory
+
+
+@pytest.fixture
+def analyze_works(tmp_path: Path) -> None:
+    """Skip unless systemd-analyze verify accepts a trivially good unit here."""
+    if systemd.SYSTEMD_ANALYZE is None:
+        pytest.skip("systemd-analyze is not installed")
+    probe = tmp_path / "probe" / "smime-milter-probe.service"
+    probe.parent.mkdir()
+    true = shutil.which("true") or "/bin/true"
+    probe.write_text(f"[Unit]\nDescription=probe\n[Service]\nExecStart={true}\n")
+    try:
+        done = systemd.analyze_verify(probe)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        pytest.skip(f"systemd-analyze cannot run here: {exc}")
+    if done.returncode != 0 or systemd.complaints(done, probe):
+        pytest.skip("systemd-analyze verify does not work in this environment: "
+                    f"exit {done.returncode}: {(done.stderr or done.stdout).strip()[:300]}")

@@ -133,6 +133,7 @@ def _inner(message: bytes, recipient: Identity) -> bytes:
 COMBINATIONS = list(itertools.product([False, True], repeat=4))
 
 
+@pytest.mark.process
 @pytest.mark.parametrize(("sign", "encrypt", "protect", "opaque"), COMBINATIONS)
 def test_every_combination_round_trips_through_our_engine_and_openssl(
         world: World, sign: bool, encrypt: bool, protect: bool, opaque: bool):
@@ -201,6 +202,7 @@ def test_every_combination_round_trips_through_our_engine_and_openssl(
     assert outer["mime-version"] == "1.0"
 
 
+@pytest.mark.process
 def test_every_recipient_including_bcc_and_the_sender_can_decrypt(world: World):
     result = world.engine.apply(MESSAGE, smimeEncrypt=True, account="alice")
     for address, person in world.people.items():
@@ -246,6 +248,7 @@ class _Advertising:
                                     (advanced.OID_RSAES_OAEP,), "learned")
 
 
+@pytest.mark.process
 def test_rsa_oaep_is_used_for_recipients_that_advertise_it_and_openssl_decrypts(world: World):
     engine = Advanced(None, _Advertising(world), lambda *_: True, clock=lambda: NOW)
     result = engine.apply(MESSAGE, smimeEncrypt=True)
@@ -324,6 +327,7 @@ def test_expired_and_signing_only_certificates_are_never_used(world: World, tmp_
             engine.apply(message, smimeEncrypt=True)
 
 
+@pytest.mark.process
 def test_the_envelope_recipients_replace_the_header_ones(world: World):
     composed = world.engine.compose(MESSAGE, sign=False, encrypt=True, account="alice",
                                     recipients=["erin@example.org"])
@@ -334,6 +338,7 @@ def test_the_envelope_recipients_replace_the_header_ones(world: World):
         openssl_decrypt(result, world.people["bob@example.org"])
 
 
+@pytest.mark.process
 def test_an_eight_bit_body_is_base64_encoded_before_signing(world: World):
     message = (b"From: alice@example.com\r\nTo: bob@example.org\r\nSubject: s\r\n"
                b"Content-Type: text/plain; charset=utf-8\r\n"
@@ -347,6 +352,7 @@ def test_an_eight_bit_body_is_base64_encoded_before_signing(world: World):
     assert part.get_content() == "Grüße\r\n"  # canonical CRLF inside the base64
 
 
+@pytest.mark.process
 def test_the_signature_carries_the_chain_signing_time_and_capabilities(world: World):
     result = world.engine.apply(MESSAGE, smimeSign=True, account="alice")
     der = mime.decode_transfer_encoding(mime.parse_entity(result))

@@ -281,6 +281,7 @@ def assert_refused(connection: Submission, rc: int, xcode: str, jmap_error: str)
 # --------------------------------------------------------------------------- signing
 
 
+@pytest.mark.process
 def test_sasl_submitter_request_is_signed_in_place_and_stamped(world: World) -> None:
     raw = message("smimeSign=true")
     connection = world.connect(macros=SASL)
@@ -403,6 +404,7 @@ def test_the_daemon_name_macro_marks_a_submission_service(
 # --------------------------------------------------------------------------- encryption
 
 
+@pytest.mark.process
 def test_encryption_goes_to_the_envelope_recipients_including_bcc(world: World) -> None:
     raw = message("smimeSign=true; smimeEncrypt=true")
     connection = world.connect()
@@ -464,6 +466,7 @@ def _top_type(raw: bytes, connection: Submission) -> tuple[str, str | None]:
     return parsed.content_type.mime_type, parsed.content_type.param("smime-type")
 
 
+@pytest.mark.process
 def test_when_possible_encrypts_when_every_recipient_has_a_certificate(world: World) -> None:
     raw = message(None)
     connection = world.connect(advanced=_auto("when-possible"))
@@ -474,6 +477,7 @@ def test_when_possible_encrypts_when_every_recipient_has_a_certificate(world: Wo
     assert stamp_of(edited(raw, connection))[0] is Status.ENCRYPTED_SIGNED_VERIFIED
 
 
+@pytest.mark.process
 def test_when_possible_signs_only_when_a_recipient_has_no_certificate(world: World) -> None:
     raw = message(None)
     connection = world.connect(advanced=_auto("when-possible"))
@@ -513,6 +517,7 @@ def test_a_rule_for_other_senders_does_nothing(world: World) -> None:
 # --------------------------------------------------------------------------- header protection
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("protect", [True, False])
 def test_header_protection_obscures_the_outer_subject_and_drops_keywords(
     world: World, protect: bool
@@ -554,6 +559,7 @@ FORGED = [
 ]
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("encrypt", [False, True])
 def test_forged_stamps_are_neither_protected_nor_kept(world: World, encrypt: bool) -> None:
     request = "smimeSign=true; headerProtect=true" + ("; smimeEncrypt=true" if encrypt else "")

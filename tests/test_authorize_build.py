@@ -102,6 +102,7 @@ def print_cms(message: bytes) -> str:
 # --- countersignatures ---------------------------------------------------------------
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("build", [detached, opaque], ids=["multipart-signed", "signed-data"])
 def test_countersigned_message_still_verifies_with_openssl(
     build, live_pki: TestPki, ca_pem: list[Path]
@@ -184,6 +185,7 @@ def test_countersignature_attributes_follow_rfc5652_11_4(live_pki: TestPki) -> N
     assert signing_time == NOW
 
 
+@pytest.mark.process
 def test_two_countersigners_share_one_attribute(live_pki: TestPki, ca_pem: list[Path]) -> None:
     first = add_countersignatures(detached(live_pki), identity(live_pki.ec256), [0], NOW)
     second = add_countersignatures(first, identity(live_pki.ec521), [0], NOW)
@@ -215,6 +217,7 @@ def test_certificates_are_added_once(live_pki: TestPki) -> None:
     assert len(counters(signer_infos(out)[0])) == 2
 
 
+@pytest.mark.process
 def test_only_the_chosen_signer_is_countersigned(live_pki: TestPki, ca_pem: list[Path]) -> None:
     message = smime.multipart_signed(
         smime.text_entity("two signers\n"), live_pki.rsa, extra_signers=[live_pki.ec384]
@@ -227,6 +230,7 @@ def test_only_the_chosen_signer_is_countersigned(live_pki: TestPki, ca_pem: list
     assert smime.openssl_verify(out, ca_pem)
 
 
+@pytest.mark.process
 def test_other_unsigned_attributes_are_kept(live_pki: TestPki, ca_pem: list[Path]) -> None:
     content = smime.text_entity("with an unsigned attribute\n")
     info = smime.signer_info(content, live_pki.rsa)
@@ -243,6 +247,7 @@ def test_other_unsigned_attributes_are_kept(live_pki: TestPki, ca_pem: list[Path
     assert smime.openssl_verify(out, ca_pem)
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("opaque_form", [False, True], ids=["multipart-signed", "signed-data"])
 def test_openssl_streamed_ber_input(
     opaque_form: bool, live_pki: TestPki, ca_pem: list[Path], tmp_path: Path
@@ -271,6 +276,7 @@ def test_openssl_streamed_ber_input(
 # --- adding a signer -----------------------------------------------------------------
 
 
+@pytest.mark.process
 def test_add_signer_wraps_an_unsigned_message(live_pki: TestPki, ca_pem: list[Path],
                                               tmp_path: Path) -> None:
     message = smime.wrap_message(
@@ -295,6 +301,7 @@ def test_add_signer_wraps_an_unsigned_message(live_pki: TestPki, ca_pem: list[Pa
     assert first_part(out) == smime.text_entity("Unsigned draft\nsecond line\n")
 
 
+@pytest.mark.process
 def test_add_signer_canonicalises_an_lf_message(live_pki: TestPki, ca_pem: list[Path]) -> None:
     message = (b"From: alice@example.com\nSubject: lf\nMIME-Version: 1.0\n"
                b"Content-Type: text/plain; charset=us-ascii\n\nline one\nline two\n")
@@ -311,6 +318,7 @@ def test_add_signer_canonicalises_an_lf_message(live_pki: TestPki, ca_pem: list[
     assert check.ok, check.errors
 
 
+@pytest.mark.process
 def test_add_signer_without_mime_version(live_pki: TestPki, ca_pem: list[Path]) -> None:
     message = b"From: alice@example.com\r\nSubject: plain\r\n\r\nhi\r\n"
     out = add_signer(message, identity(live_pki.ec384), NOW)
@@ -320,6 +328,7 @@ def test_add_signer_without_mime_version(live_pki: TestPki, ca_pem: list[Path]) 
     assert smime.openssl_verify(out, ca_pem)
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("build", [detached, opaque], ids=["multipart-signed", "signed-data"])
 def test_add_signer_adds_a_parallel_signer(build, live_pki: TestPki, ca_pem: list[Path]) -> None:
     message = build(live_pki)
@@ -464,6 +473,7 @@ def test_direct_construction_checks_the_pair(live_pki: TestPki) -> None:
 # --- refusals ------------------------------------------------------------------------
 
 
+@pytest.mark.process
 def test_refusals(live_pki: TestPki) -> None:
     countersigner = identity(live_pki.ec256)
     unsigned = smime.wrap_message(smime.text_entity("plain\n"))
@@ -498,6 +508,7 @@ def test_broken_signature_part_is_refused(live_pki: TestPki) -> None:
 # --- MMHS-Authorizing-Users --------------------------------------------------------
 
 
+@pytest.mark.process
 def test_set_authorizing_users_inserts_before_mime_version(live_pki: TestPki,
                                                            ca_pem: list[Path]) -> None:
     message = detached(live_pki)

@@ -13,6 +13,8 @@ from tests.support import smime
 from tests.support.pki import TestPki
 from tests.support.verdicts import NOW
 
+pytestmark = pytest.mark.process
+
 AT = NOW.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 

@@ -124,6 +124,7 @@ def test_daemon_sections_are_read(tmp_path: Path) -> None:
         Action.REJECT, Action.TAG, Action.ACCEPT)
 
 
+@pytest.mark.process
 def test_check_config_command(tmp_path: Path) -> None:
     good = subprocess.run(
         [sys.executable, "-m", "smime_milter.cli", "check-config", "--config",

@@ -118,6 +118,7 @@ def test_bob_key_decrypts_alice_env(folder: Path) -> None:
     assert b"This is a test message from Alice to Bob." in inner.body
 
 
+@pytest.mark.process
 def test_cli_json_over_corpus(folder: Path) -> None:
     """The admin's view: ``smime-milter verify --json`` over every file."""
     files = sorted(folder.glob("*.eml"))

@@ -143,6 +143,7 @@ def counting_random() -> Callable[[int], bytes]:
 # --- enveloped_data: one recipient ------------------------------------------------------
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("kind", KINDS)
 def test_single_recipient_opens_with_both_decryptors(
     kind: str, recipients: dict[str, Identity]
@@ -223,6 +224,7 @@ def test_key_agreement_encoding(
     assert len(encrypted_key["encrypted_key"].native) == 40  # AES-256 CEK wrapped
 
 
+@pytest.mark.process
 @pytest.mark.parametrize(
     "content",
     [b"", b"x" * 15, b"y" * 16, bytes(range(256)) * 400],
@@ -277,6 +279,7 @@ def test_random_source_of_the_wrong_size_is_refused(recipients: dict[str, Identi
 # --- enveloped_data: several recipients -------------------------------------------------
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("mix", MIXES)
 def test_every_recipient_of_a_mix_can_decrypt(mix: str, recipients: dict[str, Identity]) -> None:
     kinds, version = MIXES[mix]
@@ -292,6 +295,7 @@ def test_every_recipient_of_a_mix_can_decrypt(mix: str, recipients: dict[str, Id
         assert openssl_opens(der, recipients[kind]) == CONTENT, kind
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("outsider", ["rsa", "ec256", "ec521"])
 def test_a_key_that_is_not_a_recipient_cannot_decrypt(
     outsider: str, pki: TestPki, recipients: dict[str, Identity]
@@ -416,6 +420,7 @@ def openssl_verify_der(der: bytes, ca_file: Path) -> subprocess.CompletedProcess
     )
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("signer", SIGNERS)
 def test_encapsulated_signed_data_verifies_with_openssl(
     signer: str, pki: TestPki, ca_file: Path
@@ -449,6 +454,7 @@ def test_engine_verifies_an_opaque_signed_message(signer: str, pki: TestPki) -> 
     assert verdict.layer == "signed-data"
 
 
+@pytest.mark.process
 def test_tampered_econtent_fails_everywhere(pki: TestPki, ca_file: Path) -> None:
     der = opaque_blob(pki.rsa)
     assert der.count(b"Encrypted for you.") == 1

@@ -84,6 +84,7 @@ def _tamper(message: bytes) -> bytes:
 # --------------------------------------------------------------------------- coverage
 
 
+@pytest.mark.process
 def test_bare_lf_transport_of_a_crlf_signature_verifies(
     pki: TestPki, verifier: Verifier, ca_files: list[Path]
 ) -> None:
@@ -101,6 +102,7 @@ def test_only_the_signed_part_in_bare_lf_verifies(pki: TestPki, verifier: Verifi
     assert_verified(_check(verifier, message), "alice@example.com")
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("opaque", [False, True], ids=["detached", "opaque"])
 def test_altered_body_fails_with_digest_mismatch(
     pki: TestPki, verifier: Verifier, ca_files: list[Path], opaque: bool
@@ -211,6 +213,7 @@ def test_signature_value_from_another_key_fails(pki: TestPki, verifier: Verifier
 # --------------------------------------------------------------------------- algorithms
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("opaque", [False, True], ids=["detached", "opaque"])
 @pytest.mark.parametrize("name", list(SIGNERS))
 def test_signature_algorithms_verify(
@@ -232,6 +235,7 @@ def test_signature_algorithms_verify(
         assert not _openssl_accepts(_tamper(message), ca_files)
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("digest", ["sha224", "sha256", "sha384", "sha512"])
 @pytest.mark.parametrize("name", ["rsa", "rsa_pss", "ec384"])
 def test_sha2_digests_verify(
@@ -259,6 +263,7 @@ def test_sha1_rejected_by_default(pki: TestPki, verifier: Verifier) -> None:
     assert verdict.signers[0].digest_algorithm == "sha1"
 
 
+@pytest.mark.process
 def test_sha1_accepted_when_allowed(pki: TestPki, ca_files: list[Path]) -> None:
     verifier = make_verifier(pki, VerifyPolicy(algorithms=AlgorithmPolicy(allow_sha1=True)))
     message = _signed(pki.rsa, digest="sha1")
@@ -278,6 +283,7 @@ def test_rsa_1024_rejected_by_default(pki: TestPki, verifier: Verifier) -> None:
     assert_failed(verdict, "1024 bits", "2048")
 
 
+@pytest.mark.process
 def test_rsa_1024_accepted_with_lower_minimum(pki: TestPki, ca_files: list[Path]) -> None:
     verifier = make_verifier(pki, VerifyPolicy(algorithms=AlgorithmPolicy(min_rsa_bits=1024)))
     message = _signed(pki.weak_rsa, from_addr="weak@example.com")
@@ -293,6 +299,7 @@ def test_signature_oid_not_matching_the_key_fails(pki: TestPki, verifier: Verifi
 # --------------------------------------------------------------------------- signers
 
 
+@pytest.mark.process
 def test_signer_identified_by_subject_key_identifier(
     pki: TestPki, verifier: Verifier, ca_files: list[Path]
 ) -> None:

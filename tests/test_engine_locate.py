@@ -113,6 +113,7 @@ def test_opaque_signed_data(pki: TestPki, verifier: Verifier, mime_type: str) ->
     assert verdict.signers[0].signature_algorithm == "ecdsa"
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("cipher", ["aes256", "aes-256-gcm"])
 def test_encrypted_without_key_is_unknown(
     pki: TestPki, verifier: Verifier, signed_entity: bytes, cipher: str
@@ -126,6 +127,7 @@ def test_encrypted_without_key_is_unknown(
     assert any("no decryption key" in note for note in verdict.notes)
 
 
+@pytest.mark.process
 def test_encrypted_for_someone_else_is_unknown(
     pki: TestPki, key_verifier: Verifier, signed_entity: bytes
 ) -> None:
@@ -208,6 +210,7 @@ def test_opaque_signed_part_with_footer_fails(pki: TestPki, verifier: Verifier) 
     assert_failed(_check(verifier, message), "part(s) 2 not signed")
 
 
+@pytest.mark.process
 def test_encrypted_and_signed_with_key_verifies(
     pki: TestPki, key_verifier: Verifier, signed_entity: bytes
 ) -> None:
@@ -217,6 +220,7 @@ def test_encrypted_and_signed_with_key_verifies(
     assert verdict.verified_at == NOW
 
 
+@pytest.mark.process
 def test_auth_enveloped_to_ec_key_verifies(
     pki: TestPki, key_verifier: Verifier, signed_entity: bytes
 ) -> None:
@@ -227,6 +231,7 @@ def test_auth_enveloped_to_ec_key_verifies(
     )
 
 
+@pytest.mark.process
 def test_encrypted_opaque_signed_verifies(pki: TestPki, key_verifier: Verifier) -> None:
     der = smime.sign_cms(entity(), pki.rsa, detached=False, signing_time=NOW)
     message = smime.enveloped(smime.pkcs7_mime_entity(der, "signed-data"), [pki.rsa])
@@ -235,6 +240,7 @@ def test_encrypted_opaque_signed_verifies(pki: TestPki, key_verifier: Verifier) 
     assert verdict.layer == "enveloped-data/signed-data"
 
 
+@pytest.mark.process
 def test_encrypted_with_tampered_inner_signature_fails(
     pki: TestPki, key_verifier: Verifier, signed_entity: bytes
 ) -> None:
@@ -244,6 +250,7 @@ def test_encrypted_with_tampered_inner_signature_fails(
     assert_failed(verdict, "digest mismatch", status=Status.ENCRYPTED_SIGNED_FAILED)
 
 
+@pytest.mark.process
 def test_encrypted_with_from_mismatch_fails(
     pki: TestPki, key_verifier: Verifier, signed_entity: bytes
 ) -> None:
@@ -252,6 +259,7 @@ def test_encrypted_with_from_mismatch_fails(
     assert_failed(verdict, "mallory@example.com", status=Status.ENCRYPTED_SIGNED_FAILED)
 
 
+@pytest.mark.process
 def test_encrypted_unsigned_is_unknown(pki: TestPki, key_verifier: Verifier) -> None:
     verdict = _check(key_verifier, smime.enveloped(entity(), [pki.rsa]))
     _assert_no_smime_result(verdict, Status.UNKNOWN)
@@ -261,6 +269,7 @@ def test_encrypted_unsigned_is_unknown(pki: TestPki, key_verifier: Verifier) -> 
 # --------------------------------------------------------------------------- rule 5
 
 
+@pytest.mark.process
 def test_status_model_for_every_kind_of_verdict(pki: TestPki, signed_entity: bytes) -> None:
     """smimeErrors only for failed; verified_at (the injected clock, not ``at``) only
     for signed statuses."""

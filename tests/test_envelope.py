@@ -672,6 +672,7 @@ def openssl_encrypt(folder: Path, args: str, content: bytes) -> bytes:
     return subprocess.run(argv, capture_output=True, check=True).stdout
 
 
+@pytest.mark.process
 @needs_openssl
 @pytest.mark.parametrize("case", OPENSSL_CASES)
 def test_openssl_cms_encrypt_round_trip(case, openssl_recipients):

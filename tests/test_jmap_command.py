@@ -90,6 +90,7 @@ def test_unknown_ids_are_not_found_and_duplicates_listed_once(world: World) -> N
     assert result["notFound"] == ["rnothere", "not an id!"]
 
 
+@pytest.mark.process
 def test_through_a_separate_process(world: World) -> None:
     response = world.jmap_process([["Email/get", {
         "accountId": ACCOUNT, "ids": [world.ids["alice"], world.ids["plain"]],

@@ -36,8 +36,11 @@ from smime_milter.config.reader import load_config
 from smime_milter.jmap import http as jmap_http
 from smime_milter.jmap.http import JmapService, refresh_interval, session_document
 from smime_milter.store.facade import Store
+from tests.support import activity
 from tests.support.jmapworld import ACCOUNT, DELIVERED, USING, World, build_world
 from tests.support.pki import TestPki
+
+pytestmark = [pytest.mark.daemon, pytest.mark.process]
 
 VERIFIED = "signed/verified"
 FAILED = "signed/failed"
@@ -85,6 +88,7 @@ class Server:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        activity.note("daemon")
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "smime_milter.cli", "jmap", "--config",

@@ -55,7 +55,8 @@ from tests.support.miltertest import (
 from tests.support.pki import TestPki
 from tests.support.smime import multipart_signed, text_entity, wrap_message
 
-pytestmark = pytest.mark.skipif(MILTERTEST is None, reason=MILTERTEST_MISSING)
+pytestmark = [pytest.mark.miltertest, pytest.mark.daemon,
+              pytest.mark.skipif(MILTERTEST is None, reason=MILTERTEST_MISSING)]
 
 AUTHSERV_ID = "mx.test.example"
 AR = "Authentication-Results"

@@ -391,6 +391,7 @@ def test_cli_usage_errors(args: list[str], capsys: pytest.CaptureFixture[str]) -
     assert "smime-milter mixer: error:" in capsys.readouterr().err
 
 
+@pytest.mark.process
 def test_command_round_trip_of_a_military_message() -> None:
     to_x400_run = run_command(["--to-x400"], MILITARY_MESSAGE)
     assert to_x400_run.returncode == 0, to_x400_run.stderr
@@ -402,6 +403,7 @@ def test_command_round_trip_of_a_military_message() -> None:
         "MMHS-Authorizing-Users: Bob <bob@example.mil>, carol@example.mil\n")
 
 
+@pytest.mark.process
 def test_command_bad_input_exits_2_without_traceback() -> None:
     result = run_command(["--to-x400"], b"From: a@example.mil\r\nSender: b@example.mil\r\n"
                          b"Sender: c@example.mil\r\n\r\n")

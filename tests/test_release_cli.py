@@ -518,6 +518,7 @@ def fake_sendmail(directory: Path, exit_code: int = 0) -> Path:
     return script
 
 
+@pytest.mark.process
 def test_release_via_sendmail(
     world: World, tmp_path: Path, cli: Cli
 ) -> None:
@@ -531,6 +532,7 @@ def test_release_via_sendmail(
     assert_clean_resubmission(world, (tmp_path / "stdin").read_bytes())
 
 
+@pytest.mark.process
 def test_release_via_the_configured_sendmail_as_a_process(
     world: World, tmp_path: Path
 ) -> None:
@@ -547,6 +549,7 @@ def test_release_via_the_configured_sendmail_as_a_process(
     assert_clean_resubmission(world, (tmp_path / "stdin").read_bytes())
 
 
+@pytest.mark.process
 def test_release_via_a_failing_sendmail(
     world: World, tmp_path: Path, cli: Cli
 ) -> None:
@@ -558,6 +561,7 @@ def test_release_via_a_failing_sendmail(
                                   "sendmail: fatal: queue file write error")
 
 
+@pytest.mark.process
 def test_release_via_a_missing_sendmail(world: World, tmp_path: Path, cli: Cli) -> None:
     result = cli("release", world.record_id, "--config", world.config_path,
                  "--submit", f"sendmail:{tmp_path}/nope", stdin=world.authorized)

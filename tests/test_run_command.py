@@ -5,7 +5,11 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.support.daemon import SMIME_MILTER, MilterProcess
+
+pytestmark = pytest.mark.process
 
 
 def _run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -34,6 +38,7 @@ def test_unreadable_trust_anchors_stop_the_start(tmp_path: Path) -> None:
     assert "missing.pem" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.daemon
 def test_sigterm_stops_gracefully_and_removes_the_socket(tmp_path: Path) -> None:
     daemon = MilterProcess(tmp_path, Path("/etc/ssl/certs/ca-certificates.crt"))
     daemon.start()

@@ -775,6 +775,7 @@ def test_writable_open_of_a_path_open_read_only_is_refused(path: Path) -> None:
     assert caught.value.reason == "io"
 
 
+@pytest.mark.process
 def test_read_only_open_from_another_process_while_writing(store: Store, path: Path) -> None:
     kept = record()
     store.put_sync(kept)

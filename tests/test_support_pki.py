@@ -21,6 +21,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from tests.support import smime
 from tests.support.pki import LEAF_NAMES, TestPki, build_pki, make_leaf
 
+pytestmark = pytest.mark.process
+
 SIGNERS = ["rsa", "rsa_pss", "ec256", "ec384", "ec521", "ed25519"]
 DIGEST_SIZES = {"sha1": 20, "sha224": 28, "sha256": 32, "sha384": 48, "sha512": 64}
 

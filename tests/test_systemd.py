@@ -8,10 +8,7 @@ last tests run the unit's own ExecStartPre command line.
 
 from __future__ import annotations
 
-import functools
 import re
-import shlex
-import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -21,99 +18,23 @@ import pytest
 from smime_milter.config.reader import DEFAULT_CONFIG, DEFAULT_SOCKET, DEFAULT_STORE, load_config
 from smime_milter.mta import daemon
 from tests.support.daemon import SMIME_MILTER
-
-ROOT = Path(__file__).resolve().parent.parent
-SYSTEMD = ROOT / "systemd"
-UNIT = SYSTEMD / "smime-milter.service"
-SYSUSERS = SYSTEMD / "smime-milter.sysusers"
-TMPFILES = SYSTEMD / "smime-milter.tmpfiles"
-SHIPPED_CONFIG = ROOT / "policy" / "smime-milter.toml"
-INSTALLED_BINARY = "/usr/local/bin/smime-milter"
-SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
-
-Unit = dict[str, dict[str, list[str]]]
-
-
-def parse_unit(text: str) -> Unit:
-    """Sections -> key -> every value given (systemd keys may repeat)."""
-    unit: Unit = {}
-    section: dict[str, list[str]] | None = None
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line[0] in "#;":
-            continue
-        if line.startswith("[") and line.endswith("]"):
-            section = unit.setdefault(line[1:-1], {})
-            continue
-        assert section is not None, f"key outside a section: {raw!r}"
-        key, sep, value = line.partition("=")
-        assert sep, f"not a key=value line: {raw!r}"
-        section.setdefault(key.strip(), []).append(value.strip())
-    return unit
+from tests.support.systemd import (
+    HARDENING,
+    INSTALLED_BINARY,
+    SHIPPED_CONFIG,
+    SYSUSERS,
+    TMPFILES,
+    UNIT,
+    analyze_verify,
+    command,
+    complaints,
+    service,
+    snippet_lines,
+    unit,
+)
 
 
-@functools.cache
-def unit() -> Unit:
-    return parse_unit(UNIT.read_text())
-
-
-def service(key: str) -> str:
-    """The one value of ``key`` in [Service]."""
-    values = unit()["Service"].get(key)
-    assert values is not None, f"[Service] has no {key}="
-    assert len(values) == 1, f"[Service] {key}= given {len(values)} times"
-    return values[0]
-
-
-def command(key: str) -> list[str]:
-    """An Exec*= line split like systemd does (no prefix characters used here)."""
-    argv = shlex.split(service(key))
-    assert argv and argv[0][0] not in "-@:+!", f"{key}: unexpected prefix in {argv[0]!r}"
-    return argv
-
-
-def snippet_lines(path: Path) -> list[list[str]]:
-    """Non-comment lines of a sysusers.d / tmpfiles.d file, split into fields."""
-    return [shlex.split(line) for line in path.read_text().splitlines()
-            if line.strip() and not line.lstrip().startswith("#")]
-
-
-# -- systemd-analyze verify ----------------------------------------------------------
-
-
-def _verify(unit_path: Path) -> subprocess.CompletedProcess[str]:
-    assert SYSTEMD_ANALYZE is not None
-    usage = subprocess.run([SYSTEMD_ANALYZE, "--help"], capture_output=True, text=True,
-                           check=False).stdout
-    options = ["--man=no"] if "--man" in usage else []
-    return subprocess.run([SYSTEMD_ANALYZE, "verify", *options, str(unit_path)],
-                          capture_output=True, text=True, timeout=60, check=False)
-
-
-def _complaints(done: subprocess.CompletedProcess[str], unit_path: Path) -> list[str]:
-    """Output lines about our unit (other units' noise on a live system is ignored)."""
-    return [line for line in (done.stdout + done.stderr).splitlines()
-            if str(unit_path) in line or unit_path.name in line]
-
-
-@pytest.fixture
-def analyze_works(tmp_path: Path) -> None:
-    """Skip unless systemd-analyze verify accepts a trivially good unit here."""
-    if SYSTEMD_ANALYZE is None:
-        pytest.skip("systemd-analyze is not installed")
-    probe = tmp_path / "probe" / "smime-milter-probe.service"
-    probe.parent.mkdir()
-    true = shutil.which("true") or "/bin/true"
-    probe.write_text(f"[Unit]\nDescription=probe\n[Service]\nExecStart={true}\n")
-    try:
-        done = _verify(probe)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        pytest.skip(f"systemd-analyze cannot run here: {exc}")
-    if done.returncode != 0 or _complaints(done, probe):
-        pytest.skip("systemd-analyze verify does not work in this environment: "
-                    f"exit {done.returncode}: {(done.stderr or done.stdout).strip()[:300]}")
-
-
+@pytest.mark.process
 @pytest.mark.usefixtures("analyze_works")
 def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path) -> None:
     """verify needs the Exec binaries to exist: point them at this venv's script."""
@@ -122,19 +43,20 @@ def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path) -> None:
     assert INSTALLED_BINARY in text
     copy = tmp_path / UNIT.name
     copy.write_text(text.replace(INSTALLED_BINARY, str(SMIME_MILTER)))
-    done = _verify(copy)
+    done = analyze_verify(copy)
     assert done.returncode == 0, done.stderr
     # Unknown keys and unparsable values are only warnings ("..., ignoring."): fail on them.
-    assert _complaints(done, copy) == [], done.stderr
+    assert complaints(done, copy) == [], done.stderr
 
 
+@pytest.mark.process
 @pytest.mark.usefixtures("analyze_works")
 def test_systemd_analyze_verify_catches_a_typo(tmp_path: Path) -> None:
     """The check above would notice a misspelt hardening key (it is not a no-op)."""
     copy = tmp_path / UNIT.name
     copy.write_text(UNIT.read_text().replace(INSTALLED_BINARY, str(SMIME_MILTER))
                     .replace("NoNewPrivileges=", "NoNewPrivilegez="))
-    assert any("NoNewPrivilegez" in line for line in _complaints(_verify(copy), copy))
+    assert any("NoNewPrivilegez" in line for line in complaints(analyze_verify(copy), copy))
 
 
 # -- the unit's contract with the daemon --------------------------------------------
@@ -188,27 +110,6 @@ def test_group_can_reach_the_socket_and_nobody_else() -> None:
     assert socket_mode & 0o060 == 0o060 and not socket_mode & 0o007
 
 
-HARDENING = {
-    "NoNewPrivileges": "yes",
-    "CapabilityBoundingSet": "",
-    "AmbientCapabilities": "",
-    "ProtectSystem": "strict",
-    "ProtectHome": "yes",
-    "PrivateTmp": "yes",
-    "PrivateDevices": "yes",
-    "ProtectKernelTunables": "yes",
-    "ProtectKernelModules": "yes",
-    "ProtectKernelLogs": "yes",
-    "ProtectControlGroups": "yes",
-    "ProtectClock": "yes",
-    "ProtectHostname": "yes",
-    "ProtectProc": "invisible",
-    "RestrictNamespaces": "yes",
-    "RestrictRealtime": "yes",
-    "RestrictSUIDSGID": "yes",
-    "LockPersonality": "yes",
-    "SystemCallArchitectures": "native",
-}
 
 
 @pytest.mark.parametrize(("key", "value"), sorted(HARDENING.items()))
@@ -264,6 +165,7 @@ def _shipped_anchors() -> list[Path]:
     return [Path(p) for p in load_config(SHIPPED_CONFIG).trust.anchors]
 
 
+@pytest.mark.process
 def test_exec_start_pre_accepts_the_shipped_config() -> None:
     missing = [p for p in _shipped_anchors() if not p.exists()]
     if missing:
@@ -273,6 +175,7 @@ def test_exec_start_pre_accepts_the_shipped_config() -> None:
     assert done.stdout.strip() == f"{SHIPPED_CONFIG}: OK"
 
 
+@pytest.mark.process
 @pytest.mark.parametrize(("old", "new", "key"), [
     ("workers = 0", "wrokers = 0", "milter.wrokers"),
     ("timeout = 600", 'timeout = "soon"', "milter.timeout"),

@@ -22,22 +22,20 @@ import pytest
 from smime_milter.cli.main import _build_parser, _run_jmap, _run_prune, _run_refresh
 from smime_milter.config.reader import DEFAULT_CONFIG, DEFAULT_STORE, JmapConfig, check_listen
 from smime_milter.store import Store
-from tests import test_systemd as base
+from tests.support import systemd as units
 from tests.support.daemon import SMIME_MILTER
 from tests.support.jmapworld import DELIVERED, build_world
 from tests.support.pki import TestPki
 
-JMAP_UNIT = base.SYSTEMD / "smime-milter-jmap.service"
-REFRESH_UNIT = base.SYSTEMD / "smime-milter-refresh.service"
-REFRESH_TIMER = base.SYSTEMD / "smime-milter-refresh.timer"
+JMAP_UNIT = units.SYSTEMD / "smime-milter-jmap.service"
+REFRESH_UNIT = units.SYSTEMD / "smime-milter-refresh.service"
+REFRESH_TIMER = units.SYSTEMD / "smime-milter-refresh.timer"
 JMAP_SOCKET = "unix:/run/smime-milter/jmap.sock"
-
-analyze_works = base.analyze_works
 
 
 @functools.cache
-def parsed(path: Path) -> base.Unit:
-    return base.parse_unit(path.read_text())
+def parsed(path: Path) -> units.Unit:
+    return units.parse_unit(path.read_text())
 
 
 def value(path: Path, section: str, key: str) -> str:
@@ -64,31 +62,35 @@ def _installed_copies(directory: Path) -> list[Path]:
     for unit in (JMAP_UNIT, REFRESH_UNIT, REFRESH_TIMER):
         text = unit.read_text()
         copy = directory / unit.name
-        copy.write_text(text.replace(base.INSTALLED_BINARY, str(SMIME_MILTER)))
+        copy.write_text(text.replace(units.INSTALLED_BINARY, str(SMIME_MILTER)))
         copies.append(copy)
     return copies
 
 
+@pytest.mark.process
 @pytest.mark.usefixtures("analyze_works")
 @pytest.mark.parametrize("name", [JMAP_UNIT.name, REFRESH_UNIT.name, REFRESH_TIMER.name])
 def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path, name: str) -> None:
     assert SMIME_MILTER.exists(), SMIME_MILTER
     copies = {copy.name: copy for copy in _installed_copies(tmp_path)}
     if name.endswith(".service"):
-        assert base.INSTALLED_BINARY in (base.SYSTEMD / name).read_text()
-    done = base._verify(copies[name])
+        assert units.INSTALLED_BINARY in (units.SYSTEMD / name).read_text()
+    done = units.analyze_verify(copies[name])
     assert done.returncode == 0, done.stderr
     # Unknown keys and unparsable values are only warnings: fail on them.
-    assert base._complaints(done, copies[name]) == [], done.stderr
+    assert units.complaints(done, copies[name]) == [], done.stderr
 
 
+@pytest.mark.process
 @pytest.mark.usefixtures("analyze_works")
 def test_systemd_analyze_verify_catches_a_typo_in_the_jmap_unit(tmp_path: Path) -> None:
     copy = _installed_copies(tmp_path)[0]
     copy.write_text(copy.read_text().replace("PrivateNetwork=", "PrivateNetwerk="))
-    assert any("PrivateNetwerk" in line for line in base._complaints(base._verify(copy), copy))
+    done = units.analyze_verify(copy)
+    assert any("PrivateNetwerk" in line for line in units.complaints(done, copy))
 
 
+@pytest.mark.process
 def test_the_timer_fires_every_15_minutes() -> None:
     assert value(REFRESH_TIMER, "Timer", "Unit") == REFRESH_UNIT.name
     assert value(REFRESH_TIMER, "Install", "WantedBy") == "timers.target"
@@ -113,9 +115,9 @@ def test_the_timer_fires_every_15_minutes() -> None:
 
 @pytest.mark.parametrize("unit", [JMAP_UNIT, REFRESH_UNIT])
 def test_units_run_as_the_milters_user_on_its_store(unit: Path) -> None:
-    assert value(unit, "Service", "User") == base.service("User")
-    assert value(unit, "Service", "Group") == base.service("Group")
-    assert value(unit, "Service", "StateDirectory") == base.service("StateDirectory")
+    assert value(unit, "Service", "User") == units.service("User")
+    assert value(unit, "Service", "Group") == units.service("Group")
+    assert value(unit, "Service", "StateDirectory") == units.service("StateDirectory")
     assert DEFAULT_STORE.is_relative_to(Path("/var/lib") / value(unit, "Service",
                                                                    "StateDirectory"))
     umask = int(value(unit, "Service", "UMask"), 8)
@@ -124,14 +126,14 @@ def test_units_run_as_the_milters_user_on_its_store(unit: Path) -> None:
 
 def test_jmap_unit_serves_the_configured_store_on_the_shared_runtime_directory() -> None:
     argv = exec_start(JMAP_UNIT)
-    assert argv == [base.INSTALLED_BINARY, "jmap", "--config", str(DEFAULT_CONFIG),
+    assert argv == [units.INSTALLED_BINARY, "jmap", "--config", str(DEFAULT_CONFIG),
                     "--listen", JMAP_SOCKET]
     args = _build_parser().parse_args(argv[1:])
     assert args.handler is _run_jmap and args.listen == check_listen(JMAP_SOCKET)
     assert not args.read_only  # re-validated statuses reach Email/changes
     socket_path = Path(JMAP_SOCKET.partition(":")[2])
     runtime = value(JMAP_UNIT, "Service", "RuntimeDirectory")
-    assert runtime == base.service("RuntimeDirectory")
+    assert runtime == units.service("RuntimeDirectory")
     assert socket_path.parent == Path("/run") / runtime
     # A unit's stop removes its RuntimeDirectory: this one must not take the
     # milter's socket with it.
@@ -145,7 +147,7 @@ def test_jmap_unit_serves_the_configured_store_on_the_shared_runtime_directory()
 
 def test_jmap_socket_is_reachable_by_the_group_only() -> None:
     runtime_mode = int(value(JMAP_UNIT, "Service", "RuntimeDirectoryMode"), 8)
-    assert runtime_mode == int(base.service("RuntimeDirectoryMode"), 8)
+    assert runtime_mode == int(units.service("RuntimeDirectoryMode"), 8)
     assert runtime_mode & 0o010 and not runtime_mode & 0o007
     mode = JmapConfig().listen_mode
     assert mode & 0o060 == 0o060 and not mode & 0o007
@@ -154,7 +156,7 @@ def test_jmap_socket_is_reachable_by_the_group_only() -> None:
 
 def test_refresh_unit_runs_the_refresh_command_once_the_store_exists() -> None:
     argv = exec_start(REFRESH_UNIT)
-    assert argv == [base.INSTALLED_BINARY, "refresh", "--config", str(DEFAULT_CONFIG)]
+    assert argv == [units.INSTALLED_BINARY, "refresh", "--config", str(DEFAULT_CONFIG)]
     assert _build_parser().parse_args(argv[1:]).handler is _run_refresh
     assert value(REFRESH_UNIT, "Service", "Type") == "oneshot"
     assert Path(value(REFRESH_UNIT, "Unit", "ConditionPathExists")) == DEFAULT_STORE / "data.mdb"
@@ -163,12 +165,12 @@ def test_refresh_unit_runs_the_refresh_command_once_the_store_exists() -> None:
 
 def test_refresh_unit_prunes_first() -> None:
     argv = exec_start(REFRESH_UNIT, "ExecStartPre")
-    assert argv == [base.INSTALLED_BINARY, "prune", "--config", str(DEFAULT_CONFIG)]
+    assert argv == [units.INSTALLED_BINARY, "prune", "--config", str(DEFAULT_CONFIG)]
     assert _build_parser().parse_args(argv[1:]).handler is _run_prune
 
 
 @pytest.mark.parametrize("unit", [JMAP_UNIT, REFRESH_UNIT])
-@pytest.mark.parametrize(("key", "expected"), sorted(base.HARDENING.items()))
+@pytest.mark.parametrize(("key", "expected"), sorted(units.HARDENING.items()))
 def test_hardening(unit: Path, key: str, expected: str) -> None:
     assert value(unit, "Service", key) == expected
 
@@ -184,6 +186,7 @@ def test_no_network(unit: Path) -> None:
 # -- the refresh unit's command, for real ---------------------------------------------
 
 
+@pytest.mark.process
 def test_refresh_exec_start_revalidates_a_real_store(tmp_path: Path, pki: TestPki) -> None:
     world = build_world(tmp_path / "world", pki)
     if datetime.now(UTC) < DELIVERED + timedelta(hours=1):
@@ -201,6 +204,7 @@ def test_refresh_exec_start_revalidates_a_real_store(tmp_path: Path, pki: TestPk
     assert done.stdout.strip() == "re-validated 0 record(s)", done.stdout
 
 
+@pytest.mark.process
 def test_prune_exec_start_pre_applies_the_configured_retention(
     tmp_path: Path, pki: TestPki
 ) -> None:

@@ -273,6 +273,7 @@ def _openssl_fingerprint(path: Path) -> str:
     return result.stdout.decode().strip()
 
 
+@pytest.mark.process
 def test_remove_keeps_at_delivery_and_starts_a_trust_epoch(
     setup: Setup, pki: TestPki, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -306,6 +307,7 @@ def test_remove_keeps_at_delivery_and_starts_a_trust_epoch(
     assert new_epoch.generation == load_trust(setup.config).generation
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("form", ["hex", "upper-colons", "openssl-line", "file-name",
                                   "pem-path", "managed-path"])
 def test_remove_accepts_every_way_of_naming_an_anchor(
@@ -368,6 +370,7 @@ def test_unknown_anchor_is_an_error(
 # --------------------------------------------------------------------------- list
 
 
+@pytest.mark.process
 def test_list_shows_configured_and_managed_anchors(
     setup: Setup, pki: TestPki, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from smime_milter.store.facade import Store
+from tests.support import activity
 
 SMIME_MILTER = Path(sys.executable).with_name("smime-milter")
 
@@ -60,6 +61,7 @@ class MilterProcess:
         return f"unix:{self.socket}"
 
     def start(self, timeout: float = 60.0) -> None:
+        activity.note("daemon")
         self.socket.unlink(missing_ok=True)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(

@@ -33,6 +33,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.support import activity
+
 MILTERTEST = shutil.which("miltertest")
 MILTERTEST_MISSING = "miltertest (Debian/Ubuntu package 'miltertest') is not installed"
 
@@ -310,6 +312,7 @@ def run_session(socket: str, messages: Sequence[Message], workdir: Path, *,
     reached end of message (aborted ones have none), in order."""
     if MILTERTEST is None:
         raise MiltertestError(MILTERTEST_MISSING)
+    activity.note("miltertest")
     workdir.mkdir(parents=True, exist_ok=True)
     script = workdir / "session.lua"
     script.write_text(build_script(socket, messages, workdir, connect_macros=connect_macros,

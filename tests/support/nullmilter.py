@@ -25,6 +25,8 @@ from pathlib import Path
 
 import Milter
 
+from tests.support import activity
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -89,6 +91,7 @@ def running_milter(
     Returns once the socket accepts connections, so Postfix can use it at once.  libmilter
     notices SIGTERM only between 5-second polls; pass SIGKILL when a clean exit is moot.
     """
+    activity.note("daemon")
     process = subprocess.Popen(command, cwd=REPO_ROOT, stdin=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + timeout

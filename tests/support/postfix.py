@@ -77,6 +77,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeAlias
 
+from tests.support import activity
+
 DAEMON_DIRECTORY = Path("/usr/lib/postfix/sbin")
 MASTER = DAEMON_DIRECTORY / "master"
 POSTQUEUE = Path("/usr/sbin/postqueue")
@@ -328,6 +330,7 @@ class PostfixInstance:
         """Write the configuration and start master; return once it listens for SMTP."""
         if self._supervisor is not None:
             raise RuntimeError("Postfix is already started")
+        activity.note("postfix")
         self._prepare_directories()
         self._write_main_cf()
         self.add_mailboxes(*self._initial_mailboxes)
