@@ -20,14 +20,9 @@ import pytest
 
 from smime_milter.mail import mime
 from tests.support.daemon import MilterProcess
+from tests.support.mailflow import POSTFIX, milter_and_postfix
 from tests.support.pki import Identity, TestPki, make_leaf
-from tests.support.postfix import (
-    POSTFIX_MISSING,
-    PostfixFactory,
-    PostfixInstance,
-    make_traversable,
-    postfix_available,
-)
+from tests.support.postfix import PostfixInstance
 from tests.support.smime import (
     multipart_signed,
     openssl_decrypt,
@@ -35,7 +30,7 @@ from tests.support.smime import (
     text_entity,
 )
 
-pytestmark = pytest.mark.skipif(not postfix_available(), reason=POSTFIX_MISSING)
+pytestmark = [*POSTFIX, pytest.mark.process]
 
 BOTH = frozenset({"digital_signature", "key_encipherment"})
 ALICE = "alice@example.com"
@@ -85,12 +80,8 @@ client_account = "jmap"
 [advanced.accounts]
 jmap = ["example.com"]
 """
-    directory = tmp_path_factory.mktemp("advanced-milter")
-    make_traversable(directory / "milter.sock")
-    with MilterProcess(directory, anchors, extra_toml=settings) as milter, \
-            PostfixFactory(tmp_path_factory.mktemp("advanced-postfix")) as factory:
-        mta = factory(milter=milter.postfix_socket, mailboxes=[ALICE, BOB, CAROL, DAVE],
-                      submission=True)
+    with milter_and_postfix(tmp_path_factory, anchors, "advanced", extra_toml=settings,
+                            mailboxes=[ALICE, BOB, CAROL, DAVE], submission=True) as (milter, mta):
         yield World(milter, mta, people, ca_files)
 
 

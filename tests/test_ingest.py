@@ -36,7 +36,7 @@ from smime_milter.model import Status, Verdict, is_issued_record_id, new_record_
 from smime_milter.stamp import fields as stamp
 from smime_milter.store import Record, Store
 from smime_milter.verify.engine import Verifier
-from tests import test_milter_postfix as postfix_tests
+from tests.support import mailflow
 from tests.support.pki import TestPki
 from tests.support.postfix import POSTFIX_MISSING, PostfixFactory, postfix_available
 from tests.support.smime import multipart_signed, opaque_signed, text_entity, wrap_message
@@ -726,28 +726,30 @@ def test_command_takes_authserv_id_from_the_command_line(
 # --------------------------------------------------------------------------- end to end
 
 
+@pytest.mark.postfix
+@pytest.mark.daemon
 @pytest.mark.skipif(not postfix_available(), reason=POSTFIX_MISSING)
 def test_store_rebuilt_from_a_real_maildir_equals_the_milters(
-    tmp_path: Path, anchors: Path, live_pki: TestPki, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, anchors: Path, live_pki: TestPki, postfix: PostfixFactory,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Real Postfix, real milter daemon: deliver, then rebuild a new store from
     the Maildir with ``smime-milter ingest`` and compare it with the milter's."""
     rcpt = "ingest@example.org"
-    subjects = {kind: postfix_tests._unique(f"ingest {kind}")
+    subjects = {kind: mailflow.unique(f"ingest {kind}")
                 for kind in ("signed", "tampered", "plain")}
     messages = {
-        "signed": postfix_tests.signed_message(live_pki, subjects["signed"], rcpt),
-        "tampered": postfix_tests.tampered(
-            postfix_tests.signed_message(live_pki, subjects["tampered"], rcpt)),
+        "signed": mailflow.signed_message(live_pki, subjects["signed"], rcpt),
+        "tampered": mailflow.tampered(
+            mailflow.signed_message(live_pki, subjects["tampered"], rcpt)),
         "plain": wrap_message(text_entity("just text\n"), to=rcpt, subject=subjects["plain"]),
     }
-    with postfix_tests._milter(tmp_path / "milter", anchors) as daemon, \
-            PostfixFactory(tmp_path / "pf") as factory:
-        mta = factory(milter=daemon.postfix_socket, mailboxes=[rcpt])
+    with mailflow.milter_process(tmp_path / "milter", anchors) as daemon:
+        mta = postfix(milter=daemon.postfix_socket, mailboxes=[rcpt])
         for message in messages.values():
             assert mta.send(message, SENDER, [rcpt]).ok
         originals = {
-            kind: postfix_tests.record_of(daemon, postfix_tests.delivered_with(mta, rcpt, subject))
+            kind: mailflow.record_of(daemon, mailflow.delivered_with(mta, rcpt, subject))
             for kind, subject in subjects.items()
         }
         maildir = mta.mailbox(rcpt)
@@ -760,7 +762,7 @@ def test_store_rebuilt_from_a_real_maildir_equals_the_milters(
         assert main(args) == 0  # idempotent
         assert "3 file(s): 0 created, 0 refreshed, 3 unchanged" in capsys.readouterr().err
     # The command took the authserv-id from the daemon's configuration file.
-    assert load_config(daemon.config).milter.authserv_id == postfix_tests.AUTHSERV_ID
+    assert load_config(daemon.config).milter.authserv_id == mailflow.AUTHSERV_ID
 
     assert [originals[k].status_at_delivery for k in ("signed", "tampered", "plain")] == [
         Status.SIGNED_VERIFIED, Status.SIGNED_FAILED, None]

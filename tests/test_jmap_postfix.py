@@ -23,24 +23,20 @@ import pytest
 
 from smime_milter.stamp.fields import parse_status_header
 from tests.support.daemon import SMIME_MILTER
-from tests.support.pki import TestPki
-from tests.support.postfix import (
-    POSTFIX_MISSING,
-    PostfixFactory,
-    PostfixInstance,
-    postfix_available,
-)
-from tests.support.smime import multipart_signed, text_entity, wrap_message
-from tests.test_milter_postfix import (
-    _milter,
-    _unique,
-    _wait_for_log,
+from tests.support.mailflow import (
+    POSTFIX,
     delivered_with,
+    milter_process,
     stamps,
     tampered,
+    unique,
+    wait_for_log,
 )
+from tests.support.pki import TestPki
+from tests.support.postfix import PostfixFactory, PostfixInstance
+from tests.support.smime import multipart_signed, text_entity, wrap_message
 
-pytestmark = pytest.mark.skipif(not postfix_available(), reason=POSTFIX_MISSING)
+pytestmark = [*POSTFIX, pytest.mark.process]
 
 RCPT = "jmap@example.org"
 SENDER = "alice@example.com"
@@ -104,13 +100,12 @@ def _messages(pki: TestPki, subjects: dict[str, str]) -> dict[str, bytes]:
 
 
 def test_delivered_records_through_jmap_and_an_anchor_added_after_delivery(
-    tmp_path: Path, anchors: Path, live_pki: TestPki
+    tmp_path: Path, anchors: Path, live_pki: TestPki, postfix: PostfixFactory
 ) -> None:
     kinds = ("verified", "tampered", "plain", "newcomer")
-    subjects = {kind: _unique(f"jmap {kind}") for kind in kinds}
-    with _milter(tmp_path / "milter", anchors) as daemon, \
-            PostfixFactory(tmp_path / "pf") as factory:
-        mta = factory(milter=daemon.postfix_socket, mailboxes=[RCPT])
+    subjects = {kind: unique(f"jmap {kind}") for kind in kinds}
+    with milter_process(tmp_path / "milter", anchors) as daemon:
+        mta = postfix(milter=daemon.postfix_socket, mailboxes=[RCPT])
         before = datetime.now(UTC).replace(microsecond=0)
         for kind, message in _messages(live_pki, subjects).items():
             _send(mta, kind, message)
@@ -182,9 +177,9 @@ def test_delivered_records_through_jmap_and_an_anchor_added_after_delivery(
         assert changes["updated"] == [ids["newcomer"]]
 
         # The running milter notices the new anchor file by itself.
-        _wait_for_log(daemon, "trust anchor, intermediate or CRL files changed: reloading")
-        _wait_for_log(daemon, "reloaded configuration and trust anchors")
-        subject = _unique("jmap newcomer again")
+        wait_for_log(daemon, "trust anchor, intermediate or CRL files changed: reloading")
+        wait_for_log(daemon, "reloaded configuration and trust anchors")
+        subject = unique("jmap newcomer again")
         _send(mta, "newcomer again", _signed(live_pki.untrusted, subject, NEWCOMER))
         token, again = _record_id(delivered_with(mta, RCPT, subject))
         assert token == "signed/verified"

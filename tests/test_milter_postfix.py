@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from email import message_from_bytes
-from email.message import Message
 from pathlib import Path
 
 import pytest
@@ -21,19 +20,25 @@ import pytest
 from smime_milter.model import Status
 from smime_milter.stamp.fields import parse_status_header
 from tests.support.daemon import MilterProcess
-from tests.support.pki import TestPki
-from tests.support.postfix import (
-    POSTFIX_MISSING,
-    PostfixFactory,
-    PostfixInstance,
-    make_traversable,
-    postfix_available,
+from tests.support.mailflow import (
+    AUTHSERV_ID,
+    POSTFIX,
+    delivered_with,
+    milter_and_postfix,
+    milter_process,
+    record_of,
+    signed_message,
+    stamps,
+    tampered,
+    unique,
+    wait_for_log,
 )
-from tests.support.smime import multipart_signed, opaque_signed, text_entity, wrap_message
+from tests.support.milterproxy import MilterRelay
+from tests.support.pki import TestPki
+from tests.support.postfix import PostfixFactory, PostfixInstance
+from tests.support.smime import opaque_signed, text_entity, wrap_message
 
-pytestmark = pytest.mark.skipif(not postfix_available(), reason=POSTFIX_MISSING)
-
-AUTHSERV_ID = "mx.test.example"
+pytestmark = POSTFIX
 
 
 #: Mailboxes known to Postfix from the start: updating its table while mail flows
@@ -48,83 +53,31 @@ def rcpt() -> str:
     return next(_next_mailbox)
 
 
-def _milter(directory: Path, anchors: Path, extra_toml: str = "", **options: str
-            ) -> MilterProcess:
-    directory.mkdir(parents=True, exist_ok=True)
-    make_traversable(directory / "milter.sock")
-    return MilterProcess(directory, anchors, authserv_id=AUTHSERV_ID, extra_toml=extra_toml,
-                         **options)  # type: ignore[arg-type]
-
-
 @pytest.fixture(scope="module")
-def milter(tmp_path_factory: pytest.TempPathFactory, anchors: Path) -> Iterator[MilterProcess]:
-    with _milter(tmp_path_factory.mktemp("milter"), anchors) as daemon:
-        yield daemon
-
-
-@pytest.fixture(scope="module")
-def mta(tmp_path_factory: pytest.TempPathFactory, milter: MilterProcess
-        ) -> Iterator[PostfixInstance]:
+def flow(tmp_path_factory: pytest.TempPathFactory, anchors: Path
+         ) -> Iterator[tuple[MilterProcess, PostfixInstance]]:
     settings = {"message_size_limit": 80 << 20, "virtual_mailbox_limit": 0,
                 "default_process_limit": 250,
                 "smtpd_client_connection_count_limit": 0}
-    with PostfixFactory(tmp_path_factory.mktemp("postfix")) as factory:
-        yield factory(milter=milter.postfix_socket, settings=settings, mailboxes=MAILBOXES)
+    with milter_and_postfix(tmp_path_factory, anchors, "shared", mailboxes=MAILBOXES,
+                            settings=settings) as both:
+        yield both
 
 
-_counter = iter(range(10**9))
+@pytest.fixture(scope="module")
+def milter(flow: tuple[MilterProcess, PostfixInstance]) -> MilterProcess:
+    return flow[0]
 
 
-def _unique(text: str) -> str:
-    return f"{text} #{next(_counter)} {time.monotonic_ns()}"
-
-
-def signed_message(pki: TestPki, subject: str, rcpt: str, body: str = "Hello Bob\n",
-                   extra_headers: tuple[tuple[str, str], ...] = ()) -> bytes:
-    return multipart_signed(text_entity(body), pki.rsa, to=rcpt, subject=subject,
-                            extra_headers=extra_headers)
-
-
-def tampered(message: bytes) -> bytes:
-    return message.replace(b"Hello Bob", b"Hello Eve", 1)
-
-
-def delivered_with(mta: PostfixInstance, address: str, subject: str,
-                   timeout: float = 30.0) -> Message:
-    """The one delivered copy whose Subject contains ``subject``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = [m for m in map(message_from_bytes, mta.delivered(address))
-                 if subject in (m["Subject"] or "")]
-        if found:
-            assert len(found) == 1, f"{len(found)} copies of {subject!r}"
-            return found[0]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{subject!r} not delivered; log:\n{mta.log_text()[-3000:]}")
-        time.sleep(0.05)
-
-
-def stamps(message: Message) -> tuple[list[str], list[str]]:
-    """(our Authentication-Results values unfolded, SMIME-Status-At-Delivery values)."""
-    results = [" ".join(str(v).split()) for v in message.get_all("Authentication-Results", [])]
-    return ([r for r in results if r.lower().startswith(AUTHSERV_ID)],
-            [str(v) for v in message.get_all("SMIME-Status-At-Delivery", [])])
-
-
-def record_of(milter: MilterProcess, message: Message):  # type: ignore[no-untyped-def]
-    [status_value] = stamps(message)[1]
-    _, record_id = parse_status_header(status_value)
-    assert record_id is not None
-    store = milter.open_store()
-    record = store.get(record_id)
-    assert record is not None, f"record {record_id} not in the store"
-    return record
+@pytest.fixture(scope="module")
+def mta(flow: tuple[MilterProcess, PostfixInstance]) -> PostfixInstance:
+    return flow[1]
 
 
 def test_signed_message_is_stamped_and_recorded(
     mta: PostfixInstance, milter: MilterProcess, live_pki: TestPki, rcpt: str
 ) -> None:
-    subject = _unique("signed")
+    subject = unique("signed")
     reply = mta.send(signed_message(live_pki, subject, rcpt), "alice@example.com", [rcpt])
     assert reply.ok, reply
     message = delivered_with(mta, rcpt, subject)
@@ -154,7 +107,7 @@ def test_signed_message_is_stamped_and_recorded(
 def test_tampered_message_is_delivered_as_failed(
     mta: PostfixInstance, milter: MilterProcess, live_pki: TestPki, rcpt: str
 ) -> None:
-    subject = _unique("tampered")
+    subject = unique("tampered")
     message_bytes = tampered(signed_message(live_pki, subject, rcpt))
     reply = mta.send(message_bytes, "alice@example.com", [rcpt])
     assert reply.ok, reply
@@ -171,7 +124,7 @@ def test_tampered_message_is_delivered_as_failed(
 def test_opaque_signed_message_is_verified(
     mta: PostfixInstance, milter: MilterProcess, live_pki: TestPki, rcpt: str
 ) -> None:
-    subject = _unique("opaque")
+    subject = unique("opaque")
     message_bytes = opaque_signed(text_entity("Hello Bob\n"), live_pki.rsa, to=rcpt,
                                   subject=subject)
     assert mta.send(message_bytes, "alice@example.com", [rcpt]).ok
@@ -181,7 +134,7 @@ def test_opaque_signed_message_is_verified(
 
 def test_unsigned_message_gets_none(mta: PostfixInstance, milter: MilterProcess, rcpt: str
                                    ) -> None:
-    subject = _unique("plain")
+    subject = unique("plain")
     message_bytes = wrap_message(text_entity("just text\n"), to=rcpt, subject=subject)
     assert mta.send(message_bytes, "carol@example.net", [rcpt]).ok
     message = delivered_with(mta, rcpt, subject)
@@ -195,7 +148,7 @@ def test_unsigned_message_gets_none(mta: PostfixInstance, milter: MilterProcess,
 def test_forged_stamps_are_removed_and_others_kept(
     mta: PostfixInstance, milter: MilterProcess, live_pki: TestPki, rcpt: str
 ) -> None:
-    subject = _unique("forged")
+    subject = unique("forged")
     forged = (
         ("Authentication-Results", f"{AUTHSERV_ID}; smime=pass body.smime-identifier=x@y"),
         ("SMIME-Status-At-Delivery", "signed/verified; record=rforgedforgedforgedforged0"),
@@ -219,7 +172,7 @@ def test_several_messages_on_one_connection_each_get_their_own_record(
 ) -> None:
     import smtplib
 
-    subjects = [_unique("same-connection") for _ in range(3)]
+    subjects = [unique("same-connection") for _ in range(3)]
     messages = [signed_message(live_pki, subjects[0], rcpt),
                 wrap_message(text_entity("plain\n"), to=rcpt, subject=subjects[1]),
                 tampered(signed_message(live_pki, subjects[2], rcpt))]
@@ -236,7 +189,7 @@ def test_several_messages_on_one_connection_each_get_their_own_record(
 
 def test_fifty_megabyte_message(mta: PostfixInstance, milter: MilterProcess,
                                 live_pki: TestPki, rcpt: str) -> None:
-    subject = _unique("big")
+    subject = unique("big")
     line = "0123456789abcdef" * 4 + "\n"
     body = "Hello Bob\n" + line * ((50 << 20) // len(line))
     reply = mta.send(signed_message(live_pki, subject, rcpt, body), "alice@example.com", [rcpt],
@@ -251,7 +204,7 @@ def test_fifty_megabyte_message(mta: PostfixInstance, milter: MilterProcess,
 
 def test_two_hundred_parallel_sessions(mta: PostfixInstance, milter: MilterProcess,
                                        live_pki: TestPki, rcpt: str) -> None:
-    base = _unique("parallel")
+    base = unique("parallel")
     subjects = [f"{base} n{n}." for n in range(200)]
     messages = [(subject, signed_message(live_pki, subject, rcpt)) for subject in subjects]
     mta.add_mailboxes(rcpt)
@@ -275,24 +228,23 @@ def test_two_hundred_parallel_sessions(mta: PostfixInstance, milter: MilterProce
 
 
 def test_policy_reject_and_quarantine(tmp_path: Path, anchors: Path, live_pki: TestPki,
-                                      rcpt: str) -> None:
+                                      rcpt: str, postfix: PostfixFactory) -> None:
     policy = ('[policy]\nfailed = "quarantine"\nnone = "tag"\n'
               '[policy.domains."example.com"]\nfailed = "reject"\n')
-    with _milter(tmp_path / "milter", anchors, policy) as daemon, \
-            PostfixFactory(tmp_path / "pf") as factory:
-        mta = factory(milter=daemon.postfix_socket, mailboxes=[rcpt, "carol@example.com"])
-        bad = tampered(signed_message(live_pki, _unique("r"), rcpt))
+    with milter_process(tmp_path / "milter", anchors, policy) as daemon:
+        mta = postfix(milter=daemon.postfix_socket, mailboxes=[rcpt, "carol@example.com"])
+        bad = tampered(signed_message(live_pki, unique("r"), rcpt))
         rejected = mta.send(bad, "a@example.com", ["carol@example.com"])
         assert rejected.code == 550, rejected
         assert "5.7.1" in rejected.text and "signed/failed" in rejected.text
-        held_subject = _unique("held")
+        held_subject = unique("held")
         held = mta.send(tampered(signed_message(live_pki, held_subject, rcpt)), "a@example.com",
                         [rcpt])
         assert held.ok
         mta.wait_until_idle(20)
         assert any(entry.get("queue_name") == "hold" for entry in mta.queue())
         assert mta.delivered(rcpt) == []
-        tagged = _unique("tagged")
+        tagged = unique("tagged")
         mta.send(wrap_message(text_entity("x\n"), to=rcpt, subject=tagged), "a@example.com",
                  [rcpt])
         message = delivered_with(mta, rcpt, tagged)
@@ -300,11 +252,11 @@ def test_policy_reject_and_quarantine(tmp_path: Path, anchors: Path, live_pki: T
         assert "action=reject" in daemon.log_text() and "action=quarantine" in daemon.log_text()
 
 
-def _send_until_accepted(mta: PostfixInstance, message: bytes, rcpt: str,
-                         attempts: int = 40) -> list[int]:
+def _send_until_accepted(mta: PostfixInstance, message: bytes, rcpt: str, deadline: float,
+                         give_up: threading.Event) -> list[int]:
     """Send like an SMTP client would: retry after a 4xx; returns every reply code."""
     codes: list[int] = []
-    for _ in range(attempts):
+    while time.monotonic() < deadline and not give_up.is_set():
         code = mta.send(message, "alice@example.com", [rcpt], timeout=60).code
         codes.append(code)
         if code == 250 or code >= 500:
@@ -314,59 +266,60 @@ def _send_until_accepted(mta: PostfixInstance, message: bytes, rcpt: str,
 
 
 def test_kill_9_during_sends_loses_nothing_and_duplicates_nothing(
-    tmp_path: Path, anchors: Path, live_pki: TestPki, rcpt: str
+    tmp_path: Path, anchors: Path, live_pki: TestPki, rcpt: str, postfix: PostfixFactory
 ) -> None:
-    daemon = _milter(tmp_path / "milter", anchors)
+    """kill -9 of the milter while it answers a message's end of data (a relay in
+    front of it holds the answer back and kills it, so the moment is exact every run):
+    Postfix must tempfail that message, and every message sent meanwhile, rather than
+    pass it unstamped or lose it; once the milter is back each is delivered once."""
+    daemon = milter_process(tmp_path / "milter", anchors)
     daemon.start()
     try:
-        with PostfixFactory(tmp_path / "pf") as factory:
-            mta = factory(milter=daemon.postfix_socket, mailboxes=[rcpt])
-            base = _unique("kill")
+        with MilterRelay(tmp_path / "relay" / "relay.sock", daemon.socket, kill=daemon.kill,
+                         kill_at=10) as relay:
+            mta = postfix(milter=relay.postfix_socket, mailboxes=[rcpt])
+            base = unique("kill")
             subjects = [f"{base} n{n}." for n in range(60)]
             replies: dict[str, list[int]] = {}
+            deadline, give_up = time.monotonic() + 240, threading.Event()
 
             def send(subject: str) -> None:
                 replies[subject] = _send_until_accepted(
-                    mta, signed_message(live_pki, subject, rcpt), rcpt)
+                    mta, signed_message(live_pki, subject, rcpt), rcpt, deadline, give_up)
 
             with ThreadPoolExecutor(6) as pool:
                 futures = [pool.submit(send, subject) for subject in subjects]
-                time.sleep(0.5)
-                daemon.kill()  # kill -9 of the daemon and its workers, mid-flight
-                time.sleep(1.0)
-                daemon.start()
+                try:
+                    assert relay.killed.wait(120), "the tenth message never reached end of data"
+                    daemon.start()
+                except BaseException:
+                    give_up.set()  # fail now, not after every sender's patience
+                    raise
                 for future in futures:
                     future.result()
-            assert all(codes[-1] == 250 for codes in replies.values()), replies
-            # Some sends really did hit the dead milter and were deferred, not lost.
-            assert any(450 <= code < 500 for codes in replies.values() for code in codes)
-            mta.wait_for_delivery(rcpt, len(subjects), timeout=60)
-            mta.wait_until_idle(20)
-            delivered = [message_from_bytes(m) for m in mta.delivered(rcpt)]
-            assert sorted(str(m["Subject"]) for m in delivered) == sorted(subjects)
-            store = daemon.open_store()
-            for message in delivered:
-                status, record_id = parse_status_header(stamps(message)[1][0])
-                assert status is Status.SIGNED_VERIFIED
-                assert record_id is not None and store.get(record_id) is not None
+        assert all(codes[-1] == 250 for codes in replies.values()), replies
+        # The killed message (at least) was deferred, not passed or lost.
+        tempfailed = [s for s, codes in replies.items() if any(450 <= c < 500 for c in codes)]
+        assert tempfailed, replies
+        mta.wait_for_delivery(rcpt, len(subjects), timeout=60)
+        mta.wait_until_idle(20)
+        delivered = [message_from_bytes(m) for m in mta.delivered(rcpt)]
+        assert sorted(str(m["Subject"]) for m in delivered) == sorted(subjects)
+        store = daemon.open_store()
+        for message in delivered:
+            status, record_id = parse_status_header(stamps(message)[1][0])
+            assert status is Status.SIGNED_VERIFIED
+            assert record_id is not None and store.get(record_id) is not None
     finally:
         daemon.stop()
 
 
-def _wait_for_log(daemon: MilterProcess, text: str, count: int = 1, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while daemon.log_text().count(text) < count:
-        assert time.monotonic() < deadline, daemon.log_text()[-2000:]
-        time.sleep(0.05)
-
-
 def test_reload_under_load_drops_nothing_and_applies_the_new_policy(
     tmp_path: Path, anchors: Path, live_pki: TestPki, rcpt: str
-) -> None:
-    with _milter(tmp_path / "milter", anchors) as daemon, \
-            PostfixFactory(tmp_path / "pf") as factory:
-        mta = factory(milter=daemon.postfix_socket, mailboxes=[rcpt])
-        base = _unique("reload")
+, postfix: PostfixFactory) -> None:
+    with milter_process(tmp_path / "milter", anchors) as daemon:
+        mta = postfix(milter=daemon.postfix_socket, mailboxes=[rcpt])
+        base = unique("reload")
         reloads_done = threading.Event()
         sent: list[tuple[str, int]] = []
         counter = iter(range(10**6))
@@ -386,7 +339,7 @@ def test_reload_under_load_drops_nothing_and_applies_the_new_policy(
             time.sleep(0.3)
             daemon.write_config('[policy]\nnone = "tag"\n' if round_number % 2 else "")
             daemon.reload()
-            _wait_for_log(daemon, "reloaded configuration", round_number)
+            wait_for_log(daemon, "reloaded configuration", round_number)
         reloads_done.set()
         for thread in senders:
             thread.join()
@@ -399,8 +352,8 @@ def test_reload_under_load_drops_nothing_and_applies_the_new_policy(
         # Round 4 removed the tag policy again; one more reload brings it back.
         daemon.write_config('[policy]\nnone = "tag"\n')
         daemon.reload()
-        _wait_for_log(daemon, "reloaded configuration", 5)
-        plain = _unique("after-reload")
+        wait_for_log(daemon, "reloaded configuration", 5)
+        plain = unique("after-reload")
         mta.send(wrap_message(text_entity("x\n"), to=rcpt, subject=plain), "a@example.com",
                  [rcpt])
         assert delivered_with(mta, rcpt, plain)["Subject"] == f"[S/MIME none] {plain}"
@@ -408,30 +361,28 @@ def test_reload_under_load_drops_nothing_and_applies_the_new_policy(
 
 def test_bad_config_on_reload_keeps_the_running_one(
     tmp_path: Path, anchors: Path, live_pki: TestPki, rcpt: str
-) -> None:
-    with _milter(tmp_path / "milter", anchors) as daemon, \
-            PostfixFactory(tmp_path / "pf") as factory:
-        mta = factory(milter=daemon.postfix_socket, mailboxes=[rcpt])
+, postfix: PostfixFactory) -> None:
+    with milter_process(tmp_path / "milter", anchors) as daemon:
+        mta = postfix(milter=daemon.postfix_socket, mailboxes=[rcpt])
         daemon.write_config('[policy]\nfailed = "explode"\n')
         daemon.reload()
-        _wait_for_log(daemon, "reload failed")
+        wait_for_log(daemon, "reload failed")
         assert "policy.failed: invalid value 'explode'" in daemon.log_text()
-        subject = _unique("still-running")
+        subject = unique("still-running")
         assert mta.send(signed_message(live_pki, subject, rcpt), "a@example.com", [rcpt]).ok
         assert delivered_with(mta, rcpt, subject)
 
 
 def test_full_store_tempfails_instead_of_losing_or_passing_mail(
     tmp_path: Path, anchors: Path, live_pki: TestPki, rcpt: str
-) -> None:
+, postfix: PostfixFactory) -> None:
     """A full store must not lose or pass mail: the MTA gets 451 and retries later."""
-    with _milter(tmp_path / "milter", anchors, map_size="1M", max_map_size="1M") as daemon, \
-            PostfixFactory(tmp_path / "pf") as factory:
-        mta = factory(milter=daemon.postfix_socket, mailboxes=[rcpt],
+    with milter_process(tmp_path / "milter", anchors, map_size="1M", max_map_size="1M") as daemon:
+        mta = postfix(milter=daemon.postfix_socket, mailboxes=[rcpt],
                       settings={"message_size_limit": 80 << 20, "virtual_mailbox_limit": 0})
         codes = []
         for n in range(400):
-            codes.append(mta.send(signed_message(live_pki, _unique(f"fill {n}"), rcpt),
+            codes.append(mta.send(signed_message(live_pki, unique(f"fill {n}"), rcpt),
                                   "a@example.com", [rcpt]).code)
             if codes[-1] != 250:
                 break

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import smtplib
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,8 @@ from tests.support.postfix import (
     process_group,
 )
 
-pytestmark = pytest.mark.skipif(not postfix_available(), reason=POSTFIX_MISSING)
+pytestmark = [pytest.mark.postfix,
+              pytest.mark.skipif(not postfix_available(), reason=POSTFIX_MISSING)]
 
 ALICE = "alice@example.org"
 BOB = "bob@example.org"
@@ -49,12 +49,6 @@ MESSAGE = b"\n".join(
 )
 # What virtual(8) prepends to each delivered copy.
 DELIVERY_HEADERS = [b"Return-Path", b"X-Original-To", b"Delivered-To", b"Received"]
-
-
-@pytest.fixture
-def postfix(tmp_path: Path) -> Iterator[PostfixFactory]:
-    with PostfixFactory(tmp_path) as factory:
-        yield factory
 
 
 def prepended_header_names(copy: bytes) -> list[bytes]:
@@ -89,6 +83,7 @@ def test_each_recipient_gets_one_copy(postfix: PostfixFactory) -> None:
         assert f"Delivered-To: {address}\n".encode() in copy
 
 
+@pytest.mark.daemon
 def test_null_milter_is_consulted_and_changes_nothing(
     postfix: PostfixFactory, tmp_path: Path
 ) -> None:
@@ -123,6 +118,7 @@ def test_unreachable_milter_defers_and_delivers_nothing(
     mta.wait_for_log("milter-reject: MAIL")
 
 
+@pytest.mark.daemon
 def test_milter_dying_mid_message_gives_4xx_at_end_of_data(
     postfix: PostfixFactory, tmp_path: Path
 ) -> None:

@@ -16,17 +16,12 @@ import pytest
 
 from smime_milter.stamp.fields import parse_status_header
 from tests.support.daemon import SMIME_MILTER, MilterProcess
+from tests.support.mailflow import POSTFIX, milter_and_postfix
 from tests.support.pki import Identity, TestPki, make_leaf
-from tests.support.postfix import (
-    POSTFIX_MISSING,
-    PostfixFactory,
-    PostfixInstance,
-    make_traversable,
-    postfix_available,
-)
+from tests.support.postfix import PostfixInstance
 from tests.support.smime import multipart_signed, text_entity
 
-pytestmark = pytest.mark.skipif(not postfix_available(), reason=POSTFIX_MISSING)
+pytestmark = [*POSTFIX, pytest.mark.process]
 
 OFFICERS = "release-officers@example.org"
 RELEASER = "officer@example.com"
@@ -66,16 +61,13 @@ def _write_identity(directory: Path, name: str, identity: Identity) -> tuple[Pat
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory, anchors: Path, live_pki: TestPki
           ) -> Iterator[World]:
-    directory = tmp_path_factory.mktemp("release-milter")
-    make_traversable(directory / "milter.sock")
     files = tmp_path_factory.mktemp("officer")
     officer = make_leaf(live_pki.intermediate, RELEASER, now=live_pki.now,
                         key_label="release:officer")
     clerk = make_leaf(live_pki.intermediate, CLERK, now=live_pki.now, key_label="release:clerk")
     boxes = [OFFICERS, *(f"rel{n}@example.org" for n in range(10))]
-    with MilterProcess(directory, anchors, extra_toml=RULE) as milter, \
-            PostfixFactory(tmp_path_factory.mktemp("release-postfix")) as factory:
-        mta = factory(milter=milter.postfix_socket, mailboxes=boxes)
+    with milter_and_postfix(tmp_path_factory, anchors, "release", extra_toml=RULE,
+                            mailboxes=boxes) as (milter, mta):
         yield World(milter, mta, _write_identity(files, "officer", officer),
                     _write_identity(files, "clerk", clerk))
 
