@@ -8,7 +8,7 @@ import pytest
 
 from smime_milter.advanced import submission
 from smime_milter.advanced.compose import Composed, OuterField
-from smime_milter.advanced.submission import Connection, Request, RequestError
+from smime_milter.advanced.submission import Connection, Request, RequestHeaderError
 from smime_milter.config.reader import AdvancedConfig, AutoRule, parse_config
 from smime_milter.mail import protect
 
@@ -34,13 +34,13 @@ def test_the_request_header_gives_the_drafts_arguments_with_its_defaults(value, 
     "smimeEncrypt=1",
 ])
 def test_a_malformed_request_is_invalid_arguments(value):
-    with pytest.raises(RequestError) as caught:
+    with pytest.raises(RequestHeaderError) as caught:
         submission.parse_request([value])
     assert caught.value.jmap_error == "invalidArguments"
 
 
 def test_two_request_fields_are_refused_and_none_means_no_request():
-    with pytest.raises(RequestError, match="2 SMIME-Advanced fields"):
+    with pytest.raises(RequestHeaderError, match="2 SMIME-Advanced fields"):
         submission.parse_request(["smimeSign=true", "smimeEncrypt=true"])
     assert submission.parse_request([]) is None
     assert not Request().wanted and Request(encrypt_if_possible=True).wanted

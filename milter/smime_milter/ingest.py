@@ -99,6 +99,7 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from smime_milter.errors import SmimeMilterError
 from smime_milter.mail import mime
 from smime_milter.model import Status, Verdict, is_issued_record_id
 from smime_milter.stamp.fields import (
@@ -136,7 +137,7 @@ class IngestResult:
     reason: str | None = None
 
 
-class Untrusted(ValueError):
+class Untrusted(SmimeMilterError, ValueError):
     """The message carries no stamp ingest may trust; the text says why."""
 
 

@@ -29,13 +29,14 @@ from cryptography import x509
 
 from smime_milter.advanced.keystore import SigningKeys
 from smime_milter.cms.certs import cert_info, signer_emails
+from smime_milter.errors import SmimeMilterError
 from smime_milter.store.facade import Store
 from smime_milter.trust.chain import ChainValidator, TrustStoreError, load_certificates
 
 Source = Literal["directory", "keys", "learned"]
 
 
-class AddressBookError(ValueError):
+class AddressBookError(SmimeMilterError, ValueError):
     """The certificate directory cannot be read; the text names the file."""
 
 

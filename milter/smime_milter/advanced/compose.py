@@ -36,6 +36,7 @@ from smime_milter.cms.signing import (
     detached_signed_data,
     encapsulated_signed_data,
 )
+from smime_milter.errors import SmimeMilterError
 from smime_milter.mail import mime, protect
 from smime_milter.mail.headers import folded
 
@@ -59,7 +60,7 @@ _LINE_END = re.compile(rb"\r\n|\r|\n")
 _MAX_LINE = 998
 
 
-class AdvancedError(Exception):
+class AdvancedError(SmimeMilterError):
     """The message cannot be built as asked; ``jmap_error`` says why to a
     JMAP client (an RFC 8620 SetError type)."""
 

@@ -20,6 +20,7 @@ from ipaddress import ip_address
 
 from smime_milter.advanced.compose import Composed
 from smime_milter.advanced.settings import AdvancedConfig, AutoRule
+from smime_milter.errors import SmimeMilterError
 from smime_milter.mail import mime
 
 REQUEST_HEADER = "SMIME-Advanced"
@@ -34,7 +35,7 @@ _ARGUMENTS = {
 _FOLDING = re.compile(r"\r?\n(?=[ \t])")
 
 
-class RequestError(ValueError):
+class RequestHeaderError(SmimeMilterError, ValueError):
     """A malformed request header; answered like a JMAP ``invalidArguments``."""
 
     jmap_error = "invalidArguments"
@@ -71,7 +72,7 @@ def parse_request(values: Sequence[str]) -> Request | None:
     if not values:
         return None
     if len(values) > 1:
-        raise RequestError(f"{len(values)} {REQUEST_HEADER} fields; send one")
+        raise RequestHeaderError(f"{len(values)} {REQUEST_HEADER} fields; send one")
     settings: dict[str, bool] = {}
     for item in values[0].split(";"):
         if not item.strip():
@@ -79,11 +80,11 @@ def parse_request(values: Sequence[str]) -> Request | None:
         name, equals, value = (part.strip() for part in item.partition("="))
         attribute = _ARGUMENTS.get(name.lower())
         if attribute is None or not equals:
-            raise RequestError(f"unknown {REQUEST_HEADER} argument {name[:40]!r}")
+            raise RequestHeaderError(f"unknown {REQUEST_HEADER} argument {name[:40]!r}")
         if value.lower() not in ("true", "false"):
-            raise RequestError(f"{name} must be true or false, not {value[:40]!r}")
+            raise RequestHeaderError(f"{name} must be true or false, not {value[:40]!r}")
         if attribute in settings:
-            raise RequestError(f"{name} given twice")
+            raise RequestHeaderError(f"{name} given twice")
         settings[attribute] = value.lower() == "true"
     return Request(**settings)
 

@@ -37,7 +37,8 @@ class CertInfo:
 
 def _human(name: x509.Name) -> str:
     try:
-        return name.human_friendly
+        text: str = name.human_friendly
+        return text
     except (ValueError, TypeError):
         return "unprintable name"
 

@@ -39,6 +39,7 @@ from cryptography.hazmat.primitives.keywrap import aes_key_wrap
 from smime_milter.cms.envelope import ecc_cms_shared_info
 from smime_milter.cms.files import certificate_der
 from smime_milter.cms.signing import MIN_RSA_BITS, issuer_and_serial_number
+from smime_milter.errors import SmimeMilterError
 
 __all__ = ["EncryptionError", "EncryptionRecipient", "enveloped_data"]
 
@@ -85,7 +86,7 @@ class EncryptionRecipient:
     oaep: bool = False
 
 
-class EncryptionError(ValueError):
+class EncryptionError(SmimeMilterError, ValueError):
     """A recipient cannot be encrypted for; the text names its certificate."""
 
 

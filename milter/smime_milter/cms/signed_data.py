@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, p
 
 from smime_milter.cms import der
 from smime_milter.cms.certs import CertInfo, cert_info
+from smime_milter.errors import SmimeMilterError
 
 OID_CONTENT_TYPE = "1.2.840.113549.1.9.3"
 OID_MESSAGE_DIGEST = "1.2.840.113549.1.9.4"
@@ -50,7 +51,7 @@ MAX_COUNTERSIGNATURES = 16
 MAX_CAPABILITIES = 32
 
 
-class CmsError(ValueError):
+class CmsError(SmimeMilterError, ValueError):
     """The blob is not a usable CMS structure; the text is the user-facing reason."""
 
 
@@ -294,7 +295,8 @@ def _dotted(tlv: bytes) -> str:
 
 @lru_cache(maxsize=64)
 def _oid_tlv(dotted: str) -> bytes:
-    return core.ObjectIdentifier(dotted).dump()
+    tlv: bytes = core.ObjectIdentifier(dotted).dump()
+    return tlv
 
 
 def signed_attributes_der(signer_info: asn1_cms.SignerInfo) -> bytes:
@@ -305,15 +307,18 @@ def signed_attributes_der(signer_info: asn1_cms.SignerInfo) -> bytes:
 
 
 def digest_name(signer_info: asn1_cms.SignerInfo) -> str:
-    return signer_info["digest_algorithm"]["algorithm"].native
+    name: str = signer_info["digest_algorithm"]["algorithm"].native
+    return name
 
 
 def signature_name(signer_info: asn1_cms.SignerInfo) -> str:
     algorithm = signer_info["signature_algorithm"]
+    name: str
     try:
-        return algorithm.signature_algo
+        name = algorithm.signature_algo
     except ValueError:
-        return algorithm["algorithm"].dotted
+        name = algorithm["algorithm"].dotted
+    return name
 
 
 def check_signature(
@@ -409,7 +414,7 @@ def _check_attributes(
                       else "message-digest attribute repeated")
     elif hash_cls is not None:
         expected = core.OctetString.load(digests[0]).native
-        actual = hashlib.new(hash_cls.name.replace("-", "_"), content).digest()
+        actual = hashlib.new(hash_cls().name.replace("-", "_"), content).digest()
         if expected != actual:
             errors.append("message digest mismatch: the signed content was altered")
 

@@ -29,6 +29,7 @@ from smime_milter.cms.signed_data import (
     signature_octets,
     signed_attributes_der,
 )
+from smime_milter.errors import SmimeMilterError
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 
@@ -46,7 +47,7 @@ _HASHES: dict[str, type[hashes.HashAlgorithm]] = {
 _CAPABILITIES = ("aes256_cbc", "aes192_cbc", "aes128_cbc")
 
 
-class SigningError(ValueError):
+class SigningError(SmimeMilterError, ValueError):
     """The signing key or certificate cannot be used; the text says which file and why."""
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from smime_milter.advanced.settings import ENCRYPT_MODES, AdvancedConfig, AutoRule
 from smime_milter.cms.signed_data import AlgorithmPolicy
+from smime_milter.errors import SmimeMilterError
 from smime_milter.mail import mime
 from smime_milter.model import RevocationMode
 from smime_milter.policy import MACHINERY_ACTIONS, Action, Actions, Policy, merged
@@ -31,7 +32,7 @@ DEFAULT_STORE = Path("/var/lib/smime-milter/store")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
-class ConfigError(ValueError):
+class ConfigError(SmimeMilterError, ValueError):
     """A configuration problem, already phrased as ``file:line: key: reason``."""
 
 

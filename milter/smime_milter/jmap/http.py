@@ -53,8 +53,9 @@ from socketserver import ThreadingUnixStreamServer
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from smime_milter.config.logging import configure_logging
+from smime_milter.config.logs import configure_logging
 from smime_milter.config.reader import Config, check_listen
+from smime_milter.errors import SmimeMilterError
 from smime_milter.jmap.methods import SmimeJmap, capabilities
 from smime_milter.jmap.protocol import (
     CORE,
@@ -88,7 +89,7 @@ JSON = "application/json"
 PROBLEM_JSON = "application/problem+json"
 
 
-class ServeError(Exception):
+class ServeError(SmimeMilterError):
     """The API cannot be served (socket path taken, not bindable...)."""
 
 

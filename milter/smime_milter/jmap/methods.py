@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from smime_milter.errors import SmimeMilterError
 from smime_milter.revalidate import Refresher
 from smime_milter.store.facade import Changes, StatusView, Store, utc_date
 
@@ -65,7 +66,7 @@ def capabilities(*, advanced: bool = False) -> dict[str, dict[str, Any]]:
             "accountCapabilities": {name: {} for name in names}}
 
 
-class FilterError(ValueError):
+class FilterError(SmimeMilterError, ValueError):
     """A filter this module cannot evaluate; ``type`` is the JMAP error type
     (``unsupportedFilter`` or ``invalidArguments``)."""
 

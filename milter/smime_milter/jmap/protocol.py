@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from smime_milter.errors import SmimeMilterError
 from smime_milter.jmap.methods import (
     RECORD_PROPERTIES,
     SMIME_PROPERTIES,
@@ -40,7 +41,7 @@ _ID = re.compile(r"[A-Za-z0-9_-]{1,255}")
 _ERROR_URN = "urn:ietf:params:jmap:error:"
 
 
-class RequestError(Exception):
+class RequestError(SmimeMilterError):
     """A request-level error (RFC 8620 §3.6.1): the whole request is refused."""
 
     def __init__(self, kind: str, detail: str, status: int = 400) -> None:
@@ -49,7 +50,7 @@ class RequestError(Exception):
         self.status = status
 
 
-class MethodError(Exception):
+class MethodError(SmimeMilterError):
     """A method-level error (RFC 8620 §3.6.2)."""
 
     def __init__(self, error_type: str, description: str) -> None:

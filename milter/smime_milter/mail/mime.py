@@ -19,6 +19,7 @@ from email.utils import getaddresses
 from functools import lru_cache
 from typing import cast
 
+from smime_milter.errors import SmimeMilterError
 from smime_milter.mail.headers import unfold
 
 MAX_HEADERS = 1000
@@ -34,7 +35,7 @@ SIGNATURE_PROTOCOLS = frozenset({"application/pkcs7-signature", "application/x-p
 PKCS7_MIME_TYPES = frozenset({"application/pkcs7-mime", "application/x-pkcs7-mime"})
 
 
-class MimeError(ValueError):
+class MimeError(SmimeMilterError, ValueError):
     """The message is not MIME we can walk; the text is the smimeErrors reason."""
 
 

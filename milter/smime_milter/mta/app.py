@@ -190,7 +190,7 @@ class SmimeMilter(milterapi.Base):
                 raise RuntimeError("end of message without a message")
             try:
                 transformed = self._transform(runtime)
-            except (AdvancedError, submission.RequestError) as exc:
+            except (AdvancedError, submission.RequestHeaderError) as exc:
                 return self._refuse(queue_id, exc)
             result = self._examine(runtime)
             diversion = (divert(result.rule, result.release, self.recipients)
@@ -231,7 +231,7 @@ class SmimeMilter(milterapi.Base):
     def _transform(self, runtime: Runtime) -> Transformed | None:
         """Sign and/or encrypt a submitter's message as its request header or
         an automatic rule asks; then examine the result instead of the
-        original. Raises AdvancedError/RequestError for a refusal."""
+        original. Raises AdvancedError/RequestHeaderError for a refusal."""
         assert self.buffer is not None
         config = runtime.config.advanced
         connection = submission.Connection(self.daemon_name, self.sasl_user, self.client_address)
@@ -248,7 +248,7 @@ class SmimeMilter(milterapi.Base):
         if request is None or not request.wanted:
             return None
         if self.buffer.oversize:  # only part of the body was kept: nothing to sign
-            raise submission.RequestError(
+            raise submission.RequestHeaderError(
                 f"message larger than {self.buffer.max_size} bytes cannot be signed")
         skipped = {index for index, (n, _) in enumerate(original) if n.lower() == name}
         skipped |= _positions(original, forged_headers(self.buffer.headers,
@@ -300,7 +300,7 @@ class SmimeMilter(milterapi.Base):
         self.buffer.discard()
         self.buffer = buffer
 
-    def _refuse(self, queue_id: str, exc: AdvancedError | submission.RequestError) -> int:
+    def _refuse(self, queue_id: str, exc: AdvancedError | submission.RequestHeaderError) -> int:
         """Draft §4 errors become 5.7.x replies whose text starts with the JMAP name."""
         code = _REFUSAL_CODES.get(exc.jmap_error, "5.7.0")
         text = reply_text(f"{exc.jmap_error}: {exc}")

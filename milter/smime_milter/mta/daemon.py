@@ -28,8 +28,9 @@ from pathlib import Path
 import Milter
 
 import milter as libmilter
-from smime_milter.config.logging import configure_logging
+from smime_milter.config.logs import configure_logging
 from smime_milter.config.reader import Config
+from smime_milter.errors import SmimeMilterError
 from smime_milter.mta.app import Runtime, RuntimeHolder, SmimeMilter
 from smime_milter.mta.pool import VerifierPool
 from smime_milter.store.facade import Store
@@ -44,7 +45,7 @@ RELOAD_SIGNAL = signal.SIGUSR1
 _LISTEN_BACKLOG = 512
 
 
-class StartupError(RuntimeError):
+class StartupError(SmimeMilterError, RuntimeError):
     """The daemon cannot start; the message says why."""
 
 

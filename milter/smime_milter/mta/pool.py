@@ -30,12 +30,13 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Protocol
 
+from smime_milter.errors import SmimeMilterError
 from smime_milter.model import Verdict
 
 log = logging.getLogger(__name__)
 
 
-class VerifyFailure(RuntimeError):
+class VerifyFailure(SmimeMilterError, RuntimeError):
     """The verification machinery failed (not the message): the MTA should retry."""
 
 

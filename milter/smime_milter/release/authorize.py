@@ -38,6 +38,7 @@ from smime_milter.cms.signing import (
     detached_signed_data,
     with_countersignature,
 )
+from smime_milter.errors import SmimeMilterError
 from smime_milter.mail import mime
 from smime_milter.mail.headers import LINE_WIDTH, folded
 from smime_milter.model import Verdict
@@ -52,7 +53,7 @@ _LINE = re.compile(rb"[^\n]*\n|[^\n]+\Z")
 _ASN1_ERRORS = (ValueError, TypeError, KeyError, IndexError, OverflowError)
 
 
-class AuthorizeError(ValueError):
+class AuthorizeError(SmimeMilterError, ValueError):
     """The message cannot be authorized as asked; the text is for the user."""
 
 

@@ -45,6 +45,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from email.headerregistry import Address, AddressHeader
 
+from smime_milter.errors import SmimeMilterError
 from smime_milter.mail.mime import MimeError, address_header, parse_entity
 from smime_milter.release.rules import AUTHORIZING_USERS_HEADER
 
@@ -59,7 +60,7 @@ MMHS_AUTHORIZING_USERS = AUTHORIZING_USERS_HEADER
 _ENCODED_WORD_BYTES = 45
 
 
-class MixerError(ValueError):
+class MixerError(SmimeMilterError, ValueError):
     """The header fields or the heading cannot be mapped; the text says why."""
 
 

@@ -16,6 +16,7 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from smime_milter.errors import SmimeMilterError
 from smime_milter.mail import mime
 from smime_milter.model import ReleaseDecision, is_issued_record_id
 from smime_milter.release.rules import (
@@ -39,7 +40,7 @@ DROPPED_FIELDS = frozenset({
 })
 
 
-class ReleaseError(RuntimeError):
+class ReleaseError(SmimeMilterError, RuntimeError):
     """The message cannot be released; the text says why."""
 
 

@@ -11,10 +11,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
+from smime_milter.errors import SmimeMilterError
 from smime_milter.model import ReleaseDecision, SignerResult, Status, Verdict, is_record_id
 
 
-class StoreError(Exception):
+class StoreError(SmimeMilterError):
     """A store failure the caller can act on; ``reason`` says which kind.
 
     Reasons: ``map-full``, ``disk-full``, ``corrupt``, ``schema``, ``closed``,

@@ -28,6 +28,7 @@ from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from smime_milter.errors import SmimeMilterError
 from smime_milter.trust.chain import CERT_SUFFIXES, TrustStoreError, load_certificates
 from smime_milter.trust.settings import TrustConfig
 
@@ -40,7 +41,7 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 _OPENSSL_PREFIX = re.compile(r"^\s*sha-?256\s+fingerprint\s*=\s*", re.IGNORECASE)
 
 
-class AnchorError(ValueError):
+class AnchorError(SmimeMilterError, ValueError):
     """A certificate file or an anchor name that cannot be used; nothing was changed."""
 
 
@@ -191,7 +192,7 @@ def list_anchors(trust: TrustConfig, *, now: datetime | None = None) -> list[Anc
     """Every anchor the milter trusts: the configured ``trust.anchors`` first,
     then the managed directory; one entry per (certificate, file)."""
     now = now or datetime.now(UTC)
-    entries = []
+    entries: list[AnchorEntry] = []
     for source in trust.anchors:
         for file, certs in _index(source, managed=False):
             entries.extend(_entry(cert, file, source, False, now) for cert in certs)

@@ -36,6 +36,7 @@ from pyhanko_certvalidator.policy_decl import (
 from pyhanko_certvalidator.registry import SimpleTrustManager
 
 from smime_milter.cms import files
+from smime_milter.errors import SmimeMilterError
 from smime_milter.model import ChainResult, RevocationMode
 
 CERT_SUFFIXES = (".pem", ".crt", ".cer", ".der")
@@ -59,7 +60,7 @@ MIN_ENCRYPTION_RSA_BITS = 2048
 ENCRYPTION_CURVES = frozenset({"secp256r1", "secp384r1", "secp521r1"})
 
 
-class TrustStoreError(ValueError):
+class TrustStoreError(SmimeMilterError, ValueError):
     """A trust anchor, intermediate or CRL file could not be used."""
 
 
