@@ -8,7 +8,8 @@ and its data) and, when the milter answers the *kill_at*-th end-of-body command
 (``E``), calls ``kill`` before a byte of that answer reaches Postfix, then drops
 both connections.  So that message was examined by the milter, which died
 before Postfix learnt its verdict: exactly the moment at which mail could be
-lost or delivered twice.  :attr:`MilterRelay.killed` is set once that happened.
+lost or delivered twice.  :attr:`MilterRelay.killed` is set once that happened,
+and :attr:`MilterRelay.killed_subject` names that message.
 
     with MilterRelay(directory / "relay.sock", daemon.socket, kill=daemon.kill,
                      kill_at=5) as relay:
@@ -31,6 +32,7 @@ from types import TracebackType
 from tests.support.postfix import make_traversable
 
 END_OF_BODY = ord("E")  # SMFIC_BODYEOB
+HEADER = ord("L")  # SMFIC_HEADER: name NUL value NUL
 
 
 class _Conversation:
@@ -41,6 +43,8 @@ class _Conversation:
         self.downstream = downstream
         self.upstream: socket.socket | None = None
         self.doomed = False
+        #: The Subject of the message in flight, as Postfix passed it on.
+        self.subject: str | None = None
 
     def run(self) -> None:
         try:
@@ -65,6 +69,10 @@ class _Conversation:
                 if len(buffer) < 4 + length:
                     break
                 packet, buffer = buffer[:4 + length], buffer[4 + length:]
+                if length and packet[4] == HEADER:
+                    name, _, rest = packet[5:].partition(b"\0")
+                    if name.lower() == b"subject":
+                        self.subject = rest.rstrip(b"\0").decode(errors="replace").strip()
                 if length and packet[4] == END_OF_BODY:
                     self.doomed = self.doomed or self.relay._count_end_of_body()
                 if not self._send(self.upstream, packet):
@@ -77,7 +85,7 @@ class _Conversation:
         assert self.upstream is not None
         while chunk := self._receive(self.upstream):
             if self.doomed:
-                self.relay._kill()
+                self.relay._kill(self.subject)
                 break
             if not self._send(self.downstream, chunk):
                 break
@@ -116,6 +124,8 @@ class MilterRelay:
         self.milter_socket = milter_socket
         self.kill_at = kill_at
         self.killed = threading.Event()
+        #: The Subject of the message whose answer the kill cut off.
+        self.killed_subject: str | None = None
         self.end_of_body_count = 0
         self._kill_function = kill
         self._lock = threading.Lock()
@@ -133,7 +143,8 @@ class MilterRelay:
             self.end_of_body_count += 1
             return self.end_of_body_count == self.kill_at
 
-    def _kill(self) -> None:
+    def _kill(self, subject: str | None) -> None:
+        self.killed_subject = subject
         self._kill_function()
         self.killed.set()
 
