@@ -13,24 +13,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from smime_milter.advanced import compose
-from smime_milter.advanced.addressbook import AddressBook
-from smime_milter.advanced.compose import Advanced
-from smime_milter.advanced.keystore import SigningKeys
-from smime_milter.cms.envelope import load_decryption_key
-from smime_milter.config.reader import (
-    DEFAULT_CONFIG,
-    Config,
-    ConfigError,
-    load_config,
-)
-from smime_milter.jmap.methods import SmimeJmap
-from smime_milter.mta.app import Runtime, hostname
-from smime_milter.mta.pool import VerifierPool
+from smime_milter.advanced import AddressBook, Advanced, SigningKeys, compose
+from smime_milter.cms import load_decryption_key
+from smime_milter.config import DEFAULT_CONFIG, Config, ConfigError, load_config
+from smime_milter.jmap import SmimeJmap
+from smime_milter.mta import Runtime, VerifierPool, hostname
 from smime_milter.revalidate import Refresher, Revalidator
-from smime_milter.store.facade import Store
-from smime_milter.trust.chain import ChainValidator, TrustStore
-from smime_milter.verify.engine import Verifier
+from smime_milter.store import Store
+from smime_milter.trust import ChainValidator, TrustStore
+from smime_milter.verify import Verifier
 
 
 def load_trust(config: Config) -> TrustStore:

@@ -102,7 +102,7 @@ from typing import Any, Literal
 from smime_milter.errors import SmimeMilterError
 from smime_milter.mail import mime
 from smime_milter.model import Status, Verdict, is_issued_record_id
-from smime_milter.stamp.fields import (
+from smime_milter.stamp import (
     AR_HEADER,
     MAX_RESULTS,
     NEUTRAL,
@@ -112,10 +112,11 @@ from smime_milter.stamp.fields import (
     authserv_id_of,
     claims_authserv_id,
     parse_status_header,
+    resinfos,
+    unfold,
 )
-from smime_milter.stamp.lexer import resinfos, unfold
-from smime_milter.store.facade import Record, Store
-from smime_milter.verify.engine import Verifier
+from smime_milter.store import Record, Store
+from smime_milter.verify import Verifier
 
 log = logging.getLogger(__name__)
 

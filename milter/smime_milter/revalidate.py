@@ -27,9 +27,9 @@ from datetime import UTC, datetime, timedelta
 from asn1crypto import x509
 
 from smime_milter.model import Status
-from smime_milter.store.facade import Record, StatusView, Store, StoreError
-from smime_milter.trust.chain import ChainValidator
-from smime_milter.verify.status import signed_status
+from smime_milter.store import Record, StatusView, Store, StoreError
+from smime_milter.trust import ChainValidator
+from smime_milter.verify import signed_status
 
 log = logging.getLogger(__name__)
 

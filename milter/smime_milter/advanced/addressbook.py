@@ -28,10 +28,10 @@ from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 
 from smime_milter.advanced.keystore import SigningKeys
-from smime_milter.cms.certs import cert_info, signer_emails
+from smime_milter.cms import cert_info, signer_emails
 from smime_milter.errors import SmimeMilterError
-from smime_milter.store.facade import Store
-from smime_milter.trust.chain import ChainValidator, TrustStoreError, load_certificates
+from smime_milter.store import Store
+from smime_milter.trust import ChainValidator, TrustStoreError, load_certificates
 
 Source = Literal["directory", "keys", "learned"]
 

@@ -29,16 +29,17 @@ from typing import ClassVar, Protocol
 
 from cryptography import x509
 
-from smime_milter.cms.encrypt import EncryptionError, EncryptionRecipient, enveloped_data
-from smime_milter.cms.signing import (
+from smime_milter.cms import (
+    EncryptionError,
+    EncryptionRecipient,
     SigningIdentity,
     build_signer_info,
     detached_signed_data,
     encapsulated_signed_data,
+    enveloped_data,
 )
 from smime_milter.errors import SmimeMilterError
-from smime_milter.mail import mime, protect
-from smime_milter.mail.headers import folded
+from smime_milter.mail import folded, mime, protect
 
 __all__ = [
     "Advanced",

@@ -22,10 +22,15 @@ from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from smime_milter.cms import files
-from smime_milter.cms.certs import signer_emails
-from smime_milter.cms.files import certificate_der
-from smime_milter.cms.signing import PrivateKey, SigningError, SigningIdentity, signing_key
+from smime_milter.cms import (
+    PrivateKey,
+    SigningError,
+    SigningIdentity,
+    certificate_der,
+    files,
+    signer_emails,
+    signing_key,
+)
 
 PEM_SUFFIXES = (".pem",)
 PKCS12_SUFFIXES = (".p12", ".pfx")

@@ -22,26 +22,23 @@ from smime_milter.bootstrap import (
 )
 from smime_milter.cli.mixer import add_mixer_parser
 from smime_milter.cli.release import add_release_parsers
-from smime_milter.cms.signed_data import AlgorithmPolicy
-from smime_milter.config.reader import (
-    DEFAULT_CONFIG,
-    Config,
-    ConfigError,
-    check_socket,
-    load_config,
-)
+from smime_milter.cms import AlgorithmPolicy
+from smime_milter.config import DEFAULT_CONFIG, Config, ConfigError, check_socket, load_config
 from smime_milter.ingest import IngestResult, ingest_message, message_files
-from smime_milter.jmap.http import listen_argument, serve
-from smime_milter.jmap.methods import SmimeJmap
-from smime_milter.jmap.protocol import JmapProtocol, RequestError
+from smime_milter.jmap import JmapProtocol, RequestError, SmimeJmap, listen_argument, serve
 from smime_milter.model import RevocationMode, Verdict
-from smime_milter.mta.daemon import StartupError, run
-from smime_milter.mta.pool import VerifyFailure
+from smime_milter.mta import StartupError, VerifyFailure, run
 from smime_milter.revalidate import AtDeliveryChange, apply_anchor_change
-from smime_milter.store.facade import Store, StoreError, utc_date
-from smime_milter.trust.anchors import AnchorEntry, add_anchors, list_anchors, remove_anchors
-from smime_milter.trust.chain import TrustStore, TrustStoreError
-from smime_milter.trust.settings import TrustConfig
+from smime_milter.store import Store, StoreError, utc_date
+from smime_milter.trust import (
+    AnchorEntry,
+    TrustConfig,
+    TrustStore,
+    TrustStoreError,
+    add_anchors,
+    list_anchors,
+    remove_anchors,
+)
 
 
 def parse_moment(text: str) -> datetime:

@@ -8,13 +8,7 @@ import json
 import sys
 from typing import Any
 
-from smime_milter.release.mixer import (
-    IpmsHeading,
-    MixerError,
-    from_x400,
-    headers_from_message,
-    to_x400,
-)
+from smime_milter.release import IpmsHeading, MixerError, from_x400, headers_from_message, to_x400
 
 PROG = "smime-milter mixer"
 #: Exit status for input that cannot be mapped. It matches argparse's usage

@@ -9,17 +9,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 from smime_milter.bootstrap import build_verifier
-from smime_milter.cms.signing import SigningError, SigningIdentity
-from smime_milter.config.reader import Config, check_submit
-from smime_milter.release.authorize import AuthorizeError, authorize
-from smime_milter.release.resubmit import (
+from smime_milter.cms import SigningError, SigningIdentity
+from smime_milter.config import Config, check_submit
+from smime_milter.release import (
+    AuthorizeError,
     ReleaseError,
+    authorize,
     looks_like_record_id,
     prepare,
     record_id_of,
     submit,
 )
-from smime_milter.store.facade import Store
+from smime_milter.store import Store
 
 
 def add_release_parsers(

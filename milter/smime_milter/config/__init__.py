@@ -1,0 +1,29 @@
+"""The configuration file reader: strict TOML to immutable settings, errors
+naming file, line and key.
+
+Other packages import from here only; the modules inside are this
+package's own business."""
+
+from __future__ import annotations
+
+from smime_milter.config.logs import configure_logging
+from smime_milter.config.reader import (
+    DEFAULT_CONFIG,
+    Config,
+    ConfigError,
+    check_listen,
+    check_socket,
+    check_submit,
+    load_config,
+)
+
+__all__ = [
+    "DEFAULT_CONFIG",
+    "Config",
+    "ConfigError",
+    "check_listen",
+    "check_socket",
+    "check_submit",
+    "configure_logging",
+    "load_config",
+]

@@ -14,17 +14,15 @@ from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Any
 
-from smime_milter.advanced.settings import ENCRYPT_MODES, AdvancedConfig, AutoRule
-from smime_milter.cms.signed_data import AlgorithmPolicy
+from smime_milter.advanced import ENCRYPT_MODES, AdvancedConfig, AutoRule
+from smime_milter.cms import AlgorithmPolicy
 from smime_milter.errors import SmimeMilterError
 from smime_milter.mail import mime
 from smime_milter.model import RevocationMode
 from smime_milter.policy import MACHINERY_ACTIONS, Action, Actions, Policy, merged
-from smime_milter.release.rules import HOLD, ReleaseRule
-from smime_milter.release.settings import DEFAULT_SUBMIT, ReleaseConfig
-from smime_milter.trust.chain import TrustStoreError, load_certificates
-from smime_milter.trust.settings import TrustConfig
-from smime_milter.verify.engine import VerifyPolicy
+from smime_milter.release import DEFAULT_SUBMIT, HOLD, ReleaseConfig, ReleaseRule
+from smime_milter.trust import TrustConfig, TrustStoreError, load_certificates
+from smime_milter.verify import VerifyPolicy
 
 DEFAULT_CONFIG = Path("/etc/smime-milter/smime-milter.toml")
 DEFAULT_SOCKET = "unix:/run/smime-milter/smime-milter.sock"

@@ -53,8 +53,7 @@ from socketserver import ThreadingUnixStreamServer
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from smime_milter.config.logs import configure_logging
-from smime_milter.config.reader import Config, check_listen
+from smime_milter.config import Config, check_listen, configure_logging
 from smime_milter.errors import SmimeMilterError
 from smime_milter.jmap.methods import SmimeJmap, capabilities
 from smime_milter.jmap.protocol import (
@@ -66,9 +65,8 @@ from smime_milter.jmap.protocol import (
     RequestError,
 )
 from smime_milter.revalidate import Refresher
-from smime_milter.store.facade import Store
-from smime_milter.trust.chain import TrustStoreError
-from smime_milter.trust.watch import trust_files
+from smime_milter.store import Store
+from smime_milter.trust import TrustStoreError, trust_files
 
 log = logging.getLogger(__name__)
 

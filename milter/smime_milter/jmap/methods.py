@@ -29,7 +29,7 @@ from typing import Any
 
 from smime_milter.errors import SmimeMilterError
 from smime_milter.revalidate import Refresher
-from smime_milter.store.facade import Changes, StatusView, Store, utc_date
+from smime_milter.store import Changes, StatusView, Store, utc_date
 
 SMIMEVERIFY = "urn:ietf:params:jmap:smimeverify"
 SMIME_ADVANCED = "urn:ietf:params:jmap:smime-advanced"

@@ -26,7 +26,7 @@ from smime_milter.jmap.methods import (
     FilterError,
     SmimeJmap,
 )
-from smime_milter.store.facade import CannotCalculateChanges, StoreError
+from smime_milter.store import CannotCalculateChanges, StoreError
 
 log = logging.getLogger(__name__)
 

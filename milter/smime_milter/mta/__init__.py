@@ -1,0 +1,20 @@
+"""The milter: pymilter callbacks, the pipeline that decides and plans header
+edits, the verifier pool, the daemon.
+
+Other packages import from here only; the modules inside are this
+package's own business."""
+
+from __future__ import annotations
+
+from smime_milter.mta.app import Runtime, hostname
+from smime_milter.mta.daemon import StartupError, run
+from smime_milter.mta.pool import VerifierPool, VerifyFailure
+
+__all__ = [
+    "Runtime",
+    "StartupError",
+    "VerifierPool",
+    "VerifyFailure",
+    "hostname",
+    "run",
+]

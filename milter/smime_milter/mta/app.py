@@ -18,31 +18,25 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
-from smime_milter.advanced import submission
-from smime_milter.advanced.compose import (
+from smime_milter.advanced import (
     Advanced,
     AdvancedError,
     Composed,
     OuterField,
     ValidEncryptionKeyNotFound,
     sender_of,
+    submission,
 )
-from smime_milter.config.reader import Config
+from smime_milter.config import Config
 from smime_milter.mail import mime
-from smime_milter.model import ReleaseDecision, Verdict
+from smime_milter.model import ReleaseDecision, Verdict, new_record_id
 from smime_milter.mta import milterapi
 from smime_milter.mta.handling import Plan, forged_headers, plan_delivery, reply_text
 from smime_milter.mta.intake import MessageBuffer
 from smime_milter.mta.pool import Job, PoolClosed, VerifyFailure
 from smime_milter.policy import Action, Decision, Outcome, decide, outcome_of
-from smime_milter.release.rules import (
-    MessageContext,
-    ReleaseRule,
-    assess,
-    divert,
-    select_rule,
-)
-from smime_milter.store.facade import Record, StoreError, new_record_id
+from smime_milter.release import MessageContext, ReleaseRule, assess, divert, select_rule
+from smime_milter.store import Record, StoreError
 
 log = logging.getLogger("smime_milter")
 

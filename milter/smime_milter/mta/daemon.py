@@ -28,13 +28,12 @@ from pathlib import Path
 import Milter
 
 import milter as libmilter
-from smime_milter.config.logs import configure_logging
-from smime_milter.config.reader import Config
+from smime_milter.config import Config, configure_logging
 from smime_milter.errors import SmimeMilterError
 from smime_milter.mta.app import Runtime, RuntimeHolder, SmimeMilter
 from smime_milter.mta.pool import VerifierPool
-from smime_milter.store.facade import Store
-from smime_milter.trust.watch import trust_files
+from smime_milter.store import Store
+from smime_milter.trust import trust_files
 
 log = logging.getLogger("smime_milter")
 

@@ -11,10 +11,10 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from smime_milter.advanced.submission import REQUEST_HEADER
+from smime_milter.advanced import REQUEST_HEADER
 from smime_milter.model import ReleaseDecision, Verdict
 from smime_milter.policy import Action, Decision, Outcome, Policy
-from smime_milter.release.rules import (
+from smime_milter.release import (
     ORIGINAL_RECIPIENTS_HEADER,
     RELEASE_STATUS_HEADER,
     Diversion,

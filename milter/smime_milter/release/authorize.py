@@ -22,28 +22,25 @@ from datetime import datetime
 from asn1crypto import cms as asn1_cms
 from cryptography.hazmat.primitives import serialization
 
-from smime_milter.cms.certs import cert_info
-from smime_milter.cms.signed_data import (
+from smime_milter.cms import (
     OID_DATA,
     CmsError,
     SignedData,
-    parse_signed_data,
-    signed_attributes_der,
-)
-from smime_milter.cms.signing import (
     SigningIdentity,
     amend_signed_data,
     build_signer_info,
+    cert_info,
     countersignature,
     detached_signed_data,
+    parse_signed_data,
+    signed_attributes_der,
     with_countersignature,
 )
 from smime_milter.errors import SmimeMilterError
-from smime_milter.mail import mime
-from smime_milter.mail.headers import LINE_WIDTH, folded
+from smime_milter.mail import LINE_WIDTH, folded, mime
 from smime_milter.model import Verdict
 from smime_milter.release.rules import AUTHORIZING_USERS_HEADER, drafter, proven_users
-from smime_milter.verify.engine import Verifier
+from smime_milter.verify import Verifier
 
 #: RFC 8551 §3.5.3 micalg names of the digests signing.py uses.
 MICALG = {"sha256": "sha-256", "sha384": "sha-384", "sha512": "sha-512"}

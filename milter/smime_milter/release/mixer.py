@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from email.headerregistry import Address, AddressHeader
 
 from smime_milter.errors import SmimeMilterError
-from smime_milter.mail.mime import MimeError, address_header, parse_entity
+from smime_milter.mail import MimeError, address_header, parse_entity
 from smime_milter.release.rules import AUTHORIZING_USERS_HEADER
 
 FROM = "From"

@@ -28,8 +28,8 @@ from smime_milter.release.rules import (
     select_rule,
 )
 from smime_milter.stamp import fields as stamp
-from smime_milter.store.facade import Record
-from smime_milter.verify.engine import Verifier
+from smime_milter.store import Record
+from smime_milter.verify import Verifier
 
 #: Fields of the held copy that must not travel again: delivery traces of the
 #: release officer's mailbox and our own stamps (the milter strips those too).

@@ -20,8 +20,7 @@ import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from smime_milter.mail import mime
-from smime_milter.mail.headers import LINE_WIDTH, folded
+from smime_milter.mail import LINE_WIDTH, folded, mime
 from smime_milter.model import ReleaseDecision, SignerResult, Verdict
 
 AUTHORIZING_USERS_HEADER = "MMHS-Authorizing-Users"

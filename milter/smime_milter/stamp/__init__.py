@@ -1,0 +1,36 @@
+"""Our header fields: writing and reading Authentication-Results smime (RFC
+7281/8601) and SMIME-Status-At-Delivery.
+
+Other packages import from here only; the modules inside are this
+package's own business."""
+
+from __future__ import annotations
+
+from smime_milter.stamp import fields
+from smime_milter.stamp.fields import (
+    AR_HEADER,
+    MAX_RESULTS,
+    NEUTRAL,
+    NONE,
+    PASS,
+    STATUS_HEADER,
+    authserv_id_of,
+    claims_authserv_id,
+    parse_status_header,
+)
+from smime_milter.stamp.lexer import resinfos, unfold
+
+__all__ = [
+    "AR_HEADER",
+    "MAX_RESULTS",
+    "NEUTRAL",
+    "NONE",
+    "PASS",
+    "STATUS_HEADER",
+    "authserv_id_of",
+    "claims_authserv_id",
+    "fields",
+    "parse_status_header",
+    "resinfos",
+    "unfold",
+]

@@ -30,8 +30,7 @@ from urllib.parse import unquote
 
 from cryptography import x509
 
-from smime_milter.mail.headers import LINE_WIDTH, fold_words
-from smime_milter.mail.mime import Address, parse_address
+from smime_milter.mail import LINE_WIDTH, Address, fold_words, parse_address
 from smime_milter.model import SignerResult, Status, Verdict
 from smime_milter.stamp.lexer import CFWS_SPACE, read_quoted, skip_cfws, unfold, word_end
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from smime_milter.mail.headers import unfold
+from smime_milter.mail import unfold
 
 __all__ = [
     "CFWS_SPACE",

@@ -1,0 +1,24 @@
+"""Trust: anchors and their management, certification path validation, the trust-file watcher.
+
+Other packages import from here only; the modules inside are this
+package's own business."""
+
+from __future__ import annotations
+
+from smime_milter.trust.anchors import AnchorEntry, add_anchors, list_anchors, remove_anchors
+from smime_milter.trust.chain import ChainValidator, TrustStore, TrustStoreError, load_certificates
+from smime_milter.trust.settings import TrustConfig
+from smime_milter.trust.watch import trust_files
+
+__all__ = [
+    "AnchorEntry",
+    "ChainValidator",
+    "TrustConfig",
+    "TrustStore",
+    "TrustStoreError",
+    "add_anchors",
+    "list_anchors",
+    "load_certificates",
+    "remove_anchors",
+    "trust_files",
+]

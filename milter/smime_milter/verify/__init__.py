@@ -1,0 +1,15 @@
+"""Verification: locating the S/MIME layer, checking it (the engine) and the RFC 9219 status rule.
+
+Other packages import from here only; the modules inside are this
+package's own business."""
+
+from __future__ import annotations
+
+from smime_milter.verify.engine import Verifier, VerifyPolicy
+from smime_milter.verify.status import signed_status
+
+__all__ = [
+    "Verifier",
+    "VerifyPolicy",
+    "signed_status",
+]

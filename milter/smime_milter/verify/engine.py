@@ -17,23 +17,24 @@ from datetime import UTC, datetime
 from asn1crypto import cms as asn1_cms
 from asn1crypto import core
 
-from smime_milter.cms.certs import cert_info_of
-from smime_milter.cms.der import read as read_der
-from smime_milter.cms.envelope import DecryptionKey, decrypt
-from smime_milter.cms.signed_data import (
+from smime_milter.cms import (
     AlgorithmPolicy,
     CmsError,
+    DecryptionKey,
     SignatureCheck,
     SignedData,
+    cert_info_of,
     check_signature,
     countersignatures,
+    decrypt,
     parse_signed_data,
     signature_octets,
     smime_capabilities,
 )
+from smime_milter.cms import read as read_der
 from smime_milter.mail import mime
 from smime_milter.model import ChainResult, RevocationMode, SignerResult, Status, Verdict
-from smime_milter.trust.chain import ChainValidator, TrustStore
+from smime_milter.trust import ChainValidator, TrustStore
 from smime_milter.verify.status import signed_status
 
 log = logging.getLogger(__name__)
