@@ -386,13 +386,13 @@ def test_the_module_level_apply_uses_the_configured_instance(world: World):
 
 def test_the_module_level_apply_without_an_instance_names_the_fix():
     """The advanced package reads no configuration file: that is the
-    composition root's job (bootstrap.apply_advanced)."""
+    composition root's job (bootstrap.default_advanced)."""
     advanced.configure(None)
-    with pytest.raises(advanced.AdvancedNotConfigured, match=r"bootstrap\.apply_advanced"):
+    with pytest.raises(advanced.AdvancedNotConfigured, match=r"bootstrap\.default_advanced\(\)"):
         advanced.apply(MESSAGE, smimeSign=True, account="alice")
 
 
-def test_bootstrap_apply_builds_the_instance_from_the_configuration_file(
+def test_bootstrap_builds_the_default_instance_once_from_the_configuration_file(
         world: World, monkeypatch: pytest.MonkeyPatch):
     built = []
 
@@ -402,8 +402,9 @@ def test_bootstrap_apply_builds_the_instance_from_the_configuration_file(
 
     monkeypatch.setattr(bootstrap, "build_advanced_from_file", from_file)
     try:
-        first = bootstrap.apply_advanced(MESSAGE, smimeSign=True, account="alice")
-        bootstrap.apply_advanced(MESSAGE, smimeSign=True, account="alice")
+        assert bootstrap.default_advanced() is world.engine
+        first = advanced.apply(MESSAGE, smimeSign=True, account="alice")
+        assert bootstrap.default_advanced() is world.engine
     finally:
         advanced.configure(None)
     assert built == [True]

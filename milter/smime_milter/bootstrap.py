@@ -163,18 +163,12 @@ def open_jmap(
         raise
 
 
-def apply_advanced(
-    message_bytes: bytes,
-    smimeSign: bool = False,  # the draft's argument names
-    smimeEncrypt: bool = False,
-    headerProtect: bool = True,
-    smimeSignOpaque: bool = True,
-    account: str | None = None,
-) -> bytes:
-    """``advanced.apply`` for a JMAP server that configured nothing: the
-    instance is built on first use from the daemon's configuration file
-    (``DEFAULT_CONFIG``) and its store, read-only."""
-    if compose.configured() is None:
-        compose.configure(build_advanced_from_file())
-    return compose.apply(message_bytes, smimeSign, smimeEncrypt, headerProtect,
-                         smimeSignOpaque, account)
+def default_advanced() -> Advanced:
+    """The instance ``advanced.apply`` uses, for a JMAP server that configured
+    none: built on first use from the daemon's configuration file
+    (``DEFAULT_CONFIG``) and its store, read-only, then kept."""
+    current = compose.configured()
+    if current is None:
+        current = build_advanced_from_file()
+        compose.configure(current)
+    return current

@@ -1,8 +1,5 @@
 """Signing and encrypting on the user's behalf (JMAP smime-advanced):
-composition, key store, address book, submission.
-
-Other packages import from here only; the modules inside are this
-package's own business."""
+composition, key store, address book, submission."""
 
 from __future__ import annotations
 
@@ -26,23 +23,8 @@ from smime_milter.advanced.settings import ENCRYPT_MODES, AdvancedConfig, AutoRu
 from smime_milter.advanced.submission import REQUEST_HEADER
 
 __all__ = [
-    "ENCRYPT_MODES",
-    "REQUEST_HEADER",
-    "AddressBook",
-    "Advanced",
-    "AdvancedConfig",
-    "AdvancedError",
-    "AdvancedNotConfigured",
-    "AutoRule",
-    "Composed",
-    "InvalidEmail",
-    "OuterField",
-    "SignedSenderNotAllowed",
-    "SigningKeys",
-    "ValidEncryptionKeyNotFound",
-    "apply",
-    "compose",
-    "configure",
-    "sender_of",
-    "submission",
+    "ENCRYPT_MODES", "REQUEST_HEADER", "AddressBook", "Advanced", "AdvancedConfig",
+    "AdvancedError", "AdvancedNotConfigured", "AutoRule", "Composed", "InvalidEmail",
+    "OuterField", "SignedSenderNotAllowed", "SigningKeys", "ValidEncryptionKeyNotFound",
+    "apply", "compose", "configure", "sender_of", "submission"
 ]

@@ -487,11 +487,11 @@ def apply(
 ) -> bytes:
     """:meth:`Advanced.apply` on the configured instance. Nothing configured
     is an AdvancedError: this package does not read configuration files
-    (``bootstrap.apply_advanced`` builds the instance from the daemon's
-    configuration on first use)."""
+    (``bootstrap.default_advanced()`` builds and configures the instance
+    from the daemon's configuration)."""
     if _default is None:
         raise AdvancedNotConfigured(
             "no Advanced instance configured: call advanced.configure() first, "
-            "or use smime_milter.bootstrap.apply_advanced")
+            "or call smime_milter.bootstrap.default_advanced()")
     return _default.apply(
         message_bytes, smimeSign, smimeEncrypt, headerProtect, smimeSignOpaque, account)

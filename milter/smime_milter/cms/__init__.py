@@ -1,8 +1,5 @@
 """CMS and X.509 bytes: DER, certificates, SignedData, signing, EnvelopedData,
-encryption, key and certificate files.
-
-Other packages import from here only; the modules inside are this
-package's own business."""
+encryption, key and certificate files."""
 
 from __future__ import annotations
 
@@ -39,37 +36,12 @@ from smime_milter.cms.signing import (
 )
 
 __all__ = [
-    "OID_DATA",
-    "AlgorithmPolicy",
-    "CmsError",
-    "DecryptionKey",
-    "EncryptionError",
-    "EncryptionRecipient",
-    "PrivateKey",
-    "SignatureCheck",
-    "SignedData",
-    "SigningError",
-    "SigningIdentity",
-    "amend_signed_data",
-    "build_signer_info",
-    "cert_info",
-    "cert_info_of",
-    "certificate_der",
-    "check_signature",
-    "countersignature",
-    "countersignatures",
-    "decrypt",
-    "detached_signed_data",
-    "encapsulated_signed_data",
-    "enveloped_data",
-    "files",
-    "load_decryption_key",
-    "parse_signed_data",
-    "read",
-    "signature_octets",
-    "signed_attributes_der",
-    "signer_emails",
-    "signing_key",
-    "smime_capabilities",
-    "with_countersignature",
+    "OID_DATA", "AlgorithmPolicy", "CmsError", "DecryptionKey", "EncryptionError",
+    "EncryptionRecipient", "PrivateKey", "SignatureCheck", "SignedData", "SigningError",
+    "SigningIdentity", "amend_signed_data", "build_signer_info", "cert_info", "cert_info_of",
+    "certificate_der", "check_signature", "countersignature", "countersignatures", "decrypt",
+    "detached_signed_data", "encapsulated_signed_data", "enveloped_data", "files",
+    "load_decryption_key", "parse_signed_data", "read", "signature_octets",
+    "signed_attributes_der", "signer_emails", "signing_key", "smime_capabilities",
+    "with_countersignature"
 ]

@@ -1,8 +1,5 @@
 """The configuration file reader: strict TOML to immutable settings, errors
-naming file, line and key.
-
-Other packages import from here only; the modules inside are this
-package's own business."""
+naming file, line and key."""
 
 from __future__ import annotations
 
@@ -18,12 +15,6 @@ from smime_milter.config.reader import (
 )
 
 __all__ = [
-    "DEFAULT_CONFIG",
-    "Config",
-    "ConfigError",
-    "check_listen",
-    "check_socket",
-    "check_submit",
-    "configure_logging",
-    "load_config",
+    "DEFAULT_CONFIG", "Config", "ConfigError", "check_listen", "check_socket", "check_submit",
+    "configure_logging", "load_config"
 ]

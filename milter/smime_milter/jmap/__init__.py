@@ -1,8 +1,5 @@
 """The JMAP layer: RFC 9219 Email/get, Email/query filters and Email/changes,
-the protocol and the HTTP service.
-
-Other packages import from here only; the modules inside are this
-package's own business."""
+the protocol and the HTTP service."""
 
 from __future__ import annotations
 
@@ -11,10 +8,5 @@ from smime_milter.jmap.methods import SmimeJmap, capabilities
 from smime_milter.jmap.protocol import JmapProtocol, RequestError
 
 __all__ = [
-    "JmapProtocol",
-    "RequestError",
-    "SmimeJmap",
-    "capabilities",
-    "listen_argument",
-    "serve",
+    "JmapProtocol", "RequestError", "SmimeJmap", "capabilities", "listen_argument", "serve"
 ]

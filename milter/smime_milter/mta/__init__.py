@@ -1,8 +1,5 @@
 """The milter: pymilter callbacks, the pipeline that decides and plans header
-edits, the verifier pool, the daemon.
-
-Other packages import from here only; the modules inside are this
-package's own business."""
+edits, the verifier pool, the daemon."""
 
 from __future__ import annotations
 
@@ -11,10 +8,5 @@ from smime_milter.mta.daemon import StartupError, run
 from smime_milter.mta.pool import VerifierPool, VerifyFailure
 
 __all__ = [
-    "Runtime",
-    "StartupError",
-    "VerifierPool",
-    "VerifyFailure",
-    "hostname",
-    "run",
+    "Runtime", "StartupError", "VerifierPool", "VerifyFailure", "hostname", "run"
 ]

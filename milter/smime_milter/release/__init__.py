@@ -1,8 +1,5 @@
 """MMHS draft-and-release: rules, assessment, countersigning (authorize), re-
-submission, the MIXER mapping.
-
-Other packages import from here only; the modules inside are this
-package's own business."""
+submission, the MIXER mapping."""
 
 from __future__ import annotations
 
@@ -36,28 +33,9 @@ from smime_milter.release.rules import (
 from smime_milter.release.settings import DEFAULT_SUBMIT, ReleaseConfig
 
 __all__ = [
-    "DEFAULT_SUBMIT",
-    "HOLD",
-    "ORIGINAL_RECIPIENTS_HEADER",
-    "RELEASE_STATUS_HEADER",
-    "AuthorizeError",
-    "Diversion",
-    "IpmsHeading",
-    "MessageContext",
-    "MixerError",
-    "ReleaseConfig",
-    "ReleaseError",
-    "ReleaseRule",
-    "assess",
-    "authorize",
-    "divert",
-    "from_x400",
-    "headers_from_message",
-    "looks_like_record_id",
-    "prepare",
-    "record_id_of",
-    "select_rule",
-    "status_stamp",
-    "submit",
-    "to_x400",
+    "DEFAULT_SUBMIT", "HOLD", "ORIGINAL_RECIPIENTS_HEADER", "RELEASE_STATUS_HEADER",
+    "AuthorizeError", "Diversion", "IpmsHeading", "MessageContext", "MixerError",
+    "ReleaseConfig", "ReleaseError", "ReleaseRule", "assess", "authorize", "divert",
+    "from_x400", "headers_from_message", "looks_like_record_id", "prepare", "record_id_of",
+    "select_rule", "status_stamp", "submit", "to_x400"
 ]

@@ -1,8 +1,5 @@
 """Our header fields: writing and reading Authentication-Results smime (RFC
-7281/8601) and SMIME-Status-At-Delivery.
-
-Other packages import from here only; the modules inside are this
-package's own business."""
+7281/8601) and SMIME-Status-At-Delivery."""
 
 from __future__ import annotations
 
@@ -21,16 +18,6 @@ from smime_milter.stamp.fields import (
 from smime_milter.stamp.lexer import resinfos, unfold
 
 __all__ = [
-    "AR_HEADER",
-    "MAX_RESULTS",
-    "NEUTRAL",
-    "NONE",
-    "PASS",
-    "STATUS_HEADER",
-    "authserv_id_of",
-    "claims_authserv_id",
-    "fields",
-    "parse_status_header",
-    "resinfos",
-    "unfold",
+    "AR_HEADER", "MAX_RESULTS", "NEUTRAL", "NONE", "PASS", "STATUS_HEADER", "authserv_id_of",
+    "claims_authserv_id", "fields", "parse_status_header", "resinfos", "unfold"
 ]

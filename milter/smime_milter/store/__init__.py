@@ -25,17 +25,7 @@ from smime_milter.store.records import (
 )
 
 __all__ = [
-    "INDEXES",
-    "MAX_LEARNED_PER_ADDRESS",
-    "SCHEMA_VERSION",
-    "UNSET",
-    "CannotCalculateChanges",
-    "Changes",
-    "LearnedCertificate",
-    "Record",
-    "StatusView",
-    "Store",
-    "StoreError",
-    "TrustEpoch",
-    "utc_date",
+    "INDEXES", "MAX_LEARNED_PER_ADDRESS", "SCHEMA_VERSION", "UNSET", "CannotCalculateChanges",
+    "Changes", "LearnedCertificate", "Record", "StatusView", "Store", "StoreError",
+    "TrustEpoch", "utc_date"
 ]

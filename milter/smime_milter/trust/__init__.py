@@ -1,7 +1,4 @@
-"""Trust: anchors and their management, certification path validation, the trust-file watcher.
-
-Other packages import from here only; the modules inside are this
-package's own business."""
+"""Trust: anchors and their management, certification path validation, the trust-file watcher."""
 
 from __future__ import annotations
 
@@ -11,14 +8,6 @@ from smime_milter.trust.settings import TrustConfig
 from smime_milter.trust.watch import trust_files
 
 __all__ = [
-    "AnchorEntry",
-    "ChainValidator",
-    "TrustConfig",
-    "TrustStore",
-    "TrustStoreError",
-    "add_anchors",
-    "list_anchors",
-    "load_certificates",
-    "remove_anchors",
-    "trust_files",
+    "AnchorEntry", "ChainValidator", "TrustConfig", "TrustStore", "TrustStoreError",
+    "add_anchors", "list_anchors", "load_certificates", "remove_anchors", "trust_files"
 ]

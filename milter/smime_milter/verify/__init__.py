@@ -1,7 +1,4 @@
-"""Verification: locating the S/MIME layer, checking it (the engine) and the RFC 9219 status rule.
-
-Other packages import from here only; the modules inside are this
-package's own business."""
+"""Verification: locating the S/MIME layer, checking it, the RFC 9219 status rule."""
 
 from __future__ import annotations
 
@@ -9,7 +6,5 @@ from smime_milter.verify.engine import Verifier, VerifyPolicy
 from smime_milter.verify.status import signed_status
 
 __all__ = [
-    "Verifier",
-    "VerifyPolicy",
-    "signed_status",
+    "Verifier", "VerifyPolicy", "signed_status"
 ]
