@@ -25,7 +25,8 @@ from smime_milter.cms.envelope import DecryptionKey
 from smime_milter.config.reader import AdvancedConfig, AutoRule, Config, MilterConfig
 from smime_milter.mail import mime
 from smime_milter.model import Status
-from smime_milter.mta.app import Runtime, RuntimeHolder, SmimeMilter
+from smime_milter.mta import Runtime
+from smime_milter.mta.app import RuntimeHolder, SmimeMilter
 from smime_milter.stamp.fields import parse_status_header
 from smime_milter.trust.chain import ChainValidator, TrustStore
 from tests.support.milterapp import Connection as _ReleaseConnection

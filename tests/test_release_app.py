@@ -12,7 +12,8 @@ import pytest
 from smime_milter.cms.signing import SigningIdentity
 from smime_milter.config.reader import Config, MilterConfig, ReleaseConfig
 from smime_milter.model import Status
-from smime_milter.mta.app import Runtime, RuntimeHolder, SmimeMilter
+from smime_milter.mta import Runtime
+from smime_milter.mta.app import RuntimeHolder, SmimeMilter
 from smime_milter.mta.pool import VerifyFailure
 from smime_milter.policy import Action, Actions, Policy
 from smime_milter.release.authorize import authorize

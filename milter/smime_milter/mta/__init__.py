@@ -3,10 +3,12 @@ edits, the verifier pool, the daemon."""
 
 from __future__ import annotations
 
-from smime_milter.mta.app import Runtime, hostname
+from smime_milter.mta.app import hostname
 from smime_milter.mta.daemon import StartupError, run
+from smime_milter.mta.pipeline import Envelope, Examination, Runtime, examine, plan
 from smime_milter.mta.pool import VerifierPool, VerifyFailure
 
 __all__ = [
-    "Runtime", "StartupError", "VerifierPool", "VerifyFailure", "hostname", "run"
+    "Envelope", "Examination", "Runtime", "StartupError", "VerifierPool", "VerifyFailure",
+    "examine", "hostname", "plan", "run",
 ]

@@ -1,4 +1,5 @@
-"""pymilter glue: callbacks in, engine and store in the middle, Plan out.
+"""pymilter glue: callbacks in, the pipeline (``mta/pipeline.py``) in the
+middle, the Plan applied through libmilter.
 
 One ``SmimeMilter`` per SMTP connection (libmilter gives each its own
 thread); per-message state is reset in ``envfrom`` because one connection can
@@ -16,7 +17,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
 
 from smime_milter.advanced import (
     Advanced,
@@ -27,38 +27,16 @@ from smime_milter.advanced import (
     sender_of,
     submission,
 )
-from smime_milter.config import Config
 from smime_milter.mail import mime
-from smime_milter.model import ReleaseDecision, Verdict, new_record_id
-from smime_milter.mta import milterapi
-from smime_milter.mta.handling import Plan, forged_headers, plan_delivery, reply_text
+from smime_milter.model import Verdict
+from smime_milter.mta import milterapi, pipeline
+from smime_milter.mta.handling import Plan, forged_headers, reply_text
 from smime_milter.mta.intake import MessageBuffer
-from smime_milter.mta.pool import Job, PoolClosed, VerifyFailure
-from smime_milter.policy import Action, Decision, Outcome, decide, outcome_of
-from smime_milter.release import MessageContext, ReleaseRule, assess, divert, select_rule
-from smime_milter.store import Record, StoreError
+from smime_milter.mta.pipeline import Examination, Runtime
+from smime_milter.mta.pool import Job, PoolClosed
+from smime_milter.policy import Action
 
 log = logging.getLogger("smime_milter")
-
-
-class VerifyBackend(Protocol):
-    def verify(self, job: Job, timeout: float) -> Verdict: ...
-
-
-class RecordSink(Protocol):
-    def put_sync(self, record: Record, timeout: float | None = ...) -> int: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Runtime:
-    """What a message needs from the daemon; immutable, swapped whole on reload."""
-
-    config: Config
-    verifier: VerifyBackend
-    store: RecordSink
-    hostname: str
-    #: Server-side signing and encryption for submitters (None: not configured).
-    advanced: Advanced | None = None
 
 
 class RuntimeHolder:
@@ -90,23 +68,6 @@ _REFUSAL_CODES = {
     "signedSenderNotAllowed": "5.7.1",
     "validEncryptionKeyNotFound": "5.7.5",
 }
-
-
-@dataclass(frozen=True, slots=True)
-class Examination:
-    """What end of data decided for one message (for the log line and the reply)."""
-
-    verdict: Verdict | None
-    decision: Decision
-    record_id: str | None
-    problem: str | None
-    #: Draft-and-release: the rule that applied and its outcome.
-    rule: ReleaseRule | None = None
-    release: ReleaseDecision | None = None
-
-    @property
-    def diverted(self) -> bool:
-        return self.rule is not None and self.release is not None and not self.release.released
 
 
 class SmimeMilter(milterapi.Base):
@@ -186,14 +147,11 @@ class SmimeMilter(milterapi.Base):
                 transformed = self._transform(runtime)
             except (AdvancedError, submission.RequestHeaderError) as exc:
                 return self._refuse(queue_id, exc)
-            result = self._examine(runtime)
-            diversion = (divert(result.rule, result.release, self.recipients)
-                         if result.diverted and result.rule and result.release else None)
-            plan = plan_delivery(
-                self.buffer.headers, result.verdict, result.decision,
-                runtime.config.policy, self._authserv_id(runtime), result.record_id,
-                result.release, diversion,
-            )
+            envelope = self._envelope()
+            result = pipeline.examine(runtime, envelope, self.buffer, self.clock(),
+                                      lambda job: self._verify(runtime, job))
+            plan = pipeline.plan(runtime, envelope, self.buffer.headers, result,
+                                 self._authserv_id(runtime))
             self._apply(plan, transformed)
         except Exception as exc:  # the MTA must retry, never lose or pass unchecked
             log.exception("queue_id=%s internal error at end of message: %s", queue_id, exc)
@@ -307,80 +265,11 @@ class SmimeMilter(milterapi.Base):
     def _authserv_id(self, runtime: Runtime) -> str:
         return runtime.config.milter.authserv_id or self.mta_hostname or runtime.hostname
 
-    def _examine(self, runtime: Runtime) -> Examination:
-        assert self.buffer is not None
-        policy = runtime.config.policy
-        rules = runtime.config.release.rules
-        # Decoded once, only when draft-and-release is configured.
-        headers = self._text_headers() if rules else []
-        rule = select_rule(rules, self._release_context(headers)) if rules else None
-        received_at = self.clock()
-        if self.buffer.oversize:
-            decision = decide(policy, Outcome.OVERSIZE, self.recipients)
-            problem = f"larger than {self.buffer.max_size} bytes"
-            if rule is None or not decision.action.delivers:
-                return Examination(None, decision, None, problem)
-            # Too large to check an authorization: held back, never released.
-            unexamined = Verdict(None, None, None, notes=(f"not examined: {problem}",))
-            return self._recorded(runtime, unexamined, decision, received_at, rule, None,
-                                  problem, headers)
-        try:
-            verdict = self._verify(runtime, self._job(received_at))
-        except VerifyFailure as exc:
-            return Examination(None, self._error_decision(runtime, rule), None, str(exc))
-        decision = decide(policy, outcome_of(verdict.status), self.recipients)
-        if not decision.action.delivers:
-            return Examination(verdict, decision, None, None)
-        return self._recorded(runtime, verdict, decision, received_at, rule, verdict, None,
-                              headers)
-
-    def _recorded(
-        self, runtime: Runtime, record_verdict: Verdict, decision: Decision,
-        received_at: datetime, rule: ReleaseRule | None, verdict: Verdict | None,
-        problem: str | None, headers: list[tuple[str, str]],
-    ) -> Examination:
-        """Decide release (when a rule applies), then store the record: the
-        message only continues once its record, with the original recipients
-        of a diverted message, is safely written."""
-        assert self.buffer is not None
-        release = None
-        if rule is not None:
-            release = assess(rule, headers, verdict,
-                             casefold_local_part=runtime.config.verify.casefold_local_part)
-        record_id = new_record_id()
-        record = replace(
-            self._record(record_verdict, record_id, received_at), release=release,
-            diverted_to=rule.divert_to if rule and release and not release.released else None,
-        )
-        try:
-            runtime.store.put_sync(record)
-        except (StoreError, TimeoutError) as exc:
-            log.error("store failure reason=%s: %s; applying the error action",
-                      getattr(exc, "reason", "timeout"), exc)
-            return Examination(verdict, self._error_decision(runtime, rule), None,
-                               f"store: {exc}")
-        return Examination(verdict, decision, record_id, problem, rule, release)
-
-    def _error_decision(self, runtime: Runtime, rule: ReleaseRule | None) -> Decision:
-        """The ``error`` action, except that draft-and-release fails closed: a
-        covered message the machinery could not handle is tempfailed, whatever
-        the policy says, so nothing unexamined leaves."""
-        if rule is not None:
-            return Decision(Action.TEMPFAIL, Outcome.ERROR, Action.TEMPFAIL)
-        return decide(runtime.config.policy, Outcome.ERROR, self.recipients)
-
-    def _text_headers(self) -> list[tuple[str, str]]:
-        assert self.buffer is not None
-        return [(name, value.decode("utf-8", "replace")) for name, value in self.buffer.headers]
-
-    def _release_context(self, headers: list[tuple[str, str]]) -> MessageContext:
-        senders = [value for name, value in headers if name.lower() in ("from", "sender")]
-        return MessageContext(
-            envelope_sender=self.sender,
-            header_senders=tuple(a.text for a in mime.mailbox_list(senders) if a is not None),
-            recipients=tuple(self.recipients),
-            daemon_name=self.daemon_name,
-            daemon_port=self.daemon_port,
+    def _envelope(self) -> pipeline.Envelope:
+        return pipeline.Envelope(
+            sender=self.sender, recipients=tuple(self.recipients),
+            daemon_name=self.daemon_name, daemon_port=self.daemon_port,
+            queue_id=self.getsymval("i"),
         )
 
     def _verify(self, runtime: Runtime, job: Job) -> Verdict:
@@ -395,32 +284,6 @@ class SmimeMilter(milterapi.Base):
                 if self.holder.current.verifier is verifier:
                     raise
                 verifier = self.holder.current.verifier
-
-    def _job(self, at: datetime) -> Job:
-        assert self.buffer is not None
-        path = self.buffer.spool_path
-        if path is not None:
-            return Job(at=at, path=path)
-        return Job(at=at, message=self.buffer.message())
-
-    def _record(self, verdict: Verdict, record_id: str, received_at: datetime) -> Record:
-        assert self.buffer is not None
-        return Record.from_verdict(
-            verdict,
-            record_id=record_id,
-            received_at=received_at,
-            envelope_sender=self.sender,
-            envelope_recipients=tuple(self.recipients),
-            message_id=self._first_header("message-id"),
-            queue_id=self.getsymval("i"),
-        )
-
-    def _first_header(self, name: str) -> str | None:
-        assert self.buffer is not None
-        for field_name, value in self.buffer.headers:
-            if field_name.lower() == name:
-                return " ".join(value.decode("utf-8", "replace").split()) or None
-        return None
 
     def _apply(self, plan: Plan, transformed: Transformed | None = None) -> None:
         # Any failure here raises and eom tempfails: the MTA then discards every

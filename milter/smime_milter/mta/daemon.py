@@ -30,7 +30,8 @@ import Milter
 import milter as libmilter
 from smime_milter.config import Config, configure_logging
 from smime_milter.errors import SmimeMilterError
-from smime_milter.mta.app import Runtime, RuntimeHolder, SmimeMilter
+from smime_milter.mta.app import RuntimeHolder, SmimeMilter
+from smime_milter.mta.pipeline import Runtime
 from smime_milter.mta.pool import VerifierPool
 from smime_milter.store import Store
 from smime_milter.trust import trust_files
