@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from smime_milter.cli.main import _build_parser, _run_jmap, _run_prune, _run_refresh
+from smime_milter.cli.jmap import run_jmap, run_prune, run_refresh
+from smime_milter.cli.main import build_parser
 from smime_milter.config.reader import DEFAULT_CONFIG, DEFAULT_STORE, JmapConfig, check_listen
 from smime_milter.store import Store
 from tests.support import systemd as units
@@ -128,8 +129,8 @@ def test_jmap_unit_serves_the_configured_store_on_the_shared_runtime_directory()
     argv = exec_start(JMAP_UNIT)
     assert argv == [units.INSTALLED_BINARY, "jmap", "--config", str(DEFAULT_CONFIG),
                     "--listen", JMAP_SOCKET]
-    args = _build_parser().parse_args(argv[1:])
-    assert args.handler is _run_jmap and args.listen == check_listen(JMAP_SOCKET)
+    args = build_parser().parse_args(argv[1:])
+    assert args.handler is run_jmap and args.listen == check_listen(JMAP_SOCKET)
     assert not args.read_only  # re-validated statuses reach Email/changes
     socket_path = Path(JMAP_SOCKET.partition(":")[2])
     runtime = value(JMAP_UNIT, "Service", "RuntimeDirectory")
@@ -157,7 +158,7 @@ def test_jmap_socket_is_reachable_by_the_group_only() -> None:
 def test_refresh_unit_runs_the_refresh_command_once_the_store_exists() -> None:
     argv = exec_start(REFRESH_UNIT)
     assert argv == [units.INSTALLED_BINARY, "refresh", "--config", str(DEFAULT_CONFIG)]
-    assert _build_parser().parse_args(argv[1:]).handler is _run_refresh
+    assert build_parser().parse_args(argv[1:]).handler is run_refresh
     assert value(REFRESH_UNIT, "Service", "Type") == "oneshot"
     assert Path(value(REFRESH_UNIT, "Unit", "ConditionPathExists")) == DEFAULT_STORE / "data.mdb"
     assert "Install" not in parsed(REFRESH_UNIT)  # started by the timer
@@ -166,7 +167,7 @@ def test_refresh_unit_runs_the_refresh_command_once_the_store_exists() -> None:
 def test_refresh_unit_prunes_first() -> None:
     argv = exec_start(REFRESH_UNIT, "ExecStartPre")
     assert argv == [units.INSTALLED_BINARY, "prune", "--config", str(DEFAULT_CONFIG)]
-    assert _build_parser().parse_args(argv[1:]).handler is _run_prune
+    assert build_parser().parse_args(argv[1:]).handler is run_prune
 
 
 @pytest.mark.parametrize("unit", [JMAP_UNIT, REFRESH_UNIT])
