@@ -18,11 +18,12 @@ from pathlib import Path
 import Milter
 import pytest
 
+from smime_milter.advanced import AutoRule
 from smime_milter.advanced.addressbook import AddressBook
 from smime_milter.advanced.compose import Advanced
 from smime_milter.advanced.keystore import SigningKeys
 from smime_milter.cms.envelope import DecryptionKey
-from smime_milter.config.reader import AdvancedConfig, AutoRule, Config, MilterConfig
+from smime_milter.config.reader import AdvancedConfig, Config, MilterConfig
 from smime_milter.mail import mime
 from smime_milter.model import Status
 from smime_milter.mta import Runtime

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from smime_milter.config.reader import Config, ConfigError, load_config, parse_config
+from smime_milter.config import ConfigError
+from smime_milter.config.reader import Config, load_config, parse_config
 from smime_milter.model import RevocationMode
 from smime_milter.policy import Action
 from smime_milter.release.rules import ReleaseRule

@@ -6,10 +6,10 @@ from ipaddress import ip_network
 
 import pytest
 
-from smime_milter.advanced import submission
+from smime_milter.advanced import AdvancedConfig, AutoRule, submission
 from smime_milter.advanced.compose import Composed, OuterField
 from smime_milter.advanced.submission import Connection, Request, RequestHeaderError
-from smime_milter.config.reader import AdvancedConfig, AutoRule, parse_config
+from smime_milter.config.reader import parse_config
 from smime_milter.mail import protect
 
 # --- request header ------------------------------------------------------------------

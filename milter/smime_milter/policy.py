@@ -3,16 +3,22 @@
 The engine answers "what is the S/MIME status"; this module answers "so
 what do we do": accept, tag, quarantine, reject or tempfail, per outcome,
 with per-recipient-domain overrides and a monitor mode. It is pure: no I/O,
-no milter, so every rule is testable without a socket.
+no milter, so every rule is testable without a socket. It also reads its own
+``[policy]`` section (``read_policy_section``), so the actions and the keys
+naming them are defined in one place.
 """
 
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
 
 from smime_milter.model import Status
+from smime_milter.settings import Reader
 
 
 class Action(enum.StrEnum):
@@ -155,3 +161,49 @@ def decide(policy: Policy, outcome: Outcome, recipients: Iterable[str]) -> Decis
 def merged(base: Actions, overrides: Mapping[str, Action]) -> Actions:
     """``base`` with some outcomes replaced (used for per-domain tables)."""
     return replace(base, **overrides)
+
+
+def _actions(reader: Reader) -> dict[str, Action]:
+    """The outcome -> action keys present in one table."""
+    found: dict[str, Action] = {}
+    for name in Actions.outcome_names():
+        action = reader.choice(name, Action, None)
+        if action is None:
+            continue
+        if name in ("oversize", "error") and action not in _MACHINERY_CHOICES[name]:
+            allowed = ", ".join(sorted(_MACHINERY_CHOICES[name]))
+            raise reader.error(name, f"{action.value!r} is not possible here (use {allowed})")
+        found[name] = action
+    return found
+
+
+_MACHINERY_CHOICES = {
+    # An oversized message was not examined, so it cannot be tagged with a status.
+    "oversize": MACHINERY_ACTIONS | {Action.QUARANTINE},
+    "error": MACHINERY_ACTIONS,
+}
+
+
+def read_policy_section(path: Path | None, text: str, data: Mapping[str, Any]) -> Policy:
+    """``[policy]`` and its ``[policy.domains."example.com"]`` overrides."""
+    reader = Reader(path, text, "policy", data)
+    defaults = Policy()
+    domains_data = reader.take("domains", dict, {})
+    base = merged(Actions(), _actions(reader))
+    monitor = reader.take("monitor", bool, defaults.monitor)
+    tag_subject = reader.take("tag_subject", str, defaults.tag_subject)
+    if "\n" in tag_subject or "\r" in tag_subject:
+        raise reader.error("tag_subject", "must be one line")
+    reader.finish()
+    domains: dict[str, Actions] = {}
+    for domain, table in domains_data.items():
+        name = f'policy.domains."{domain}"'
+        if not isinstance(table, dict):
+            raise Reader(path, text, "policy.domains", {}).error(domain, "expected a table")
+        domain_reader = Reader(path, text, name, table)
+        if not re.fullmatch(r"[A-Za-z0-9.-]+", domain) or domain.startswith("."):
+            raise domain_reader.error("", f"not a domain name: {domain!r}")
+        domains[domain.lower().rstrip(".")] = merged(base, _actions(domain_reader))
+        domain_reader.finish()
+    return Policy(actions=base, domains=tuple(domains.items()), monitor=monitor,
+                  tag_subject=tag_subject)

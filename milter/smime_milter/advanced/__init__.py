@@ -19,12 +19,17 @@ from smime_milter.advanced.compose import (
     sender_of,
 )
 from smime_milter.advanced.keystore import SigningKeys
-from smime_milter.advanced.settings import ENCRYPT_MODES, AdvancedConfig, AutoRule
+from smime_milter.advanced.settings import (
+    ENCRYPT_MODES,
+    AdvancedConfig,
+    AutoRule,
+    read_advanced_section,
+)
 from smime_milter.advanced.submission import REQUEST_HEADER
 
 __all__ = [
     "ENCRYPT_MODES", "REQUEST_HEADER", "AddressBook", "Advanced", "AdvancedConfig",
     "AdvancedError", "AdvancedNotConfigured", "AutoRule", "Composed", "InvalidEmail",
     "OuterField", "SignedSenderNotAllowed", "SigningKeys", "ValidEncryptionKeyNotFound",
-    "apply", "compose", "configure", "sender_of", "submission"
+    "apply", "compose", "configure", "read_advanced_section", "sender_of", "submission"
 ]

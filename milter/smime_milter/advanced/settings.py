@@ -1,14 +1,24 @@
 """The ``[advanced]`` settings: key stores, who may sign as whom, which
-connections are submitters, automatic rules (owned here so the submission
-code needs no config reader)."""
+connections are submitters, automatic rules, and the parser of the section
+(owned here so the submission code needs no config reader)."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
+from typing import Any
 
 from smime_milter.mail import mime
+from smime_milter.settings import (
+    Reader,
+    address_or_domain_list,
+    network_list,
+    one_of,
+    string_list,
+)
 
 #: ``encrypt`` values of an automatic rule.
 ENCRYPT_MODES = ("never", "when-possible", "always")
@@ -62,3 +72,59 @@ class AdvancedConfig:
         return False
 
 
+_ACCOUNT = re.compile(r"[A-Za-z0-9_.@+-]{1,256}")
+
+
+def read_advanced_section(path: Path | None, text: str,
+                          data: Mapping[str, Any]) -> AdvancedConfig:
+    """``[advanced]``, its ``[advanced.accounts]`` and ``[[advanced.auto]]``."""
+    reader = Reader(path, text, "advanced", data)
+    defaults = AdvancedConfig()
+    accounts_table = reader.take("accounts", dict, {})
+    auto_tables = reader.take("auto", list, [])
+    client_account = reader.optional_str("client_account")
+    if client_account is not None and not _ACCOUNT.fullmatch(client_account):
+        raise reader.error("client_account", f"not an account name: {client_account!r}")
+    keys = reader.optional_path("keys")
+    password_file = reader.optional_path("keys_password_file")
+    addressbook = reader.optional_path("addressbook")
+    learn = reader.take("learn", bool, defaults.learn)
+    daemons = string_list(reader, "submission_daemons")
+    clients = network_list(reader, "submission_clients")
+    sasl = reader.take("submission_sasl", bool, defaults.submission_sasl)
+    reader.finish()
+    accounts_reader = Reader(path, text, "advanced.accounts", accounts_table)
+    accounts = []
+    for account in list(accounts_table):
+        if not _ACCOUNT.fullmatch(account):
+            raise accounts_reader.error(account, "not an account name (letters, digits, "
+                                                 "'.', '_', '-', '+', '@')")
+        senders = address_or_domain_list(accounts_reader, account)
+        if not senders:
+            raise accounts_reader.error(account, "list the addresses or domains it may sign as")
+        accounts.append((account, senders))
+    rules = []
+    for index, table in enumerate(auto_tables):
+        if not isinstance(table, dict):
+            raise reader.error("auto", "expected [[advanced.auto]] tables")
+        rules.append(_auto_rule(Reader(path, text, "advanced.auto", table, index)))
+    return AdvancedConfig(
+        keys=keys, keys_password_file=password_file, addressbook=addressbook, learn=learn,
+        accounts=tuple(accounts), submission_daemons=daemons, submission_clients=clients,
+        submission_sasl=sasl, client_account=client_account, auto=tuple(rules),
+    )
+
+
+def _auto_rule(reader: Reader) -> AutoRule:
+    senders = address_or_domain_list(reader, "senders")
+    if not senders:
+        raise reader.error("senders", "required: the addresses or domains the rule covers")
+    rule = AutoRule(
+        senders=senders,
+        sign=reader.take("sign", bool, False),
+        encrypt=reader.choice("encrypt", one_of(ENCRYPT_MODES), "never"),
+    )
+    reader.finish()
+    if not rule.sign and rule.encrypt == "never":
+        raise reader.error("", "the rule neither signs nor encrypts")
+    return rule

@@ -7,12 +7,12 @@ from smime_milter.config.logs import configure_logging
 from smime_milter.config.reader import (
     DEFAULT_CONFIG,
     Config,
-    ConfigError,
     check_listen,
     check_socket,
-    check_submit,
     load_config,
 )
+from smime_milter.release import check_submit
+from smime_milter.settings import ConfigError
 
 __all__ = [
     "DEFAULT_CONFIG", "Config", "ConfigError", "check_listen", "check_socket", "check_submit",

@@ -30,12 +30,17 @@ from smime_milter.release.rules import (
     select_rule,
     status_stamp,
 )
-from smime_milter.release.settings import DEFAULT_SUBMIT, ReleaseConfig
+from smime_milter.release.settings import (
+    DEFAULT_SUBMIT,
+    ReleaseConfig,
+    check_submit,
+    read_release_section,
+)
 
 __all__ = [
     "DEFAULT_SUBMIT", "HOLD", "ORIGINAL_RECIPIENTS_HEADER", "RELEASE_STATUS_HEADER",
     "AuthorizeError", "Diversion", "IpmsHeading", "MessageContext", "MixerError",
-    "ReleaseConfig", "ReleaseError", "ReleaseRule", "assess", "authorize", "divert",
-    "from_x400", "headers_from_message", "looks_like_record_id", "prepare", "record_id_of",
-    "select_rule", "status_stamp", "submit", "to_x400"
+    "ReleaseConfig", "ReleaseError", "ReleaseRule", "assess", "authorize", "check_submit",
+    "divert", "from_x400", "headers_from_message", "looks_like_record_id", "prepare",
+    "read_release_section", "record_id_of", "select_rule", "status_stamp", "submit", "to_x400"
 ]

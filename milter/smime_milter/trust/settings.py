@@ -1,18 +1,24 @@
 """The ``[trust]`` settings: where anchors, intermediates and CRLs come from.
 
-The trust package owns them so that anchor management (``trust/anchors.py``)
-needs nothing from the configuration reader above it.
+The trust package owns them, and the parser of the ``[trust]`` section, so
+that anchor management (``trust/anchors.py``) needs nothing from the
+configuration reader above it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from smime_milter.model import RevocationMode
+from smime_milter.settings import Reader
 from smime_milter.trust.chain import SYSTEM_ANCHORS
 
 #: Trust anchors managed by ``smime-milter trust add|remove``.
 DEFAULT_ANCHOR_DIRECTORY = Path("/etc/smime-milter/anchors")
+
 
 @dataclass(frozen=True, slots=True)
 class TrustConfig:
@@ -33,3 +39,18 @@ class TrustConfig:
         return self.anchors
 
 
+def read_trust_section(path: Path | None, text: str,
+                       data: Mapping[str, Any]) -> tuple[TrustConfig, RevocationMode]:
+    """``[trust]``; its ``revocation`` key is returned apart, as the verifier
+    applies it."""
+    reader = Reader(path, text, "trust", data)
+    defaults = TrustConfig()
+    config = TrustConfig(
+        anchors=reader.paths("anchors", defaults.anchors),
+        intermediates=reader.paths("intermediates", ()),
+        crls=reader.paths("crls", ()),
+        anchor_directory=reader.optional_path("anchor_directory") or defaults.anchor_directory,
+    )
+    revocation = reader.choice("revocation", RevocationMode, RevocationMode.SOFT)
+    reader.finish()
+    return config, revocation
