@@ -7,7 +7,12 @@ from smime_milter.cms import files
 from smime_milter.cms.certs import cert_info, cert_info_of, signer_emails
 from smime_milter.cms.der import read
 from smime_milter.cms.encrypt import EncryptionError, EncryptionRecipient, enveloped_data
-from smime_milter.cms.envelope import DecryptionKey, decrypt, load_decryption_key
+from smime_milter.cms.envelope import (
+    DecryptionKey,
+    DecryptionKeyError,
+    decrypt,
+    load_decryption_key,
+)
 from smime_milter.cms.files import certificate_der
 from smime_milter.cms.signed_data import (
     OID_DATA,
@@ -36,11 +41,11 @@ from smime_milter.cms.signing import (
 )
 
 __all__ = [
-    "OID_DATA", "AlgorithmPolicy", "CmsError", "DecryptionKey", "EncryptionError",
-    "EncryptionRecipient", "PrivateKey", "SignatureCheck", "SignedData", "SigningError",
-    "SigningIdentity", "amend_signed_data", "build_signer_info", "cert_info", "cert_info_of",
-    "certificate_der", "check_signature", "countersignature", "countersignatures", "decrypt",
-    "detached_signed_data", "encapsulated_signed_data", "enveloped_data", "files",
+    "OID_DATA", "AlgorithmPolicy", "CmsError", "DecryptionKey", "DecryptionKeyError",
+    "EncryptionError", "EncryptionRecipient", "PrivateKey", "SignatureCheck", "SignedData",
+    "SigningError", "SigningIdentity", "amend_signed_data", "build_signer_info", "cert_info",
+    "cert_info_of", "certificate_der", "check_signature", "countersignature", "countersignatures",
+    "decrypt", "detached_signed_data", "encapsulated_signed_data", "enveloped_data", "files",
     "load_decryption_key", "parse_signed_data", "read", "signature_octets",
     "signed_attributes_der", "signer_emails", "signing_key", "smime_capabilities",
     "with_countersignature"

@@ -45,11 +45,13 @@ from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap
 
 from smime_milter.cms import files
 from smime_milter.cms.der import encode as der_encode
+from smime_milter.errors import SmimeMilterError
 
 __all__ = [
     "MAX_RECIPIENT_INFOS",
     "DecryptResult",
     "DecryptionKey",
+    "DecryptionKeyError",
     "decrypt",
     "ecc_cms_shared_info",
     "load_decryption_key",
@@ -136,6 +138,12 @@ class _CcmParameters(core.Sequence):  # type: ignore[misc]
 # --------------------------------------------------------------------- keys
 
 
+class DecryptionKeyError(SmimeMilterError, ValueError):
+    """A configured recipient key (or its certificate) cannot be loaded; the
+    message names the file. Also a ValueError, the name load_decryption_key's
+    callers caught before the root existed."""
+
+
 @dataclass(frozen=True)
 class DecryptionKey:
     """A configured recipient key and the certificate that names it.
@@ -185,9 +193,10 @@ def load_decryption_key(path: Path, cert_path: Path | None = None) -> Decryption
     ``path`` is a PEM file holding the unencrypted private key (PKCS#8 or
     traditional RSA/EC) and, unless ``cert_path`` is given, the certificate
     too. ``cert_path`` may be PEM or DER. When several certificates are
-    present the one whose public key matches is used. Raises ``ValueError``
-    naming the offending file on any bad input (unreadable, no key, encrypted
-    key, unsupported key type, no matching certificate).
+    present the one whose public key matches is used. Raises
+    :class:`DecryptionKeyError` naming the offending file on any bad input
+    (unreadable, no key, encrypted key, unsupported key type, no matching
+    certificate).
     """
     path = Path(path)
     cert_file = path if cert_path is None else Path(cert_path)
@@ -195,20 +204,20 @@ def load_decryption_key(path: Path, cert_path: Path | None = None) -> Decryption
         data = files.read(path, "key")
         key_blocks = files.private_key_blocks(data)
         if not key_blocks:
-            raise ValueError(f"{path}: no PEM private key found")
+            raise DecryptionKeyError(f"{path}: no PEM private key found")
         if len(key_blocks) > 1:
-            raise ValueError(f"{path}: more than one private key")
+            raise DecryptionKeyError(f"{path}: more than one private key")
         key = files.parse_private_key(path, data)
         if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
-            raise ValueError(f"{path}: unsupported private key type (RSA or EC needed)")
+            raise DecryptionKeyError(f"{path}: unsupported private key type (RSA or EC needed)")
         cert_data = data if cert_path is None else files.read(cert_file, "certificate")
         certs = files.parse_certificates(cert_file, cert_data)
     except files.KeyFileError as exc:
-        raise ValueError(exc.worded(_WORDING)) from exc
+        raise DecryptionKeyError(exc.worded(_WORDING)) from exc
     for cert in certs:
         if files.key_matches(key, cert):
             return DecryptionKey(key, cert)
-    raise ValueError(f"{cert_file}: no certificate matches the private key in {path}")
+    raise DecryptionKeyError(f"{cert_file}: no certificate matches the private key in {path}")
 
 
 # ------------------------------------------------------------------ decrypt

@@ -22,6 +22,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.hazmat.primitives.serialization import pkcs12
 
+from smime_milter.errors import SmimeMilterError
+
 __all__ = [
     "BAD_CERTIFICATE",
     "BAD_KEY",
@@ -65,10 +67,11 @@ _WORDING = {
 }
 
 
-class KeyFileError(ValueError):
+class KeyFileError(SmimeMilterError, ValueError):
     """A certificate or key file cannot be used. ``problem`` is one of this
     module's problem constants, ``what`` the file's role ("key",
-    "certificate", ...) and ``detail`` the underlying library's words."""
+    "certificate", ...) and ``detail`` the underlying library's words.
+    Also a ValueError, as it was before the root existed."""
 
     def __init__(self, path: Path, problem: str, *, what: str, detail: str = "") -> None:
         self.path = path
