@@ -109,6 +109,7 @@ from smime_milter.stamp import (
     NONE,
     PASS,
     STATUS_HEADER,
+    FieldSyntaxError,
     authserv_id_of,
     claims_authserv_id,
     parse_status_header,
@@ -243,7 +244,7 @@ def _status_field(headers: Sequence[tuple[str, str]]) -> tuple[Status | None, st
         raise Untrusted(f"{len(values)} {STATUS_HEADER} fields; the milter leaves exactly one")
     try:
         status, record_id = parse_status_header(values[0])
-    except ValueError as exc:
+    except FieldSyntaxError as exc:
         raise Untrusted(f"malformed {STATUS_HEADER}: {_show(str(exc))}") from None
     if record_id is None:
         raise Untrusted(f"{STATUS_HEADER} names no record")

@@ -15,9 +15,9 @@ from smime_milter.stamp.fields import (
     claims_authserv_id,
     parse_status_header,
 )
-from smime_milter.stamp.lexer import resinfos, unfold
+from smime_milter.stamp.lexer import FieldSyntaxError, resinfos, unfold
 
 __all__ = [
-    "AR_HEADER", "MAX_RESULTS", "NEUTRAL", "NONE", "PASS", "STATUS_HEADER", "authserv_id_of",
-    "claims_authserv_id", "fields", "parse_status_header", "resinfos", "unfold"
+    "AR_HEADER", "MAX_RESULTS", "NEUTRAL", "NONE", "PASS", "STATUS_HEADER", "FieldSyntaxError",
+    "authserv_id_of", "claims_authserv_id", "fields", "parse_status_header", "resinfos", "unfold"
 ]

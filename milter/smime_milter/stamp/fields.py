@@ -32,7 +32,14 @@ from cryptography import x509
 
 from smime_milter.mail import LINE_WIDTH, Address, fold_words, parse_address
 from smime_milter.model import SignerResult, Status, Verdict
-from smime_milter.stamp.lexer import CFWS_SPACE, read_quoted, skip_cfws, unfold, word_end
+from smime_milter.stamp.lexer import (
+    CFWS_SPACE,
+    FieldSyntaxError,
+    read_quoted,
+    skip_cfws,
+    unfold,
+    word_end,
+)
 
 STATUS_HEADER = "SMIME-Status-At-Delivery"
 AR_HEADER = "Authentication-Results"
@@ -349,31 +356,32 @@ def status_header(status: Status | None, record_id: str) -> str:
 def parse_status_header(value: str) -> tuple[Status | None, str | None]:
     """Inverse of status_header: (status, record id or None when absent).
 
-    Tolerates folding, comments and unknown parameters; raises ValueError for
-    an unknown status, a malformed parameter or a repeated one.
+    Tolerates folding, comments and unknown parameters; raises
+    FieldSyntaxError for an unknown status, a malformed parameter or a
+    repeated one.
     """
     text = unfold(value)
     pos = skip_cfws(text, 0)
     end = word_end(text, pos)
     word = text[pos:end].lower()
     if word not in _STATUS_TOKENS:
-        raise ValueError(f"unknown S/MIME status {text[pos:end]!r}")
+        raise FieldSyntaxError(f"unknown S/MIME status {text[pos:end]!r}")
     status, record, seen = _STATUS_TOKENS[word], None, set()
     pos = skip_cfws(text, end)
     while pos < len(text):
         if text[pos] != ";":
-            raise ValueError(f"expected ';' at offset {pos}")
+            raise FieldSyntaxError(f"expected ';' at offset {pos}")
         pos = skip_cfws(text, pos + 1)
         if pos == len(text):
             break  # a trailing ';' is harmless
         end = word_end(text, pos)
         name = text[pos:end].lower()
         if not _is_token(name) or name in seen:
-            raise ValueError(f"bad or repeated parameter {text[pos:end]!r}")
+            raise FieldSyntaxError(f"bad or repeated parameter {text[pos:end]!r}")
         seen.add(name)
         pos = skip_cfws(text, end)
         if pos >= len(text) or text[pos] != "=":
-            raise ValueError(f"parameter {name!r} has no value")
+            raise FieldSyntaxError(f"parameter {name!r} has no value")
         param, pos = _read_value(text, skip_cfws(text, pos + 1))
         pos = skip_cfws(text, pos)
         if name == "record":
@@ -387,7 +395,7 @@ def _read_value(text: str, pos: int) -> tuple[str, int]:
         return unquote(content, errors="surrogatepass"), end
     end = word_end(text, pos)
     if not _is_token(text[pos:end]):
-        raise ValueError(f"bad parameter value at offset {pos}")
+        raise FieldSyntaxError(f"bad parameter value at offset {pos}")
     return text[pos:end], end
 
 
@@ -408,7 +416,7 @@ def authserv_id_of(value: str | bytes) -> str | None:
         pos = skip_cfws(text, 0)
         if pos < len(text) and text[pos] == '"':
             return read_quoted(text, pos)[0]
-    except ValueError:
+    except FieldSyntaxError:
         return None
     end = pos
     while end < len(text) and text[end] not in ";(" + CFWS_SPACE:
@@ -437,7 +445,7 @@ def claims_authserv_id(value: str | bytes, authserv_id: str) -> bool:
                   else value)
     try:
         pos = skip_cfws(text, 0)
-    except ValueError:
+    except FieldSyntaxError:
         return False  # all comment to a conforming reader: it names nobody
     while pos < len(text) and (text[pos] == '"' or text[pos] <= " " or text[pos] == "\x7f"):
         pos += 1

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from smime_milter.errors import SmimeMilterError
 from smime_milter.mail import unfold
 
 __all__ = [
     "CFWS_SPACE",
+    "FieldSyntaxError",
     "Span",
     "comment_at",
     "quoted_at",
@@ -27,6 +29,12 @@ __all__ = [
 
 #: The whitespace CFWS may hold once unfolded (a bare CR or LF included).
 CFWS_SPACE = " \t\r\n"
+
+
+class FieldSyntaxError(SmimeMilterError, ValueError):
+    """A header field the milter reads back is malformed (a comment or
+    quoted-string that never closes, an unknown status, a bad parameter).
+    Also a ValueError, the name its callers caught before the root existed."""
 
 
 class Span(NamedTuple):
@@ -79,14 +87,14 @@ def quoted_at(text: str, pos: int) -> Span:
 
 
 def skip_cfws(text: str, pos: int) -> int:
-    """Skip RFC 5322 CFWS (nested comments, quoted-pairs); ValueError when a
-    comment never closes."""
+    """Skip RFC 5322 CFWS (nested comments, quoted-pairs); FieldSyntaxError
+    when a comment never closes."""
     while pos < len(text):
         char = text[pos]
         if char == "(":
             comment = comment_at(text, pos)
             if not comment.closed:
-                raise ValueError("unterminated comment")
+                raise FieldSyntaxError("unterminated comment")
             pos = comment.end
         elif char in CFWS_SPACE:
             pos += 1
@@ -97,10 +105,10 @@ def skip_cfws(text: str, pos: int) -> int:
 
 def read_quoted(text: str, pos: int) -> tuple[str, int]:
     """Content of the quoted-string at ``pos`` (quoted-pairs resolved) and the
-    offset after it; ValueError when it never closes."""
+    offset after it; FieldSyntaxError when it never closes."""
     quoted = quoted_at(text, pos)
     if not quoted.closed:
-        raise ValueError("unterminated quoted-string")
+        raise FieldSyntaxError("unterminated quoted-string")
     return quoted.content, quoted.end
 
 
