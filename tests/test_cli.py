@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from smime_milter.cli import verify as verify_command
+from smime_milter.cli.main import main
+from smime_milter.errors import SmimeMilterError
 from tests.support import smime
 from tests.support.pki import TestPki
 from tests.support.verdicts import NOW
@@ -135,3 +140,51 @@ def test_bad_trust_anchor_file(tmp_path: Path, files: dict[str, Path]) -> None:
     assert result.returncode == 1
     assert result.stderr.startswith(f"smime-milter: {junk}: not a certificate file")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_bad_decrypt_key_is_one_line_error(tmp_path: Path, files: dict[str, Path]) -> None:
+    junk = tmp_path / "junk.pem"
+    junk.write_bytes(b"not a key")
+    result = run("verify", "--trust-anchors", files["root.pem"], "--decrypt-key", junk,
+                 files["good.eml"])
+    assert result.returncode == 1
+    assert result.stderr == f"smime-milter: {junk}: no PEM private key found\n"
+
+
+def test_malformed_status_field_is_one_line_error(tmp_path: Path) -> None:
+    """``release`` reads the record id from the held copy's field; a field
+    the milter did not write is the admin's input error, not a bug."""
+    held = tmp_path / "held.eml"
+    held.write_bytes(b"SMIME-Status-At-Delivery: bogus; record=x\r\nSubject: x\r\n\r\nbody\r\n")
+    config = tmp_path / "smime-milter.conf"
+    config.write_text("")
+    result = run("release", "--dry-run", "--config", config, "--store", tmp_path / "store",
+                 held)
+    assert result.returncode == 1
+    assert result.stderr == "smime-milter: unknown S/MIME status 'bogus'\n"
+
+
+def _raising(exc: BaseException) -> Callable[[argparse.Namespace], int]:
+    def handler(args: argparse.Namespace) -> int:
+        raise exc
+    return handler
+
+
+def test_project_error_is_one_line_and_status_1(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(verify_command, "run_verify",
+                        _raising(SmimeMilterError("the setup is wrong")))
+    assert main(["verify", "x.eml"]) == 1
+    captured = capsys.readouterr()
+    assert captured.err == "smime-milter: the setup is wrong\n"
+    assert captured.out == ""
+
+
+@pytest.mark.parametrize("exc", [ZeroDivisionError("division by zero"),
+                                 ValueError("a bug, not an input error")])
+def test_other_exceptions_keep_their_traceback(
+        monkeypatch: pytest.MonkeyPatch, exc: Exception) -> None:
+    """A bug is not turned into a one-line error, a bare ValueError included."""
+    monkeypatch.setattr(verify_command, "run_verify", _raising(exc))
+    with pytest.raises(type(exc)):
+        main(["verify", "x.eml"])

@@ -15,10 +15,7 @@ from smime_milter.cli.mixer import add_mixer_parser
 from smime_milter.cli.release import add_release_parsers
 from smime_milter.cli.trust import add_trust_parser
 from smime_milter.cli.verify import add_verify_parsers
-from smime_milter.config import ConfigError
-from smime_milter.mta import StartupError, VerifyFailure
-from smime_milter.store import StoreError
-from smime_milter.trust import TrustStoreError
+from smime_milter.errors import SmimeMilterError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,11 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. An expected failure (a SmimeMilterError: bad input or
+    configuration, a store or MTA that refuses) is one line and exit status 1;
+    anything else is a bug and keeps its traceback."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args))
-    except (ConfigError, TrustStoreError, StartupError, StoreError, VerifyFailure,
-            ValueError) as exc:
+    except SmimeMilterError as exc:
         print(f"smime-milter: {exc}", file=sys.stderr)
         return 1
 
