@@ -706,9 +706,9 @@ def test_a_failed_batch_fails_exactly_its_futures(
 ) -> None:
     gate, poison = record(), record()
     entered, release = threading.Event(), threading.Event()
-    apply = store_writer._Put.apply
+    apply = store_writer.Put.apply
 
-    def patched(self: store_writer._Put, batch: store_writer._Batch) -> None:
+    def patched(self: store_writer.Put, batch: store_writer._Batch) -> None:
         if self.record_id == gate.record_id:
             entered.set()
             release.wait(10)
@@ -716,7 +716,7 @@ def test_a_failed_batch_fails_exactly_its_futures(
             raise failure
         apply(self, batch)
 
-    monkeypatch.setattr(store_writer._Put, "apply", patched)
+    monkeypatch.setattr(store_writer.Put, "apply", patched)
     first = store.put(gate)
     assert entered.wait(10)
     # The writer is busy with ``gate``: these three queue up for one batch.

@@ -13,26 +13,37 @@ from typing import Any
 
 import lmdb
 
-from smime_milter.store.environment import _Env
+from smime_milter.store.environment import Env
 from smime_milter.store.records import CannotCalculateChanges, Changes, StoreError
+
+__all__ = [
+    "CREATED",
+    "DESTROYED",
+    "UPDATED",
+    "collect_changes",
+    "logged_view",
+    "parse_state",
+    "read_counter",
+    "state_key",
+]
 
 _STATE_RE = re.compile(r"0|[1-9][0-9]{0,19}")
 #: Record properties whose change is an Email/changes "updated" (RFC 9219 §4.3).
 _LOGGED = ("smimeStatusAtDelivery", "smimeErrorsAtDelivery", "smimeStatus", "smimeErrors")
-_CREATED = b"c"
-_UPDATED = b"u"
-_DESTROYED = b"d"
+CREATED = b"c"
+UPDATED = b"u"
+DESTROYED = b"d"
 
 
-def _logged_view(doc: dict[str, Any]) -> tuple[Any, ...]:
+def logged_view(doc: dict[str, Any]) -> tuple[Any, ...]:
     return tuple(doc[name] for name in _LOGGED)
 
 
-def _state_key(state: int) -> bytes:
+def state_key(state: int) -> bytes:
     return state.to_bytes(8, "big")
 
 
-def _read_counter(txn: lmdb.Transaction[bytes], env: _Env, key: bytes) -> int:
+def read_counter(txn: lmdb.Transaction[bytes], env: Env, key: bytes) -> int:
     raw = txn.get(key, db=env.dbs["meta"])
     if raw is None or not _STATE_RE.fullmatch(raw.decode("ascii", "replace")):
         raise StoreError(
@@ -41,13 +52,13 @@ def _read_counter(txn: lmdb.Transaction[bytes], env: _Env, key: bytes) -> int:
     return int(raw)
 
 
-def _parse_state(state: str) -> int:
+def parse_state(state: str) -> int:
     if not isinstance(state, str) or not _STATE_RE.fullmatch(state):
         raise CannotCalculateChanges(f"not a state of this store: {state!r}")
     return int(state)
 
 
-def _collect_changes(
+def collect_changes(
     cursor: lmdb.Cursor[bytes], since: int, current: int, max_changes: int | None
 ) -> Changes:
     """Walks the change log from ``since``; stops before an entry that would
@@ -65,7 +76,7 @@ def _collect_changes(
                        tuple(destroyed))
 
     reached = since
-    if cursor.set_range(_state_key(since + 1)):
+    if cursor.set_range(state_key(since + 1)):
         for key, value in cursor.iternext():
             record_id = value[1:].decode("ascii")
             seen = record_id in created or record_id in updated or record_id in destroyed
@@ -73,17 +84,17 @@ def _collect_changes(
             if not seen and max_changes is not None and reported >= max_changes:
                 return changes(reached, True)
             kind = value[:1]
-            if kind == _CREATED:
+            if kind == CREATED:
                 if record_id in destroyed:  # deleted, then stored again
                     del destroyed[record_id]
                     updated[record_id] = None
                 else:
                     created[record_id] = None
                     updated.pop(record_id, None)
-            elif kind == _UPDATED:
+            elif kind == UPDATED:
                 if record_id not in created:
                     updated[record_id] = None
-            elif kind == _DESTROYED:
+            elif kind == DESTROYED:
                 updated.pop(record_id, None)
                 if record_id in created:
                     del created[record_id]

@@ -15,7 +15,30 @@ from datetime import datetime
 from typing import Any
 
 from smime_milter.model import ReleaseDecision, SignerResult, Status, is_record_id
-from smime_milter.store.records import Record, StatusView, _utc
+from smime_milter.store.records import Record, StatusView, utc
+
+__all__ = [
+    "INDEXES",
+    "MAX_LEARNED_PER_ADDRESS",
+    "CertRefs",
+    "LearnedEntry",
+    "decode_json",
+    "due_key",
+    "id_key",
+    "index_flags",
+    "json_bytes",
+    "learned_entries",
+    "learned_order",
+    "learned_prefix",
+    "record_json",
+    "record_value",
+    "status_entry",
+    "status_json",
+    "texts_or_none",
+    "utc_date",
+    "view_value",
+    "with_change_state",
+]
 
 #: The index sub-databases: record ids as keys, empty values.
 INDEXES = ("has_smime", "has_verified_smime", "has_verified_smime_at_delivery")
@@ -39,7 +62,7 @@ def utc_date(moment: datetime | None) -> str | None:
     """RFC 8620 UTCDate without fractional seconds: ``2020-07-07T14:15:18Z``."""
     if moment is None:
         return None
-    return _utc(moment).replace(tzinfo=None).isoformat() + "Z"
+    return utc(moment).replace(tzinfo=None).isoformat() + "Z"
 
 
 def _date_value(text: str | None) -> datetime | None:
@@ -69,11 +92,11 @@ def _texts(values: Iterable[str]) -> list[str]:
     return [_text(value) for value in values]
 
 
-def _texts_or_none(values: Iterable[str] | None) -> list[str] | None:
+def texts_or_none(values: Iterable[str] | None) -> list[str] | None:
     return None if values is None else _texts(values)
 
 
-def _status_json(status: Status | None) -> str | None:
+def status_json(status: Status | None) -> str | None:
     return None if status is None else Status(status).value
 
 
@@ -85,20 +108,20 @@ def _tuple_or_none(values: list[str] | None) -> tuple[str, ...] | None:
     return None if values is None else tuple(values)
 
 
-_decode_json = json.JSONDecoder().decode
+decode_json = json.JSONDecoder().decode
 
 
-def _json_bytes(value: Any) -> bytes:
+def json_bytes(value: Any) -> bytes:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-def _with_change_state(body: bytes, state: int) -> bytes:
+def with_change_state(body: bytes, state: int) -> bytes:
     """Prepends ``changeState`` to an encoded object, so the caller's thread
     can encode the record and the writer only adds the state it assigns."""
     return b'{"changeState":%d,%s' % (state, body[1:])
 
 
-class _CertRefs:
+class CertRefs:
     """Collects the DER a record references, keyed by SHA-256 hex; a record
     names its leaf up to three times, so each DER is hashed once."""
 
@@ -118,7 +141,7 @@ class _CertRefs:
         return None if der is None else self.ref(der)
 
 
-def _signer_json(signer: SignerResult, certs: _CertRefs) -> dict[str, Any]:
+def _signer_json(signer: SignerResult, certs: CertRefs) -> dict[str, Any]:
     return {
         "emails": _texts(signer.emails),
         "subject": _text(signer.subject),
@@ -158,7 +181,7 @@ def _release_value(doc: dict[str, Any]) -> ReleaseDecision:
     )
 
 
-def _record_json(record: Record, certs: _CertRefs, crls: _CertRefs) -> dict[str, Any]:
+def record_json(record: Record, certs: CertRefs, crls: CertRefs) -> dict[str, Any]:
     """Every field but ``changeState``, which the writer assigns."""
     return {
         "id": record.record_id,
@@ -168,10 +191,10 @@ def _record_json(record: Record, certs: _CertRefs, crls: _CertRefs) -> dict[str,
         "messageId": _text_or_none(record.message_id),
         "fromAddress": _text_or_none(record.from_address),
         "queueId": _text_or_none(record.queue_id),
-        "smimeStatusAtDelivery": _status_json(record.status_at_delivery),
-        "smimeErrorsAtDelivery": _texts_or_none(record.errors_at_delivery),
-        "smimeStatus": _status_json(record.status),
-        "smimeErrors": _texts_or_none(record.errors),
+        "smimeStatusAtDelivery": status_json(record.status_at_delivery),
+        "smimeErrorsAtDelivery": texts_or_none(record.errors_at_delivery),
+        "smimeStatus": status_json(record.status),
+        "smimeErrors": texts_or_none(record.errors),
         "smimeVerifiedAt": utc_date(record.verified_at),
         "signers": [_signer_json(signer, certs) for signer in record.signers],
         "certificates": [certs.ref(der) for der in record.certificates],
@@ -209,7 +232,7 @@ def _signer_value(doc: dict[str, Any], cert: Callable[[str], bytes]) -> SignerRe
     )
 
 
-def _record_value(
+def record_value(
     doc: dict[str, Any], cert: Callable[[str], bytes], crl: Callable[[str], bytes]
 ) -> Record:
     return Record(
@@ -237,14 +260,14 @@ def _record_value(
     )
 
 
-def _status_entry(doc: dict[str, Any]) -> bytes:
+def status_entry(doc: dict[str, Any]) -> bytes:
     """The ``status`` sub-database value of a record document."""
     view = {name: doc[name] for name in _STATUS_MEMBERS}
-    view["revalidatable"] = _due_key(doc) is not None
-    return _json_bytes(view)
+    view["revalidatable"] = due_key(doc) is not None
+    return json_bytes(view)
 
 
-def _view_value(record_id: str, doc: dict[str, Any]) -> StatusView:
+def view_value(record_id: str, doc: dict[str, Any]) -> StatusView:
     return StatusView(
         record_id=record_id,
         received_at=datetime.fromisoformat(doc["receivedAt"]),
@@ -257,7 +280,7 @@ def _view_value(record_id: str, doc: dict[str, Any]) -> StatusView:
     )
 
 
-def _due_key(doc: dict[str, Any]) -> bytes | None:
+def due_key(doc: dict[str, Any]) -> bytes | None:
     """The ``verify_due`` key of a record: its smimeVerifiedAt as 8-byte
     big-endian seconds, then its id; None when it cannot be re-validated."""
     verified_at = doc["smimeVerifiedAt"]
@@ -268,7 +291,7 @@ def _due_key(doc: dict[str, Any]) -> bytes | None:
     return seconds.to_bytes(8, "big") + record_id.encode("ascii")
 
 
-def _index_flags(doc: dict[str, Any]) -> dict[str, bool]:
+def index_flags(doc: dict[str, Any]) -> dict[str, bool]:
     """Index membership of a record; RFC 9219 §4.2 bases hasSmime on smimeStatus."""
     return {
         "has_smime": doc["smimeStatus"] is not None,
@@ -277,7 +300,7 @@ def _index_flags(doc: dict[str, Any]) -> dict[str, bool]:
     }
 
 
-def _learned_prefix(address: str) -> bytes | None:
+def learned_prefix(address: str) -> bytes | None:
     """The ``learned`` key prefix of an address (lowercased UTF-8, then NUL),
     or None when no entry can exist for it."""
     if not isinstance(address, str) or "\0" in address:
@@ -287,10 +310,10 @@ def _learned_prefix(address: str) -> bytes | None:
 
 
 #: A ``learned`` entry ready to write: prefix, key, its (receivedAt, recordId), value.
-_LearnedEntry = tuple[bytes, bytes, tuple[str, str], bytes]
+LearnedEntry = tuple[bytes, bytes, tuple[str, str], bytes]
 
 
-def _learned_entries(record: Record, doc: dict[str, Any]) -> list[_LearnedEntry]:
+def learned_entries(record: Record, doc: dict[str, Any]) -> list[LearnedEntry]:
     """The ``learned`` entries ``record`` makes: one per signer certificate
     that proved From when the message was delivered (signature, chain and
     From binding all held). Built from the record's JSON form ``doc``, whose
@@ -298,7 +321,7 @@ def _learned_entries(record: Record, doc: dict[str, Any]) -> list[_LearnedEntry]
     messages, on the caller's thread."""
     if doc["smimeStatusAtDelivery"] not in _VERIFIED or doc["fromAddress"] is None:
         return []
-    prefix = _learned_prefix(doc["fromAddress"])
+    prefix = learned_prefix(doc["fromAddress"])
     if prefix is None:
         return []
     order = (doc["receivedAt"], doc["id"])
@@ -315,16 +338,16 @@ def _learned_entries(record: Record, doc: dict[str, Any]) -> list[_LearnedEntry]
             capabilities = signer_doc.get("capabilities")
             chain = ",".join(f'"{digest}"' for digest in signer_doc["path"][1:])
             entries[key] = b'%s%s,"chain":[%s]}' % (
-                head, _json_bytes(capabilities) if capabilities else b"[]", chain.encode("ascii"))
+                head, json_bytes(capabilities) if capabilities else b"[]", chain.encode("ascii"))
     return [(prefix, key, order, value) for key, value in entries.items()]
 
 
-def _learned_order(value: bytes) -> tuple[str, str]:
+def learned_order(value: bytes) -> tuple[str, str]:
     """Newer sorts higher: received time, then record id for a stable order."""
-    doc = _decode_json(value.decode("utf-8"))
+    doc = decode_json(value.decode("utf-8"))
     return doc["receivedAt"], doc["recordId"]
 
 
-def _id_key(record_id: str) -> bytes | None:
+def id_key(record_id: str) -> bytes | None:
     """The LMDB key of an id, or None when no record can have it."""
     return record_id.encode("ascii") if is_record_id(record_id) else None

@@ -2,8 +2,8 @@
 
 LMDB allows one environment per process and path, and growing its map (or
 closing it) invalidates every transaction the process has open. This module
-owns both facts: :class:`_Env` opens the files and hands out read
-transactions under :class:`_SharedLock`, and :func:`_translate` turns LMDB
+owns both facts: :class:`Env` opens the files and hands out read
+transactions under :class:`_SharedLock`, and :func:`translate` turns LMDB
 and OS failures into :class:`~.records.StoreError`. It knows nothing of the
 schema or of writing.
 """
@@ -15,17 +15,22 @@ import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TypeAlias
 
 import lmdb
 
 from smime_milter.store.records import StoreError
 
-if TYPE_CHECKING:
-    from lmdb import _Database
+__all__ = [
+    "Database",
+    "Env",
+    "open_readonly_env",
+    "open_writable_env",
+    "translate",
+]
 
 #: A sub-database handle (py-lmdb's stub names its class but does not export it).
-Database: TypeAlias = "_Database"
+Database: TypeAlias = "lmdb._Database"
 
 _MAX_DBS = 16
 _CORRUPT = (
@@ -51,7 +56,7 @@ def _is_disk_full(exc: BaseException) -> bool:
     return code in (errno.ENOSPC, errno.EDQUOT)
 
 
-def _translate(exc: BaseException, where: str) -> StoreError:
+def translate(exc: BaseException, where: str) -> StoreError:
     """The StoreError for an LMDB or OS failure, naming what was being done where."""
     if isinstance(exc, StoreError):
         return exc
@@ -106,7 +111,7 @@ class _SharedLock:
                 self._cond.notify_all()
 
 
-class _Env:
+class Env:
     """One open LMDB environment, shared by every Store handle on its path."""
 
     def __init__(self, path: str, env: lmdb.Environment, readonly: bool) -> None:
@@ -139,12 +144,12 @@ class _Env:
                 except lmdb.MapResizedError:
                     txn = None
                 except lmdb.Error as exc:
-                    raise _translate(exc, f"{what} in {self.path}") from exc
+                    raise translate(exc, f"{what} in {self.path}") from exc
                 if txn is not None:
                     try:
                         yield txn
                     except lmdb.Error as exc:
-                        raise _translate(exc, f"{what} in {self.path}") from exc
+                        raise translate(exc, f"{what} in {self.path}") from exc
                     finally:
                         txn.abort()
                     return
@@ -165,7 +170,7 @@ class _Env:
             self.env.close()
 
 
-def _open_readonly_env(path: str) -> _Env:
+def open_readonly_env(path: str) -> Env:
     """The existing environment at ``path``, for reading; no sub-database yet."""
     if not os.path.isfile(os.path.join(path, "data.mdb")):
         raise StoreError("missing", f"no store at {path} (no data.mdb); the milter creates it")
@@ -173,11 +178,11 @@ def _open_readonly_env(path: str) -> _Env:
         # map_size=0: adopt the size the writer gave the map.
         env = lmdb.open(path, readonly=True, lock=True, subdir=True, max_dbs=_MAX_DBS, map_size=0)
     except lmdb.Error as exc:
-        raise _translate(exc, f"opening {path}") from exc
-    return _Env(path, env, readonly=True)
+        raise translate(exc, f"opening {path}") from exc
+    return Env(path, env, readonly=True)
 
 
-def _open_writable_env(path: str, map_size: int) -> _Env:
+def open_writable_env(path: str, map_size: int) -> Env:
     """The environment at ``path`` for writing, created with the modes
     readers in other processes need when it does not exist yet."""
     data = os.path.join(path, "data.mdb")
@@ -199,9 +204,9 @@ def _open_writable_env(path: str, map_size: int) -> _Env:
             lib_version=0 if fresh else None,  # type: ignore[arg-type]
         )
     except (lmdb.Error, OSError) as exc:
-        raise _translate(exc, f"opening {path}") from exc
+        raise translate(exc, f"opening {path}") from exc
     if fresh:
         # Readers need write access to lock.mdb for their reader slot.
         os.chmod(data, 0o640)
         os.chmod(os.path.join(path, "lock.mdb"), 0o660)
-    return _Env(path, env, readonly=False)
+    return Env(path, env, readonly=False)

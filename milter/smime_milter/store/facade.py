@@ -35,26 +35,26 @@ from typing import Any
 import lmdb
 
 from smime_milter.model import Status, new_record_id
-from smime_milter.store.changelog import _collect_changes, _parse_state, _read_counter
+from smime_milter.store.changelog import collect_changes, parse_state, read_counter
 from smime_milter.store.codec import (
     INDEXES,
-    _decode_json,
-    _id_key,
-    _learned_prefix,
-    _record_value,
-    _status_json,
-    _texts_or_none,
-    _view_value,
+    decode_json,
+    id_key,
+    learned_prefix,
+    record_value,
+    status_json,
+    texts_or_none,
     utc_date,
+    view_value,
 )
 from smime_milter.store.environment import (
     Database,
-    _Env,
-    _open_readonly_env,
-    _open_writable_env,
-    _translate,
+    Env,
+    open_readonly_env,
+    open_writable_env,
+    translate,
 )
-from smime_milter.store.migrations import _reader_dbs
+from smime_milter.store.migrations import reader_dbs
 from smime_milter.store.records import (
     CannotCalculateChanges,
     Changes,
@@ -63,9 +63,9 @@ from smime_milter.store.records import (
     StatusView,
     StoreError,
     TrustEpoch,
-    _utc,
+    utc,
 )
-from smime_milter.store.writer import _Delete, _Op, _Put, _SetTrust, _Update, _Writer
+from smime_milter.store.writer import Delete, Op, Put, SetTrust, Update, Writer
 
 # Besides Store and UNSET, names that moved out of this module and stay
 # importable from it for its older importers; new code imports them from
@@ -113,7 +113,7 @@ class _Opened:
 
     __slots__ = ("env", "handles", "writer")
 
-    def __init__(self, env: _Env, writer: _Writer | None) -> None:
+    def __init__(self, env: Env, writer: Writer | None) -> None:
         self.env = env
         self.writer = writer
         self.handles = 0
@@ -131,12 +131,12 @@ _REGISTRY_LOCK = threading.Lock()
 
 
 def _open_readonly(path: str) -> _Opened:
-    shared = _open_readonly_env(path)
+    shared = open_readonly_env(path)
     try:
-        shared.dbs = _reader_dbs(shared.env, path)
+        shared.dbs = reader_dbs(shared.env, path)
     except lmdb.Error as exc:
         shared.env.close()
-        raise _translate(exc, f"opening {path}") from exc
+        raise translate(exc, f"opening {path}") from exc
     except BaseException:
         shared.env.close()
         raise
@@ -146,8 +146,8 @@ def _open_readonly(path: str) -> _Opened:
 def _open_writable(
     path: str, map_size: int, max_map_size: int, changelog_limit: int, batch_limit: int
 ) -> _Opened:
-    shared = _open_writable_env(path, map_size)
-    writer = _Writer(shared, batch_limit, max_map_size, changelog_limit)
+    shared = open_writable_env(path, map_size)
+    writer = Writer(shared, batch_limit, max_map_size, changelog_limit)
     opened = _Opened(shared, writer)
     try:
         writer.ready.result()
@@ -215,7 +215,7 @@ class Store:
     def put(self, record: Record) -> Future[int]:
         """Queues ``record`` (replacing one with its id); resolves to the state
         after the commit that holds it."""
-        return self._submit(_Put(record))
+        return self._submit(Put(record))
 
     def put_sync(self, record: Record, timeout: float | None = 30.0) -> int:
         return self.put(record).result(timeout)
@@ -234,23 +234,23 @@ class Store:
         change-log entry (never for smimeVerifiedAt alone, RFC 9219 §4.3)."""
         patch: dict[str, Any] = {}
         if status is not UNSET:
-            patch["smimeStatus"] = _status_json(status)
+            patch["smimeStatus"] = status_json(status)
         if errors is not UNSET:
-            patch["smimeErrors"] = _texts_or_none(errors)
+            patch["smimeErrors"] = texts_or_none(errors)
         if verified_at is not UNSET:
             patch["smimeVerifiedAt"] = utc_date(verified_at)
         if status_at_delivery is not UNSET:
-            patch["smimeStatusAtDelivery"] = _status_json(status_at_delivery)
+            patch["smimeStatusAtDelivery"] = status_json(status_at_delivery)
         if errors_at_delivery is not UNSET:
-            patch["smimeErrorsAtDelivery"] = _texts_or_none(errors_at_delivery)
-        return self._submit(_Update(record_id, patch))
+            patch["smimeErrorsAtDelivery"] = texts_or_none(errors_at_delivery)
+        return self._submit(Update(record_id, patch))
 
     def delete(self, record_ids: Iterable[str]) -> Future[tuple[str, ...]]:
         """Queues the deletion of the records ``record_ids``; resolves to the
         ids that existed. Each is logged, so Email/changes reports it
         destroyed. Ids no record can have are ignored."""
-        return self._submit(_Delete([rid for rid in dict.fromkeys(record_ids)
-                                     if _id_key(rid) is not None]))
+        return self._submit(Delete([rid for rid in dict.fromkeys(record_ids)
+                                     if id_key(rid) is not None]))
 
     def prune(self, received_before: datetime, *, batch: int = 1000) -> int:
         """Deletes every record received before ``received_before`` (the
@@ -269,7 +269,7 @@ class Store:
     def received_before(self, moment: datetime) -> Iterator[str]:
         """Ids of the records received before ``moment`` (a retention scan
         of the small ``status`` entries); later chunks may see newer commits."""
-        limit = _utc(moment)
+        limit = utc(moment)
         batch: list[str] = []
         for record_id in self.record_ids():
             batch.append(record_id)
@@ -289,9 +289,9 @@ class Store:
         differed."""
         if not re.fullmatch(r"[0-9a-f]{1,64}", generation):
             raise ValueError(f"not a trust generation: {generation!r}")
-        return self._submit(_SetTrust(generation, changed_at))
+        return self._submit(SetTrust(generation, changed_at))
 
-    def _submit(self, op: _Op) -> Future[Any]:
+    def _submit(self, op: Op) -> Future[Any]:
         self._check_open()
         if self._writer is None:
             raise StoreError("io", f"{self._env.path}: store handle is read-only")
@@ -311,7 +311,7 @@ class Store:
             cert = self._blob_loader(txn, "certs")
             crl = self._blob_loader(txn, "crls")
             for record_id in ids:
-                key = _id_key(record_id)
+                key = id_key(record_id)
                 raw = None if key is None else txn.get(key, db=dbs["records"])
                 if raw is not None:
                     found[record_id] = self._decode(record_id, raw, cert, crl)
@@ -330,13 +330,13 @@ class Store:
         db = self._env.dbs["status"]
         found: dict[str, StatusView] = {}
         with self._env.reading("reading statuses") as txn:
-            state = str(_read_counter(txn, self._env, b"state"))
+            state = str(read_counter(txn, self._env, b"state"))
             for record_id in ids:
-                key = _id_key(record_id)
+                key = id_key(record_id)
                 raw = None if key is None else txn.get(key, db=db)
                 if raw is not None:
                     try:
-                        found[record_id] = _view_value(record_id, _decode_json(raw.decode()))
+                        found[record_id] = view_value(record_id, decode_json(raw.decode()))
                     except (ValueError, KeyError, TypeError, AttributeError) as exc:
                         raise StoreError(
                             "corrupt",
@@ -348,7 +348,7 @@ class Store:
         """Ids of re-validatable records whose smimeVerifiedAt is before
         ``verified_before``, oldest first; later chunks may see newer commits."""
         self._check_open()
-        limit = int(_utc(verified_before).timestamp()).to_bytes(8, "big")
+        limit = int(utc(verified_before).timestamp()).to_bytes(8, "big")
         db = self._env.dbs["verify_due"]
         for key in self._keys_raw(db, "reading verify_due"):
             if key[:8] >= limit:
@@ -376,7 +376,7 @@ class Store:
         writer upgraded it keeps answering that until it is reopened)."""
         self._check_open()
         db = self._env.dbs.get("learned")
-        prefix = _learned_prefix(address)
+        prefix = learned_prefix(address)
         if db is None or prefix is None:
             return []
         found: list[tuple[tuple[str, str], LearnedCertificate]] = []
@@ -398,7 +398,7 @@ class Store:
             return {
                 record_id
                 for record_id in record_ids
-                if (key := _id_key(record_id)) is not None and txn.get(key, db=db) is not None
+                if (key := id_key(record_id)) is not None and txn.get(key, db=db) is not None
             }
 
     def index_members(self, index: str) -> Iterator[str]:
@@ -413,18 +413,18 @@ class Store:
     def state(self) -> str:
         self._check_open()
         with self._env.reading("reading the state") as txn:
-            return str(_read_counter(txn, self._env, b"state"))
+            return str(read_counter(txn, self._env, b"state"))
 
     def changes_since(self, state: str, max_changes: int | None = None) -> Changes:
         """Email/changes from ``state``: ids de-duplicated, creation wins over
         update; with ``max_changes`` the new state is an intermediate one."""
         self._check_open()
-        since = _parse_state(state)
+        since = parse_state(state)
         if max_changes is not None and max_changes < 1:
             raise ValueError(f"max_changes must be positive, got {max_changes}")
         with self._env.reading("reading the change log") as txn:
-            current = _read_counter(txn, self._env, b"state")
-            oldest = _read_counter(txn, self._env, b"min_state")
+            current = read_counter(txn, self._env, b"state")
+            oldest = read_counter(txn, self._env, b"min_state")
             if since > current:
                 raise CannotCalculateChanges(f"state {state} is newer than the store ({current})")
             if since < oldest:
@@ -432,7 +432,7 @@ class Store:
                     f"state {state} is older than the change log (oldest {oldest})"
                 )
             cursor = txn.cursor(db=self._env.dbs["changes"])
-            return _collect_changes(cursor, since, current, max_changes)
+            return collect_changes(cursor, since, current, max_changes)
 
     def stats(self) -> dict[str, Any]:
         """Sizes for monitoring: entries per sub-database, map and used bytes."""
@@ -445,8 +445,8 @@ class Store:
                 "path": self._env.path,
                 "entries": txn.stat(dbs["records"])["entries"],
                 **counts,
-                "state": _read_counter(txn, self._env, b"state"),
-                "min_state": _read_counter(txn, self._env, b"min_state"),
+                "state": read_counter(txn, self._env, b"state"),
+                "min_state": read_counter(txn, self._env, b"min_state"),
                 "map_size": info["map_size"],
                 "used_bytes": (info["last_pgno"] + 1) * self._env.env.stat()["psize"],
                 "last_txnid": info["last_txnid"],
@@ -519,7 +519,7 @@ class Store:
         self, key: bytes, value: bytes, cert: Callable[[str], bytes]
     ) -> tuple[tuple[str, str], LearnedCertificate]:
         try:
-            doc = _decode_json(value.decode("utf-8"))
+            doc = decode_json(value.decode("utf-8"))
             learned = LearnedCertificate(
                 certificate=cert(key[key.rindex(b"\0") + 1 :].decode("ascii")),
                 received_at=datetime.fromisoformat(doc["receivedAt"]),
@@ -543,7 +543,7 @@ class Store:
         crl: Callable[[str], bytes],
     ) -> Record:
         try:
-            return _record_value(json.loads(raw), cert, crl)
+            return record_value(json.loads(raw), cert, crl)
         except StoreError:
             raise
         except (ValueError, KeyError, TypeError, AttributeError) as exc:

@@ -1,8 +1,8 @@
 """The schema version: recognising a store, creating one, upgrading an older one.
 
 A writer brings the store to :data:`SCHEMA_VERSION` when it opens it
-(:func:`_writer_dbs`); a reader accepts that version and the older ones the
-writer upgrades from (:func:`_reader_dbs`). ``docs/store-schema.rst`` says
+(:func:`writer_dbs`); a reader accepts that version and the older ones the
+writer upgrades from (:func:`reader_dbs`). ``docs/store-schema.rst`` says
 what each version changed.
 """
 
@@ -13,6 +13,12 @@ import lmdb
 from smime_milter.store.codec import INDEXES
 from smime_milter.store.environment import Database
 from smime_milter.store.records import StoreError
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "reader_dbs",
+    "writer_dbs",
+]
 
 SCHEMA_VERSION = 4
 #: Every named sub-database of schema version 2.
@@ -71,7 +77,7 @@ def _initialise(txn: lmdb.Transaction[bytes], dbs: dict[str, Database], path: st
     txn.put(b"min_state", b"0", db=meta)
 
 
-def _writer_dbs(txn: lmdb.Transaction[bytes], env: lmdb.Environment,
+def writer_dbs(txn: lmdb.Transaction[bytes], env: lmdb.Environment,
                 path: str) -> dict[str, Database]:
     """Every sub-database, created where missing, in the write transaction
     ``txn``, with the store initialised or upgraded to SCHEMA_VERSION."""
@@ -85,7 +91,7 @@ def _writer_dbs(txn: lmdb.Transaction[bytes], env: lmdb.Environment,
     return dbs
 
 
-def _reader_dbs(env: lmdb.Environment, path: str) -> dict[str, Database]:
+def reader_dbs(env: lmdb.Environment, path: str) -> dict[str, Database]:
     """The sub-databases of an existing store, for reading; StoreError when
     it is not one of a version this program reads."""
     with env.begin() as txn:

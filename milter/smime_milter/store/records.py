@@ -14,6 +14,17 @@ from datetime import UTC, datetime
 from smime_milter.errors import SmimeMilterError
 from smime_milter.model import ReleaseDecision, SignerResult, Status, Verdict, is_record_id
 
+__all__ = [
+    "CannotCalculateChanges",
+    "Changes",
+    "LearnedCertificate",
+    "Record",
+    "StatusView",
+    "StoreError",
+    "TrustEpoch",
+    "utc",
+]
+
 
 class StoreError(SmimeMilterError):
     """A store failure the caller can act on; ``reason`` says which kind.
@@ -81,7 +92,7 @@ class Record:
     def __post_init__(self) -> None:
         if not is_record_id(self.record_id):
             raise ValueError(f"not a valid record id: {self.record_id!r}")
-        object.__setattr__(self, "received_at", _utc(self.received_at))
+        object.__setattr__(self, "received_at", utc(self.received_at))
         object.__setattr__(self, "verified_at", _utc_or_none(self.verified_at))
         object.__setattr__(self, "signers", tuple(map(_normalized_signer, self.signers)))
 
@@ -186,7 +197,7 @@ class Changes:
     destroyed: tuple[str, ...] = ()
 
 
-def _utc(moment: datetime) -> datetime:
+def utc(moment: datetime) -> datetime:
     if isinstance(moment, datetime) and moment.tzinfo is UTC and not moment.microsecond:
         return moment  # already normalised: every read and most writes
     if not isinstance(moment, datetime) or moment.utcoffset() is None:
@@ -195,7 +206,7 @@ def _utc(moment: datetime) -> datetime:
 
 
 def _utc_or_none(moment: datetime | None) -> datetime | None:
-    return None if moment is None else _utc(moment)
+    return None if moment is None else utc(moment)
 
 
 def _normalized_signer(signer: SignerResult) -> SignerResult:
@@ -204,5 +215,5 @@ def _normalized_signer(signer: SignerResult) -> SignerResult:
         a is b for a, b in zip(countersignatures, signer.countersignatures, strict=True)
     ):
         return signer
-    signing_time = None if signer.signing_time is None else _utc(signer.signing_time)
+    signing_time = None if signer.signing_time is None else utc(signer.signing_time)
     return replace(signer, signing_time=signing_time, countersignatures=countersignatures)

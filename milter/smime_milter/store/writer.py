@@ -1,6 +1,6 @@
 """The writer thread: the one owner of every write transaction of a store.
 
-Callers queue operations (:class:`_Op`) and get a
+Callers queue operations (:class:`Op`) and get a
 :class:`~concurrent.futures.Future` that resolves only after the transaction
 holding their work committed, so the milter never acknowledges a message
 whose result could still be lost. The writer commits up to ``batch_limit``
@@ -20,45 +20,54 @@ from typing import Any
 import lmdb
 
 from smime_milter.store.changelog import (
-    _CREATED,
-    _DESTROYED,
-    _UPDATED,
-    _logged_view,
-    _read_counter,
-    _state_key,
+    CREATED,
+    DESTROYED,
+    UPDATED,
+    logged_view,
+    read_counter,
+    state_key,
 )
 from smime_milter.store.codec import (
     INDEXES,
     MAX_LEARNED_PER_ADDRESS,
-    _CertRefs,
-    _due_key,
-    _id_key,
-    _index_flags,
-    _json_bytes,
-    _learned_entries,
-    _learned_order,
-    _LearnedEntry,
-    _record_json,
-    _status_entry,
-    _with_change_state,
+    CertRefs,
+    LearnedEntry,
+    due_key,
+    id_key,
+    index_flags,
+    json_bytes,
+    learned_entries,
+    learned_order,
+    record_json,
+    status_entry,
+    with_change_state,
 )
-from smime_milter.store.environment import Database, _Env, _translate
-from smime_milter.store.migrations import _writer_dbs
-from smime_milter.store.records import CannotCalculateChanges, Record, StoreError, _utc
+from smime_milter.store.environment import Database, Env, translate
+from smime_milter.store.migrations import writer_dbs
+from smime_milter.store.records import CannotCalculateChanges, Record, StoreError, utc
+
+__all__ = [
+    "Delete",
+    "Op",
+    "Put",
+    "SetTrust",
+    "Update",
+    "Writer",
+]
 
 
 class _Batch:
     """One write transaction: the state counter and the change entries it adds."""
 
-    def __init__(self, txn: lmdb.Transaction[bytes], env: _Env) -> None:
+    def __init__(self, txn: lmdb.Transaction[bytes], env: Env) -> None:
         self.txn = txn
         self.dbs = env.dbs
-        self.start = self.state = _read_counter(txn, env, b"state")
+        self.start = self.state = read_counter(txn, env, b"state")
 
     def log(self, kind: bytes, record_id: str) -> int:
         self.state += 1
         value = kind + record_id.encode("ascii")
-        self.txn.put(_state_key(self.state), value, db=self.dbs["changes"], append=True)
+        self.txn.put(state_key(self.state), value, db=self.dbs["changes"], append=True)
         return self.state
 
     def write_record(
@@ -66,13 +75,13 @@ class _Batch:
     ) -> None:
         key = record_id.encode("ascii")
         self.txn.put(key, body, db=self.dbs["records"])
-        self.txn.put(key, _status_entry(doc), db=self.dbs["status"])
-        for index, member in _index_flags(doc).items():
+        self.txn.put(key, status_entry(doc), db=self.dbs["status"])
+        for index, member in index_flags(doc).items():
             if member:
                 self.txn.put(key, b"", db=self.dbs[index], overwrite=False)
             else:
                 self.txn.delete(key, db=self.dbs[index])
-        due, old_due = _due_key(doc), None if old is None else _due_key(old)
+        due, old_due = due_key(doc), None if old is None else due_key(old)
         if due != old_due:
             if old_due is not None:
                 self.txn.delete(old_due, db=self.dbs["verify_due"])
@@ -86,12 +95,12 @@ class _Batch:
         old = self.txn.get(key, db=self.dbs["records"])
         if old is None:
             return False
-        due = _due_key(json.loads(old))
+        due = due_key(json.loads(old))
         if due is not None:
             self.txn.delete(due, db=self.dbs["verify_due"])
         for db in ("records", "status", *INDEXES):
             self.txn.delete(key, db=self.dbs[db])
-        self.log(_DESTROYED, record_id)
+        self.log(DESTROYED, record_id)
         return True
 
     def finish(self, changelog_limit: int) -> None:
@@ -115,7 +124,7 @@ class _Batch:
         return last
 
 
-class _Op:
+class Op:
     """Queued work for the writer; ``apply`` runs inside the batch transaction
     and may run again if the batch is retried after growing the map."""
 
@@ -129,14 +138,14 @@ class _Op:
         return applied
 
 
-class _Put(_Op):
+class Put(Op):
     def __init__(self, record: Record) -> None:
         super().__init__()
-        certs, crls = _CertRefs(), _CertRefs()
+        certs, crls = CertRefs(), CertRefs()
         self.record_id = record.record_id
-        self.doc = _record_json(record, certs, crls)
-        self.body = _json_bytes(self.doc)
-        self.learned = _learned_entries(record, self.doc)
+        self.doc = record_json(record, certs, crls)
+        self.body = json_bytes(self.doc)
+        self.learned = learned_entries(record, self.doc)
         self.blobs = [
             (db, digest.encode("ascii"), der)
             for db, refs in (("certs", certs), ("crls", crls))
@@ -147,14 +156,14 @@ class _Put(_Op):
         old = batch.txn.get(self.record_id.encode("ascii"), db=batch.dbs["records"])
         old_doc = None if old is None else json.loads(old)
         if old_doc is None:
-            state = batch.log(_CREATED, self.record_id)
-        elif _logged_view(old_doc) != _logged_view(self.doc):
-            state = batch.log(_UPDATED, self.record_id)
+            state = batch.log(CREATED, self.record_id)
+        elif logged_view(old_doc) != logged_view(self.doc):
+            state = batch.log(UPDATED, self.record_id)
         else:
             state = old_doc["changeState"]
         for db, key, der in self.blobs:
             batch.txn.put(key, der, db=batch.dbs[db], overwrite=False)
-        body = _with_change_state(self.body, state)
+        body = with_change_state(self.body, state)
         batch.write_record(self.record_id, self.doc, body, old_doc)
         for entry in self.learned:
             _learn(batch.txn, batch.dbs["learned"], entry)
@@ -163,14 +172,14 @@ class _Put(_Op):
         return state
 
 
-class _Update(_Op):
+class Update(Op):
     def __init__(self, record_id: str, patch: dict[str, Any]) -> None:
         super().__init__()
         self.record_id = record_id
         self.patch = patch
 
     def apply(self, batch: _Batch) -> bool:
-        key = _id_key(self.record_id)
+        key = id_key(self.record_id)
         old = None if key is None else batch.txn.get(key, db=batch.dbs["records"])
         if old is None:
             raise StoreError("missing", f"no record {self.record_id!r}")
@@ -178,14 +187,14 @@ class _Update(_Op):
         doc = {**old_doc, **self.patch}
         if doc == old_doc:
             return False
-        logged = _logged_view(doc) != _logged_view(old_doc)
+        logged = logged_view(doc) != logged_view(old_doc)
         if logged:
-            doc["changeState"] = batch.log(_UPDATED, self.record_id)
-        batch.write_record(self.record_id, doc, _json_bytes(doc), old_doc)
+            doc["changeState"] = batch.log(UPDATED, self.record_id)
+        batch.write_record(self.record_id, doc, json_bytes(doc), old_doc)
         return logged
 
 
-class _Delete(_Op):
+class Delete(Op):
     def __init__(self, record_ids: list[str]) -> None:
         super().__init__()
         self.record_ids = record_ids
@@ -195,13 +204,13 @@ class _Delete(_Op):
                      if batch.delete_record(record_id))
 
 
-class _SetTrust(_Op):
+class SetTrust(Op):
     """Records the trust-anchor generation; a new one restarts the epoch."""
 
     def __init__(self, generation: str, changed_at: datetime) -> None:
         super().__init__()
         self.generation = generation.encode("ascii")
-        self.changed_at = str(int(_utc(changed_at).timestamp())).encode("ascii")
+        self.changed_at = str(int(utc(changed_at).timestamp())).encode("ascii")
 
     def apply(self, batch: _Batch) -> bool:
         meta = batch.dbs["meta"]
@@ -212,15 +221,15 @@ class _SetTrust(_Op):
         return True
 
 
-class _Writer:
+class Writer:
     """The thread that owns every write transaction of one environment."""
 
-    def __init__(self, env: _Env, batch_limit: int, max_map_size: int, changelog_limit: int):
+    def __init__(self, env: Env, batch_limit: int, max_map_size: int, changelog_limit: int):
         self._env = env
         self._batch_limit = batch_limit
         self._max_map_size = max_map_size
         self._changelog_limit = changelog_limit
-        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Op | None] = queue.SimpleQueue()
         self.ready: Future[None] = Future()
         self.commits = 0
         self._thread = threading.Thread(
@@ -228,7 +237,7 @@ class _Writer:
         )
         self._thread.start()
 
-    def submit(self, op: _Op) -> Future[Any]:
+    def submit(self, op: Op) -> Future[Any]:
         """Queues ``op`` unless the store is closing; returns its future."""
         with self._env.accepting():
             self._queue.put(op)
@@ -243,7 +252,7 @@ class _Writer:
         try:
             self._env.dbs = self._setup()
         except BaseException as exc:  # the opener re-raises it
-            self.ready.set_exception(_translate(exc, f"opening {self._env.path}"))
+            self.ready.set_exception(translate(exc, f"opening {self._env.path}"))
             return
         self.ready.set_result(None)
         stop = False
@@ -255,9 +264,9 @@ class _Writer:
     def _setup(self) -> dict[str, Database]:
         env = self._env
         with env.lock.shared(), env.env.begin(write=True) as txn:
-            return _writer_dbs(txn, env.env, env.path)
+            return writer_dbs(txn, env.env, env.path)
 
-    def _next_batch(self) -> tuple[list[_Op], bool]:
+    def _next_batch(self) -> tuple[list[Op], bool]:
         """Blocks for one operation, then takes what else is queued."""
         first = self._queue.get()
         if first is None:
@@ -273,13 +282,13 @@ class _Writer:
             batch.append(op)
         return batch, False
 
-    def _run_batch(self, ops: list[_Op]) -> None:
+    def _run_batch(self, ops: list[Op]) -> None:
         """Commits the batch, then settles its futures; a failure fails
         exactly these futures and leaves the writer running."""
         try:
             outcomes, state = self._commit_growing(ops)
         except Exception as exc:
-            error = _translate(exc, f"writing to {self._env.path}")
+            error = translate(exc, f"writing to {self._env.path}")
             if error is not exc:
                 error.__cause__ = exc
             for op in ops:
@@ -291,7 +300,7 @@ class _Writer:
             else:
                 op.future.set_result(op.result(outcome, state))
 
-    def _commit_growing(self, ops: list[_Op]) -> tuple[list[Any], int]:
+    def _commit_growing(self, ops: list[Op]) -> tuple[list[Any], int]:
         while True:
             try:
                 return self._commit(ops)
@@ -305,7 +314,7 @@ class _Writer:
             except lmdb.MapResizedError:
                 self._env.adopt_map_size()
 
-    def _commit(self, ops: list[_Op]) -> tuple[list[Any], int]:
+    def _commit(self, ops: list[Op]) -> tuple[list[Any], int]:
         """One write transaction for ``ops``. A failed one is aborted under the
         exclusive lock: py-lmdb's abort of a write txn waits until no LMDB call
         is in flight on any thread, which a steady stream of reads can delay
@@ -338,7 +347,7 @@ class _Writer:
         return True
 
 
-def _apply(op: _Op, batch: _Batch) -> Any:
+def _apply(op: Op, batch: _Batch) -> Any:
     """Runs one operation; an unknown id (found before anything is written) is
     that operation's outcome and does not fail the rest of the batch."""
     try:
@@ -349,7 +358,7 @@ def _apply(op: _Op, batch: _Batch) -> Any:
         return exc
 
 
-def _learn(txn: lmdb.Transaction[bytes], db: Database, entry: _LearnedEntry) -> None:
+def _learn(txn: lmdb.Transaction[bytes], db: Database, entry: LearnedEntry) -> None:
     """Writes one ``learned`` entry unless a newer message already holds it;
     a new certificate then trims the address to
     :data:`MAX_LEARNED_PER_ADDRESS` (the oldest go)."""
@@ -357,7 +366,7 @@ def _learn(txn: lmdb.Transaction[bytes], db: Database, entry: _LearnedEntry) -> 
     old = txn.get(key, db=db)
     if old is not None:
         # The common case, a known sender's next message: the count is unchanged.
-        if _learned_order(old) <= order:
+        if learned_order(old) <= order:
             txn.put(key, value, db=db)
         return
     txn.put(key, value, db=db)
@@ -367,7 +376,7 @@ def _learn(txn: lmdb.Transaction[bytes], db: Database, entry: _LearnedEntry) -> 
         for entry_key, entry_value in cursor.iternext():
             if not entry_key.startswith(prefix):
                 break
-            entries.append((_learned_order(entry_value), entry_key))
+            entries.append((learned_order(entry_value), entry_key))
     if len(entries) > MAX_LEARNED_PER_ADDRESS:
         entries.sort()
         for _order, stale in entries[: len(entries) - MAX_LEARNED_PER_ADDRESS]:
