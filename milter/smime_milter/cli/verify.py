@@ -14,7 +14,7 @@ from typing import Any
 from smime_milter.bootstrap import build_advanced, build_verifier
 from smime_milter.cli.common import Commands, parse_moment
 from smime_milter.cms import AlgorithmPolicy
-from smime_milter.config import DEFAULT_CONFIG, Config, load_config
+from smime_milter.config import DEFAULT_CONFIG, Config, load_config, syslog_problem
 from smime_milter.model import RevocationMode, Verdict
 from smime_milter.store import utc_date
 from smime_milter.trust import TrustConfig
@@ -140,5 +140,9 @@ def run_check_config(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     build_verifier(config)
     build_advanced(config)  # key store and address book: refused files are named
+    if config.milter.log_target == "syslog":  # valid, but the daemon would log elsewhere
+        problem = syslog_problem()
+        if problem is not None:
+            print(f"warning: {problem}; logs will go to stderr")
     print(f"{args.config}: OK")
     return 0

@@ -3,7 +3,7 @@ naming file, line and key."""
 
 from __future__ import annotations
 
-from smime_milter.config.logs import configure_logging
+from smime_milter.config.logs import SYSLOG_SOCKET, configure_logging, syslog_problem
 from smime_milter.config.reader import (
     DEFAULT_CONFIG,
     Config,
@@ -15,6 +15,6 @@ from smime_milter.release import check_submit
 from smime_milter.settings import ConfigError
 
 __all__ = [
-    "DEFAULT_CONFIG", "Config", "ConfigError", "check_listen", "check_socket", "check_submit",
-    "configure_logging", "load_config"
+    "DEFAULT_CONFIG", "SYSLOG_SOCKET", "Config", "ConfigError", "check_listen", "check_socket",
+    "check_submit", "configure_logging", "load_config", "syslog_problem"
 ]
