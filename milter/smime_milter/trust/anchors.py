@@ -28,6 +28,7 @@ from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from smime_milter.cms import files
 from smime_milter.errors import SmimeMilterError
 from smime_milter.trust.chain import CERT_SUFFIXES, TrustStoreError, load_certificates
 from smime_milter.trust.settings import TrustConfig
@@ -102,24 +103,25 @@ def _read_certificates(path: Path) -> tuple[_Cert, ...]:
     a wrong file is noticed instead of half used.
     """
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise AnchorError(f"{path}: {exc.strerror or exc}") from exc
+        data = files.read(path, "anchor")
+    except files.KeyFileError as exc:
+        raise AnchorError(f"{path}: {exc.detail}") from exc
     if not data.strip():
         raise AnchorError(f"{path}: empty file")
-    if pem.detect(data):
-        try:
-            blocks = list(pem.unarmor(data, multiple=True))
-        except ValueError as exc:
-            raise AnchorError(f"{path}: broken PEM ({_first_line(exc)})") from exc
+    try:
+        blocks = files.pem_blocks(data)
+    except ValueError as exc:
+        raise AnchorError(f"{path}: broken PEM ({_first_line(exc)})") from exc
+    if blocks:
         certs = []
-        for number, (kind, _headers, der) in enumerate(blocks, start=1):
-            if kind != "CERTIFICATE":
-                raise AnchorError(f"{path}: PEM block {number} is a {kind}, not a CERTIFICATE")
-            certs.append(_parse(der, f"{path}: certificate {number}"))
-        if not certs:
-            raise AnchorError(f"{path}: no certificate in the file")
+        for number, block in enumerate(blocks, start=1):
+            if block.label != "CERTIFICATE":
+                raise AnchorError(
+                    f"{path}: PEM block {number} is a {block.label}, not a CERTIFICATE")
+            certs.append(_parse(block.der, f"{path}: certificate {number}"))
         return tuple(certs)
+    if pem.detect(data):
+        raise AnchorError(f"{path}: no certificate in the file")
     return (_parse(data, str(path)),)
 
 
