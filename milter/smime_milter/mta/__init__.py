@@ -4,9 +4,10 @@ edits, the verifier pool, the daemon."""
 from __future__ import annotations
 
 from smime_milter.mta.app import hostname
-from smime_milter.mta.daemon import StartupError, run
+from smime_milter.mta.daemon import run
 from smime_milter.mta.pipeline import Envelope, Examination, Runtime, examine, plan
 from smime_milter.mta.pool import VerifierPool, VerifyFailure
+from smime_milter.mta.privileges import StartupError
 
 __all__ = [
     "Envelope", "Examination", "Runtime", "StartupError", "VerifierPool", "VerifyFailure",

@@ -1,9 +1,21 @@
 """``smime-milter run``: the long-running service around libmilter.
 
-Start-up order matters: signals are blocked before any thread exists (so
-only libmilter's signal thread and our reload thread ever receive them),
-the socket is opened and given its group and mode, privileges are dropped,
-and only then are the store and the worker pool started.
+Start-up order matters, and no process of the daemon keeps root:
+
+1. the user and the socket's group are looked up (an unknown one stops the
+   start before anything is created);
+2. the socket is opened as root (its directory may be root's) and given its
+   group and mode;
+3. still as root, the store and spool directories are prepared for the
+   service user (mta/privileges.py says what is created and given to it);
+4. privileges are dropped for good, and the store and spool directories are
+   checked as the user;
+5. multiprocessing's helper processes (resource tracker, forkserver) start,
+   as the user, from the main thread while it is still the only thread;
+6. signals are blocked, before any thread exists (so only libmilter's signal
+   thread and our reload thread ever receive them);
+7. the store, the worker pool (forked by the forkserver, so as the user too)
+   and the threads start.
 
 Signals: SIGUSR1 (``systemctl reload``) re-reads the configuration and
 trust anchors without dropping a connection; SIGTERM, SIGINT and SIGHUP stop
@@ -14,10 +26,8 @@ every thread and taken by sigwait, in our signal thread or libmilter's.
 
 from __future__ import annotations
 
-import grp
 import logging
 import os
-import pwd
 import signal
 import stat
 import threading
@@ -29,10 +39,11 @@ import Milter
 
 import milter as libmilter
 from smime_milter.config import Config, configure_logging
-from smime_milter.errors import SmimeMilterError
+from smime_milter.mta import privileges
 from smime_milter.mta.app import RuntimeHolder, SmimeMilter
 from smime_milter.mta.pipeline import Runtime
 from smime_milter.mta.pool import VerifierPool
+from smime_milter.mta.privileges import ServiceUser, StartupError
 from smime_milter.store import Store
 from smime_milter.trust import trust_files
 
@@ -43,10 +54,6 @@ STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 RELOAD_SIGNAL = signal.SIGUSR1
 #: Pending connections the kernel queues while every libmilter thread is busy.
 _LISTEN_BACKLOG = 512
-
-
-class StartupError(SmimeMilterError, RuntimeError):
-    """The daemon cannot start; the message says why."""
 
 
 def _unix_socket_path(spec: str) -> Path | None:
@@ -76,11 +83,18 @@ def _register() -> None:
     )
 
 
-def _open_socket(config: Config) -> Path | None:
+def _open_socket(config: Config, user: ServiceUser | None, group: int | None) -> Path | None:
+    """Listen on the configured socket. A unix socket's directory is created
+    when missing (the umask's mode, so the MTA can reach it) and then belongs
+    to ``user``, who must be able to remove the socket at stop; an existing
+    directory is left as it is."""
     spec = config.milter.socket
     path = _unix_socket_path(spec)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            privileges.make_directories(path.parent, mode=None, parent_mode=None, owner=user)
+        except OSError as exc:
+            raise privileges.failure("socket directory", path.parent, exc) from exc
     libmilter.setconn(spec)
     libmilter.settimeout(config.milter.timeout)
     libmilter.setbacklog(_LISTEN_BACKLOG)
@@ -95,31 +109,27 @@ def _open_socket(config: Config) -> Path | None:
     except libmilter.error as exc:
         raise StartupError(f"cannot listen on {spec}: {exc}") from exc
     if path is not None:
-        group = config.milter.socket_group
-        if group is not None:
-            try:
-                os.chown(path, -1, grp.getgrnam(group).gr_gid)
-            except (KeyError, OSError) as exc:
-                raise StartupError(f"cannot give {path} to group {group!r}: {exc}") from exc
-        os.chmod(path, config.milter.socket_mode)
+        try:
+            if group is not None:
+                os.chown(path, -1, group)
+            os.chmod(path, config.milter.socket_mode)
+        except OSError as exc:
+            _remove_socket(path)
+            raise privileges.failure("socket", path, exc) from exc
     return path
 
 
-def _drop_privileges(user: str | None) -> None:
-    if user is None:
-        return
-    try:
-        entry = pwd.getpwnam(user)
-    except KeyError as exc:
-        raise StartupError(f"milter.user: no such user {user!r}") from exc
-    if os.geteuid() == entry.pw_uid:
-        return
-    if os.geteuid() != 0:
-        raise StartupError(f"milter.user: must start as root to become {user!r}")
-    os.initgroups(user, entry.pw_gid)
-    os.setgid(entry.pw_gid)
-    os.setuid(entry.pw_uid)
-    log.info("running as user %s", user)
+def _become_service_user(config: Config, user: ServiceUser | None) -> None:
+    """Prepare the store and spool directories (as root, for ``user``), drop to
+    ``user`` and check, as the user now, that both directories are usable."""
+    store, spool = config.store.path, config.milter.spool_directory
+    privileges.prepare(store, spool, user)
+    if user is not None:
+        privileges.drop(user)
+        log.info("running as user %s", user.name)
+    privileges.check_directory("store", store, privileges.STORE_FILES)
+    if spool is not None:
+        privileges.check_directory("spool directory", spool)
 
 
 #: Builds a complete Runtime (verifier pool, advanced features) for a
@@ -132,12 +142,16 @@ TRUST_CHECK_INTERVAL = 5.0
 
 
 def _start_multiprocessing_helpers() -> None:
-    """Start multiprocessing's helper processes now, from the main thread.
+    """Start multiprocessing's helper processes now, from the main thread,
+    after the privileges are dropped (the workers the forkserver forks are
+    then the service user's too) and before the stop signals are blocked.
 
     Python's resource tracker *unblocks* SIGINT and SIGTERM in whichever thread
     first starts it; started later from the pool's manager thread, that thread
     would take a stop signal with its default action and kill the daemon in the
-    middle of a message.
+    middle of a message. Started here, before the main thread blocks them (and
+    before any other thread exists), the unblocking changes nothing, and the
+    forkserver and its workers inherit an unblocked signal mask.
     """
     resource_tracker.ensure_running()
     forkserver.ensure_running()
@@ -199,13 +213,19 @@ def _close_pool(runtime: Runtime) -> None:
 def run(config: Config, load: Callable[[], Config], make_runtime: MakeRuntime) -> int:
     """Serve until libmilter is told to stop; returns the exit status. ``load``
     re-reads the configuration on reload, ``make_runtime`` builds what serves it."""
-    _start_multiprocessing_helpers()
-    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS | {RELOAD_SIGNAL})
     configure_logging(config.milter)
-    socket_path = _open_socket(config)
-    _drop_privileges(config.milter.user)
-    store = Store.open(config.store.path, map_size=config.store.map_size,
-                       max_map_size=config.store.max_map_size)
+    user = privileges.service_user(config.milter.user)
+    group = privileges.group_id(config.milter.socket_group, "milter.socket_group")
+    socket_path = _open_socket(config, user, group)
+    try:
+        _become_service_user(config, user)
+        _start_multiprocessing_helpers()
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS | {RELOAD_SIGNAL})
+        store = Store.open(config.store.path, map_size=config.store.map_size,
+                           max_map_size=config.store.max_map_size)
+    except BaseException:
+        _remove_socket(socket_path)
+        raise
     try:
         holder = RuntimeHolder(make_runtime(config, store))
         SmimeMilter.holder = holder
@@ -218,9 +238,20 @@ def run(config: Config, load: Callable[[], Config], make_runtime: MakeRuntime) -
         _close_pool(holder.current)
     finally:
         store.close()
-        if socket_path is not None and _is_socket(socket_path):
-            socket_path.unlink()
+        _remove_socket(socket_path)
     return 0
+
+
+def _remove_socket(path: Path | None) -> None:
+    """Remove our unix socket; one the service user may not remove (its
+    directory is root's) stays, and the next start replaces it."""
+    if path is None or not _is_socket(path):
+        return
+    try:
+        path.unlink()
+    except OSError as exc:
+        log.info("socket %s left in place (%s); the next start replaces it",
+                 path, exc.strerror)
 
 
 def _is_socket(path: Path) -> bool:
