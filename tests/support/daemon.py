@@ -28,6 +28,7 @@ class MilterProcess:
         self, directory: Path, anchors: Path, *, authserv_id: str = "mx.test.example",
         extra_toml: str = "", workers: int = 2, map_size: str = "64M",
         max_map_size: str = "1G", anchor_directory: Path | None = None,
+        wrapper: tuple[str, ...] = (),
     ) -> None:
         self.directory = directory
         self.socket = directory / "milter.sock"
@@ -40,6 +41,8 @@ class MilterProcess:
         self.extra_toml = extra_toml
         self.workers = workers
         self.map_size, self.max_map_size = map_size, max_map_size
+        #: Command the daemon runs under (its pid stays the daemon's: it must exec).
+        self.wrapper = wrapper
         self.process: subprocess.Popen[bytes] | None = None
         self.write_config()
 
@@ -65,7 +68,7 @@ class MilterProcess:
         self.socket.unlink(missing_ok=True)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [str(SMIME_MILTER), "run", "--config", str(self.config)],
+            [*self.wrapper, str(SMIME_MILTER), "run", "--config", str(self.config)],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         log.close()
