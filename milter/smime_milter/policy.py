@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from smime_milter.model import Status
-from smime_milter.settings import Reader
+from smime_milter.settings import Problems, Reader
 
 
 class Action(enum.StrEnum):
@@ -172,7 +172,8 @@ def _actions(reader: Reader) -> dict[str, Action]:
             continue
         if name in ("oversize", "error") and action not in _MACHINERY_CHOICES[name]:
             allowed = ", ".join(sorted(_MACHINERY_CHOICES[name]))
-            raise reader.error(name, f"{action.value!r} is not possible here (use {allowed})")
+            reader.report(name, f"{action.value!r} is not possible here (use {allowed})")
+            continue
         found[name] = action
     return found
 
@@ -184,25 +185,30 @@ _MACHINERY_CHOICES = {
 }
 
 
-def read_policy_section(path: Path | None, text: str, data: Mapping[str, Any]) -> Policy:
-    """``[policy]`` and its ``[policy.domains."example.com"]`` overrides."""
-    reader = Reader(path, text, "policy", data)
+def read_policy_section(problems: Problems, path: Path | None, text: str,
+                        data: Mapping[str, Any]) -> Policy:
+    """``[policy]`` and its ``[policy.domains."example.com"]`` overrides;
+    problems go to ``problems``."""
+    reader = Reader(problems, path, text, "policy", data)
     defaults = Policy()
     domains_data = reader.take("domains", dict, {})
     base = merged(Actions(), _actions(reader))
     monitor = reader.take("monitor", bool, defaults.monitor)
     tag_subject = reader.take("tag_subject", str, defaults.tag_subject)
     if "\n" in tag_subject or "\r" in tag_subject:
-        raise reader.error("tag_subject", "must be one line")
+        reader.report("tag_subject", "must be one line")
+        tag_subject = defaults.tag_subject
     reader.finish()
     domains: dict[str, Actions] = {}
     for domain, table in domains_data.items():
         name = f'policy.domains."{domain}"'
         if not isinstance(table, dict):
-            raise Reader(path, text, "policy.domains", {}).error(domain, "expected a table")
-        domain_reader = Reader(path, text, name, table)
+            Reader(problems, path, text, "policy.domains", {}).report(domain, "expected a table")
+            continue
+        domain_reader = Reader(problems, path, text, name, table)
         if not re.fullmatch(r"[A-Za-z0-9.-]+", domain) or domain.startswith("."):
-            raise domain_reader.error("", f"not a domain name: {domain!r}")
+            domain_reader.report("", f"not a domain name: {domain!r}")
+            continue
         domains[domain.lower().rstrip(".")] = merged(base, _actions(domain_reader))
         domain_reader.finish()
     return Policy(actions=base, domains=tuple(domains.items()), monitor=monitor,

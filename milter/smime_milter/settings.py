@@ -3,8 +3,14 @@
 Each feature owns its settings and the parser of its section; this module is
 the toolkit they share, low enough for all of them: a ``Reader`` that pops
 typed values out of one table, rejects unknown keys, and phrases every
-problem as a ``ConfigError`` ``file:line: table.key: reason``. It reads
-values; what a value means belongs to the feature's parser.
+problem as ``file:line: table.key: reason``. It reads values; what a value
+means belongs to the feature's parser.
+
+Problems are collected, not raised: every ``Reader`` of one file reports into
+one ``Problems``, a bad value reads as the key's default so parsing goes on,
+and the caller raises them all at once (``Problems.check``), so an admin sees
+every error of the file in one run. A check that depends on a bad value is
+skipped (``Reader.failed``) rather than reported as a follow-on error.
 """
 
 from __future__ import annotations
@@ -19,13 +25,47 @@ from smime_milter.errors import SmimeMilterError
 from smime_milter.mail import parse_address
 
 __all__ = [
-    "ConfigError", "Reader", "address_or_domain_list", "domain_list", "line_of",
+    "ConfigError", "Problems", "Reader", "address_or_domain_list", "domain_list", "line_of",
     "network_list", "one_of", "parse_size", "plain_address", "port_list", "string_list"
 ]
 
 
 class ConfigError(SmimeMilterError, ValueError):
-    """A configuration problem, already phrased as ``file:line: key: reason``."""
+    """Configuration problems, each already phrased as ``file:line: key: reason``;
+    the message is all of them, one per line."""
+
+    def __init__(self, *problems: str) -> None:
+        super().__init__(*problems)
+
+    @property
+    def problems(self) -> tuple[str, ...]:
+        """Each problem, in file order."""
+        return tuple(str(problem) for problem in self.args)
+
+    def __str__(self) -> str:
+        return "\n".join(self.problems)
+
+
+class Problems:
+    """The problems found in one configuration file, in the order found."""
+
+    def __init__(self) -> None:
+        self._found: list[tuple[int, str]] = []
+
+    def add(self, line: int, message: str) -> None:
+        """One problem at ``line`` (0: unknown); the same message once."""
+        if (line, message) not in self._found:
+            self._found.append((line, message))
+
+    def __bool__(self) -> bool:
+        return bool(self._found)
+
+    def check(self) -> None:
+        """Raise them all as one ``ConfigError``, in line order (ties in the
+        order found, a problem of unknown line last), if there are any."""
+        if self._found:
+            ordered = sorted(self._found, key=lambda found: found[0] or float("inf"))
+            raise ConfigError(*(message for _, message in ordered))
 
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
@@ -67,14 +107,18 @@ def line_of(text: str, table: str, key: str, occurrence: int = 0) -> int:
 
 
 class Reader:
-    """Pops typed values out of a parsed table, remembering what was used."""
+    """Pops typed values out of a parsed table, remembering what was used and
+    reporting every problem into ``problems``."""
 
-    def __init__(self, path: Path | None, text: str, table: str, data: Mapping[str, Any],
-                 occurrence: int | None = None):
+    def __init__(self, problems: Problems, path: Path | None, text: str, table: str,
+                 data: Mapping[str, Any], occurrence: int | None = None):
+        self.problems = problems
         self.path, self.text, self.table, self.data = path, text, table, dict(data)
         self.occurrence = occurrence
+        self.bad: set[str] = set()
 
-    def error(self, key: str, reason: str) -> ConfigError:
+    def report(self, key: str, reason: str) -> None:
+        """One problem with ``key`` (``""``: the table itself)."""
         where = str(self.path) if self.path else "<config>"
         line = line_of(self.text, self.table, key, self.occurrence or 0)
         if not line and key:
@@ -82,16 +126,24 @@ class Reader:
             line = line_of(self.text, self.table, "", self.occurrence or 0)
         table = self.table if self.occurrence is None else f"{self.table}[{self.occurrence}]"
         dotted = ".".join(part for part in (table, key) if part)
-        return ConfigError(f"{where}:{line}: {dotted}: {reason}")
+        self.bad.add(key)
+        self.problems.add(line, f"{where}:{line}: {dotted}: {reason}")
+
+    def failed(self, *keys: str) -> bool:
+        """True when any of ``keys`` was reported: checks that depend on it
+        are skipped rather than reported as follow-on errors."""
+        return any(key in self.bad for key in keys)
 
     def take(self, key: str, kind: type, default: Any) -> Any:
         if key not in self.data:
             return default
         value = self.data.pop(key)
         if kind is int and isinstance(value, bool):
-            raise self.error(key, "expected an integer, got a boolean")
+            self.report(key, "expected an integer, got a boolean")
+            return default
         if not isinstance(value, kind):
-            raise self.error(key, f"expected {kind.__name__}, got {type(value).__name__}")
+            self.report(key, f"expected {kind.__name__}, got {type(value).__name__}")
+            return default
         return value
 
     def _base(self) -> Path:
@@ -103,7 +155,8 @@ class Reader:
         if value is None:
             return default
         if not all(isinstance(item, str) and item for item in value):
-            raise self.error(key, "expected a list of non-empty path strings")
+            self.report(key, "expected a list of non-empty path strings")
+            return default
         return tuple(self._base() / item for item in value)
 
     def optional_path(self, key: str) -> Path | None:
@@ -116,38 +169,45 @@ class Reader:
             return default
         try:
             return convert(value)
-        except ValueError as exc:
-            raise self.error(key, f"invalid value {value!r}") from exc
+        except ValueError:
+            self.report(key, f"invalid value {value!r}")
+            return default
 
     def size(self, key: str, default: int) -> int:
         if key not in self.data:
             return default
         value = self.data.pop(key)
         if isinstance(value, bool) or not isinstance(value, int | str):
-            raise self.error(key, "expected a size in bytes (integer or \"64M\")")
+            self.report(key, "expected a size in bytes (integer or \"64M\")")
+            return default
         try:
             return parse_size(value)
         except ValueError as exc:
-            raise self.error(key, str(exc)) from exc
+            self.report(key, str(exc))
+            return default
 
     def number(self, key: str, default: float, low: float, high: float) -> float:
-        value = self.data.get(key, default)
+        value = self.data.pop(key, default)
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise self.error(key, f"expected a number, got {type(value).__name__}")
-        self.data.pop(key, None)
+            self.report(key, f"expected a number, got {type(value).__name__}")
+            return default
         if not low <= value <= high:
-            raise self.error(key, f"must be between {low:g} and {high:g}")
+            self.report(key, f"must be between {low:g} and {high:g}")
+            return default
         return value
 
     def optional_str(self, key: str) -> str | None:
         value: str | None = self.take(key, str, None)
         if value is not None and not value.strip():
-            raise self.error(key, "must not be empty (leave the key out for the default)")
+            self.report(key, "must not be empty (leave the key out for the default)")
+            return None
         return value
 
     def finish(self) -> None:
+        """Every key left over is unknown."""
         for key in self.data:
-            raise self.error(key, "unknown key")
+            self.report(key, "unknown key")
+        self.data.clear()
 
 
 def one_of(allowed: tuple[str, ...]) -> Callable[[str], str]:
@@ -165,7 +225,8 @@ _DOMAIN = re.compile(r"(?=.{1,253}$)[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*")
 def string_list(reader: Reader, key: str) -> tuple[str, ...]:
     value = reader.take(key, list, [])
     if not all(isinstance(item, str) and item.strip() for item in value):
-        raise reader.error(key, "expected a list of non-empty strings")
+        reader.report(key, "expected a list of non-empty strings")
+        return ()
     return tuple(value)
 
 
@@ -173,7 +234,8 @@ def domain_list(reader: Reader, key: str) -> tuple[str, ...]:
     found = []
     for item in string_list(reader, key):
         if not _DOMAIN.fullmatch(item.rstrip(".")):
-            raise reader.error(key, f"not a domain name: {item!r}")
+            reader.report(key, f"not a domain name: {item!r}")
+            continue
         found.append(item.lower().rstrip("."))
     return tuple(found)
 
@@ -183,12 +245,13 @@ def address_or_domain_list(reader: Reader, key: str) -> tuple[str, ...]:
     for item in string_list(reader, key):
         if "@" in item:
             if not plain_address(item) or item.strip() != item or "<" in item:
-                raise reader.error(key, f"not an address: {item!r}")
+                reader.report(key, f"not an address: {item!r}")
+                continue
             found.append(item)
         elif _DOMAIN.fullmatch(item.rstrip(".")):
             found.append(item.lower().rstrip("."))
         else:
-            raise reader.error(key, f"not an address or domain: {item!r}")
+            reader.report(key, f"not an address or domain: {item!r}")
     return tuple(found)
 
 
@@ -205,7 +268,8 @@ def plain_address(text: str) -> bool:
 def port_list(reader: Reader, key: str) -> tuple[int, ...]:
     value = reader.take(key, list, [])
     if not all(isinstance(p, int) and not isinstance(p, bool) and 0 < p < 65536 for p in value):
-        raise reader.error(key, "expected a list of TCP ports (1-65535)")
+        reader.report(key, "expected a list of TCP ports (1-65535)")
+        return ()
     return tuple(value)
 
 
@@ -215,5 +279,5 @@ def network_list(reader: Reader, key: str) -> tuple[IPv4Network | IPv6Network, .
         try:
             found.append(ip_network(item, strict=True))
         except ValueError as exc:
-            raise reader.error(key, f"not an address or network: {item!r} ({exc})") from exc
+            reader.report(key, f"not an address or network: {item!r} ({exc})")
     return tuple(found)

@@ -13,6 +13,7 @@ from typing import Any
 
 from smime_milter.mail import mime
 from smime_milter.settings import (
+    Problems,
     Reader,
     address_or_domain_list,
     network_list,
@@ -75,16 +76,18 @@ class AdvancedConfig:
 _ACCOUNT = re.compile(r"[A-Za-z0-9_.@+-]{1,256}")
 
 
-def read_advanced_section(path: Path | None, text: str,
+def read_advanced_section(problems: Problems, path: Path | None, text: str,
                           data: Mapping[str, Any]) -> AdvancedConfig:
-    """``[advanced]``, its ``[advanced.accounts]`` and ``[[advanced.auto]]``."""
-    reader = Reader(path, text, "advanced", data)
+    """``[advanced]``, its ``[advanced.accounts]`` and ``[[advanced.auto]]``;
+    problems go to ``problems``."""
+    reader = Reader(problems, path, text, "advanced", data)
     defaults = AdvancedConfig()
     accounts_table = reader.take("accounts", dict, {})
     auto_tables = reader.take("auto", list, [])
     client_account = reader.optional_str("client_account")
     if client_account is not None and not _ACCOUNT.fullmatch(client_account):
-        raise reader.error("client_account", f"not an account name: {client_account!r}")
+        reader.report("client_account", f"not an account name: {client_account!r}")
+        client_account = None
     keys = reader.optional_path("keys")
     password_file = reader.optional_path("keys_password_file")
     addressbook = reader.optional_path("addressbook")
@@ -93,21 +96,25 @@ def read_advanced_section(path: Path | None, text: str,
     clients = network_list(reader, "submission_clients")
     sasl = reader.take("submission_sasl", bool, defaults.submission_sasl)
     reader.finish()
-    accounts_reader = Reader(path, text, "advanced.accounts", accounts_table)
+    accounts_reader = Reader(problems, path, text, "advanced.accounts", accounts_table)
     accounts = []
     for account in list(accounts_table):
         if not _ACCOUNT.fullmatch(account):
-            raise accounts_reader.error(account, "not an account name (letters, digits, "
-                                                 "'.', '_', '-', '+', '@')")
+            accounts_reader.report(account, "not an account name (letters, digits, "
+                                            "'.', '_', '-', '+', '@')")
+            continue
         senders = address_or_domain_list(accounts_reader, account)
         if not senders:
-            raise accounts_reader.error(account, "list the addresses or domains it may sign as")
+            if not accounts_reader.failed(account):
+                accounts_reader.report(account, "list the addresses or domains it may sign as")
+            continue
         accounts.append((account, senders))
     rules = []
     for index, table in enumerate(auto_tables):
         if not isinstance(table, dict):
-            raise reader.error("auto", "expected [[advanced.auto]] tables")
-        rules.append(_auto_rule(Reader(path, text, "advanced.auto", table, index)))
+            reader.report("auto", "expected [[advanced.auto]] tables")
+            continue
+        rules.append(_auto_rule(Reader(problems, path, text, "advanced.auto", table, index)))
     return AdvancedConfig(
         keys=keys, keys_password_file=password_file, addressbook=addressbook, learn=learn,
         accounts=tuple(accounts), submission_daemons=daemons, submission_clients=clients,
@@ -117,14 +124,14 @@ def read_advanced_section(path: Path | None, text: str,
 
 def _auto_rule(reader: Reader) -> AutoRule:
     senders = address_or_domain_list(reader, "senders")
-    if not senders:
-        raise reader.error("senders", "required: the addresses or domains the rule covers")
+    if not senders and not reader.failed("senders"):
+        reader.report("senders", "required: the addresses or domains the rule covers")
     rule = AutoRule(
         senders=senders,
         sign=reader.take("sign", bool, False),
         encrypt=reader.choice("encrypt", one_of(ENCRYPT_MODES), "never"),
     )
     reader.finish()
-    if not rule.sign and rule.encrypt == "never":
-        raise reader.error("", "the rule neither signs nor encrypts")
+    if not rule.sign and rule.encrypt == "never" and not reader.failed("sign", "encrypt"):
+        reader.report("", "the rule neither signs nor encrypts")
     return rule

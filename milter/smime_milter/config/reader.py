@@ -1,7 +1,8 @@
 """Configuration: one TOML file turned into immutable objects, strictly.
 
 Unknown keys and bad values are errors that name the file, the line and the
-key, so an admin's typo never silently falls back to a default. Each feature
+key, so an admin's typo never silently falls back to a default; every error
+of the file is reported in one ``ConfigError``, one line each, in file order. Each feature
 (trust, release, advanced, policy) owns its settings and the parser of its
 section; this module holds the sections of the programs above them (milter,
 store, jmap, decrypt keys, verify) and assembles ``Config`` from them all.
@@ -14,12 +15,13 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from smime_milter.advanced import AdvancedConfig, read_advanced_section
 from smime_milter.cms import AlgorithmPolicy
 from smime_milter.policy import Policy, read_policy_section
 from smime_milter.release import ReleaseConfig, read_release_section
-from smime_milter.settings import ConfigError, Reader, line_of, one_of
+from smime_milter.settings import ConfigError, Problems, Reader, line_of, one_of
 from smime_milter.trust import TrustConfig, read_trust_section
 from smime_milter.verify import VerifyPolicy
 
@@ -124,25 +126,32 @@ _TABLES = (
 
 def parse_config(text: str, path: Path | None = None) -> Config:
     """Parse TOML text into a Config (``path`` is used for messages and
-    relative file names)."""
+    relative file names); raises one ``ConfigError`` naming every problem
+    (a TOML syntax error stops there: it is the only one)."""
     where = str(path) if path else "<config>"
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{where}: {exc}") from exc
+    problems = Problems()
+    tables: dict[str, dict[str, Any]] = {}
     for table, value in data.items():
         if table not in _TABLES:
             line = line_of(text, table, "") or line_of(text, "", table)
-            raise ConfigError(f"{where}:{line}: {table}: unknown section")
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}:{line_of(text, '', table)}: {table}: expected a table")
+            problems.add(line, f"{where}:{line}: {table}: unknown section")
+        elif not isinstance(value, dict):
+            line = line_of(text, "", table)
+            problems.add(line, f"{where}:{line}: {table}: expected a table")
+        else:
+            tables[table] = value
 
-    trust, revocation = read_trust_section(path, text, data.get("trust", {}))
+    trust, revocation = read_trust_section(problems, path, text, tables.get("trust", {}))
 
-    verify = Reader(path, text, "verify", data.get("verify", {}))
+    verify = Reader(problems, path, text, "verify", tables.get("verify", {}))
     min_rsa_bits = verify.take("min_rsa_bits", int, 2048)
     if not 512 <= min_rsa_bits <= 16384:
-        raise verify.error("min_rsa_bits", "must be between 512 and 16384")
+        verify.report("min_rsa_bits", "must be between 512 and 16384")
+        min_rsa_bits = 2048
     policy = VerifyPolicy(
         algorithms=AlgorithmPolicy(
             allow_sha1=verify.take("allow_sha1", bool, False), min_rsa_bits=min_rsa_bits
@@ -152,18 +161,24 @@ def parse_config(text: str, path: Path | None = None) -> Config:
     )
     verify.finish()
 
-    decrypt = Reader(path, text, "decrypt", data.get("decrypt", {}))
+    decrypt = Reader(problems, path, text, "decrypt", tables.get("decrypt", {}))
     keys = tuple(DecryptKeyConfig(p) for p in decrypt.paths("keys", ()))
     decrypt.finish()
-    return Config(
+
+    def reader(table: str) -> Reader:
+        return Reader(problems, path, text, table, tables.get(table, {}))
+
+    config = Config(
         source=path, trust=trust, verify=policy, decrypt_keys=keys,
-        milter=_milter_config(Reader(path, text, "milter", data.get("milter", {}))),
-        store=_store_config(Reader(path, text, "store", data.get("store", {}))),
-        policy=read_policy_section(path, text, data.get("policy", {})),
-        jmap=_jmap_config(Reader(path, text, "jmap", data.get("jmap", {}))),
-        release=read_release_section(path, text, data.get("release", {})),
-        advanced=read_advanced_section(path, text, data.get("advanced", {})),
+        milter=_milter_config(reader("milter")),
+        store=_store_config(reader("store")),
+        policy=read_policy_section(problems, path, text, tables.get("policy", {})),
+        jmap=_jmap_config(reader("jmap")),
+        release=read_release_section(problems, path, text, tables.get("release", {})),
+        advanced=read_advanced_section(problems, path, text, tables.get("advanced", {})),
     )
+    problems.check()
+    return config
 
 
 def check_listen(text: str) -> str:
@@ -178,7 +193,8 @@ def _octal_mode(reader: Reader, key: str, default: int) -> int:
     if text is None:
         return default
     if not re.fullmatch(r"0?[0-7]{3}", text):
-        raise reader.error(key, f"expected an octal mode such as \"0660\", got {text!r}")
+        reader.report(key, f"expected an octal mode such as \"0660\", got {text!r}")
+        return default
     return int(text, 8)
 
 
@@ -222,9 +238,9 @@ def _store_config(reader: Reader) -> StoreConfig:
     map_size = reader.size("map_size", defaults.map_size)
     max_map_size = reader.size("max_map_size", max(defaults.max_map_size, map_size))
     if map_size < 1 << 20:
-        raise reader.error("map_size", "must be at least 1M")
-    if max_map_size < map_size:
-        raise reader.error("max_map_size", "must not be smaller than map_size")
+        reader.report("map_size", "must be at least 1M")
+    if max_map_size < map_size and not reader.failed("map_size", "max_map_size"):
+        reader.report("max_map_size", "must not be smaller than map_size")
     retention_days = float(reader.number("retention_days", defaults.retention_days, 0, 36500))
     reader.finish()
     return StoreConfig(

@@ -12,6 +12,7 @@ from typing import Any
 
 from smime_milter.release.rules import HOLD, ReleaseRule
 from smime_milter.settings import (
+    Problems,
     Reader,
     address_or_domain_list,
     domain_list,
@@ -50,39 +51,49 @@ def check_submit(text: str) -> str:
     raise ValueError(f"expected sendmail:/path or smtp:host:port, got {text!r}")
 
 
-def read_release_section(path: Path | None, text: str, data: Mapping[str, Any]) -> ReleaseConfig:
-    """``[release]`` and its ``[[release.rules]]`` (rule names unique)."""
-    reader = Reader(path, text, "release", data)
+def read_release_section(problems: Problems, path: Path | None, text: str,
+                         data: Mapping[str, Any]) -> ReleaseConfig:
+    """``[release]`` and its ``[[release.rules]]`` (rule names unique);
+    problems go to ``problems``."""
+    reader = Reader(problems, path, text, "release", data)
     rules_data = reader.take("rules", list, [])
     submit = reader.choice("submit", check_submit, DEFAULT_SUBMIT)
     reader.finish()
     rules: list[ReleaseRule] = []
     for index, table in enumerate(rules_data):
         if not isinstance(table, dict):
-            raise reader.error("rules", "expected [[release.rules]] tables")
-        rule = _release_rule(Reader(path, text, "release.rules", table, index), index)
+            reader.report("rules", "expected [[release.rules]] tables")
+            continue
+        rule_reader = Reader(problems, path, text, "release.rules", table, index)
+        rule = _release_rule(rule_reader, index)
+        if rule_reader.failed("name"):
+            continue
         if any(existing.name == rule.name for existing in rules):
-            raise Reader(path, text, "release.rules", {}, index).error(
+            Reader(problems, path, text, "release.rules", {}, index).report(
                 "name", f"rule name {rule.name!r} is used twice")
         rules.append(rule)
     return ReleaseConfig(rules=tuple(rules), submit=submit)
 
 
 def _release_rule(reader: Reader, index: int) -> ReleaseRule:
+    """One rule; after a problem (reported) the rule holds placeholders."""
     name = reader.take("name", str, f"rule{index + 1}")
     if not _RULE_NAME.fullmatch(name):
-        raise reader.error("name", "use letters, digits, '.', '_' and '-' (at most 64)")
+        reader.report("name", "use letters, digits, '.', '_' and '-' (at most 64)")
     releasers = address_or_domain_list(reader, "releasers")
-    if not releasers:
-        raise reader.error("releasers", "required: the addresses or domains that may release")
+    if not releasers and not reader.failed("releasers"):
+        reader.report("releasers", "required: the addresses or domains that may release")
     divert_to = reader.take("divert_to", str, None)
     if divert_to is None:
-        raise reader.error("divert_to", f"required: a release-officer address or {HOLD!r}")
-    if divert_to != HOLD and (not plain_address(divert_to)
-                              or any(c in divert_to for c in "<>, \t\r\n")):
-        raise reader.error("divert_to", f"not an address or {HOLD!r}: {divert_to!r}")
+        if not reader.failed("divert_to"):
+            reader.report("divert_to", f"required: a release-officer address or {HOLD!r}")
+        divert_to = HOLD
+    elif divert_to != HOLD and (not plain_address(divert_to)
+                                or any(c in divert_to for c in "<>, \t\r\n")):
+        reader.report("divert_to", f"not an address or {HOLD!r}: {divert_to!r}")
     if isinstance(reader.data.get("required"), float):
-        raise reader.error("required", "expected an integer")
+        reader.report("required", "expected an integer")
+        reader.data.pop("required")
     required = int(reader.number("required", 1, 1, 100))
     everything = reader.take("all", bool, False)
     senders = address_or_domain_list(reader, "senders")
@@ -90,12 +101,13 @@ def _release_rule(reader: Reader, index: int) -> ReleaseRule:
     daemons = string_list(reader, "daemons")
     ports = port_list(reader, "ports")
     selectors = senders or recipient_domains or daemons or ports
-    if everything and selectors:
-        raise reader.error("all", "all = true applies to every message: drop the other "
-                                  "selectors or all")
-    if not everything and not selectors:
-        raise reader.error("", "a rule needs a selector (senders, recipient_domains, "
-                               "daemons, ports) or all = true")
+    if not reader.failed("all", "senders", "recipient_domains", "daemons", "ports"):
+        if everything and selectors:
+            reader.report("all", "all = true applies to every message: drop the other "
+                                 "selectors or all")
+        if not everything and not selectors:
+            reader.report("", "a rule needs a selector (senders, recipient_domains, "
+                              "daemons, ports) or all = true")
     releaser_cas = _certificate_digests(reader, "releaser_cas")
     reader.finish()
     return ReleaseRule(
@@ -110,8 +122,9 @@ def _certificate_digests(reader: Reader, key: str) -> tuple[bytes, ...]:
     try:
         digests = tuple(cert.sha256 for cert in load_certificates(paths))
     except TrustStoreError as exc:
-        raise reader.error(key, str(exc)) from exc
+        reader.report(key, str(exc))
+        return ()
     if paths and not digests:
         # No CA would silently mean "any CA": the restriction must not vanish.
-        raise reader.error(key, "no CA certificates found in " + ", ".join(map(str, paths)))
+        reader.report(key, "no CA certificates found in " + ", ".join(map(str, paths)))
     return digests

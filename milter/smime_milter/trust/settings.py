@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from smime_milter.model import RevocationMode
-from smime_milter.settings import Reader
+from smime_milter.settings import Problems, Reader
 from smime_milter.trust.chain import SYSTEM_ANCHORS
 
 #: Trust anchors managed by ``smime-milter trust add|remove``.
@@ -39,11 +39,11 @@ class TrustConfig:
         return self.anchors
 
 
-def read_trust_section(path: Path | None, text: str,
+def read_trust_section(problems: Problems, path: Path | None, text: str,
                        data: Mapping[str, Any]) -> tuple[TrustConfig, RevocationMode]:
     """``[trust]``; its ``revocation`` key is returned apart, as the verifier
-    applies it."""
-    reader = Reader(path, text, "trust", data)
+    applies it. Problems go to ``problems``."""
+    reader = Reader(problems, path, text, "trust", data)
     defaults = TrustConfig()
     config = TrustConfig(
         anchors=reader.paths("anchors", defaults.anchors),
