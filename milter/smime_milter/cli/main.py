@@ -35,13 +35,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command. An expected failure (a SmimeMilterError: bad input or
-    configuration, a store or MTA that refuses) is one line and exit status 1;
-    anything else is a bug and keeps its traceback."""
+    configuration, a store or MTA that refuses) is one line (a bad
+    configuration: one per problem) and exit status 1; anything else is a bug
+    and keeps its traceback."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args))
     except SmimeMilterError as exc:
-        print(f"smime-milter: {exc}", file=sys.stderr)
+        # A configuration with several errors names them one per line.
+        for line in str(exc).splitlines() or [""]:
+            print(f"smime-milter: {line}", file=sys.stderr)
         return 1
 
 

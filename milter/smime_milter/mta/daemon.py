@@ -195,7 +195,9 @@ def _reload(holder: RuntimeHolder, load: Callable[[], Config], store: Store,
             log.warning("reload: store and socket changes take effect after a restart")
         runtime = make_runtime(config, store)
     except Exception as exc:
-        log.error("reload failed, keeping the running configuration: %s", exc)
+        # One record per problem of a bad configuration, each complete.
+        for line in str(exc).splitlines() or [""]:
+            log.error("reload failed, keeping the running configuration: %s", line)
         return
     holder.current = runtime
     configure_logging(config.milter)
