@@ -87,7 +87,7 @@ def line_of(text: str, table: str, key: str, occurrence: int = 0) -> int:
     """Best-effort line number of ``key`` inside ``[table]`` (1-based, 0 if
     unknown); ``occurrence`` picks one ``[[table]]`` of an array of tables."""
     current = ""
-    seen = 0
+    seen = 0 if table else 1  # the root table (top-level keys) has no header
     header = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
     assignment = re.compile(r"^\s*([\"']?)([A-Za-z0-9_.@+-]+)\1\s*=")
     wanted = table.replace('"', "")
