@@ -95,6 +95,113 @@ def test_errors_name_file_line_and_key(tmp_path: Path, text: str, expected: str)
     assert str(info.value).startswith(str(tmp_path / expected)), str(info.value)
 
 
+_MANY_ERRORS = """\
+[policy]
+failed = "explode"
+
+[milter]
+bogus = 1
+max_message_size = "lots"
+
+[[release.rules]]
+name = "r1"
+releasers = ["legal.example"]
+divert_to = "hold"
+ports = [0]
+"""
+
+
+def test_every_error_is_reported_in_one_run(tmp_path: Path) -> None:
+    """Errors of several sections come as one ConfigError, one line each, in
+    line order (not section order); a bad value is no follow-on error (the
+    rule's bad ports do not make it a rule without a selector)."""
+    path = tmp_path / "c.toml"
+    path.write_text(_MANY_ERRORS)
+    expected = (
+        f"{path}:2: policy.failed: invalid value 'explode'",
+        f"{path}:5: milter.bogus: unknown key",
+        f"{path}:6: milter.max_message_size: not a size: 'lots'",
+        f"{path}:12: release.rules[0].ports: expected a list of TCP ports (1-65535)",
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.problems == expected
+    assert str(info.value) == "\n".join(expected)
+
+
+def test_one_error_is_one_problem(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[verify]\nfoo = 1\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.problems == (f"{path}:2: verify.foo: unknown key",)
+    assert str(info.value) == f"{path}:2: verify.foo: unknown key"
+
+
+def test_a_section_that_is_not_a_table_is_skipped(tmp_path: Path) -> None:
+    """An unusable section is one problem; the rest of the file is still read."""
+    path = tmp_path / "c.toml"
+    path.write_text('milter = 1\n[store]\nmap_size = "64K"\nmax_map_size = "32K"\n'
+                    '[nosuch]\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.problems == (
+        f"{path}:1: milter: expected a table",
+        f"{path}:3: store.map_size: must be at least 1M",
+        # max_map_size < map_size depends on the bad map_size: not reported.
+        f"{path}:5: nosuch: unknown section",
+    )
+
+
+def test_a_toml_syntax_error_is_the_only_error(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[milter]\nbogus = 1\n[trust\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert len(info.value.problems) == 1
+    assert info.value.problems[0].startswith(f"{path}: ")
+
+
+@pytest.mark.process
+def test_check_config_prints_every_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(_MANY_ERRORS)
+    result = subprocess.run(
+        [sys.executable, "-m", "smime_milter.cli", "check-config", "--config", str(bad)],
+        capture_output=True, text=True, check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"smime-milter: {bad}:2: policy.failed: invalid value 'explode'",
+        f"smime-milter: {bad}:5: milter.bogus: unknown key",
+        f"smime-milter: {bad}:6: milter.max_message_size: not a size: 'lots'",
+        f"smime-milter: {bad}:12: release.rules[0].ports: "
+        "expected a list of TCP ports (1-65535)",
+    ]
+    assert result.stdout == ""
+
+
+def test_a_failed_reload_logs_every_error(caplog: pytest.LogCaptureFixture) -> None:
+    """The running daemon keeps its configuration and logs one complete
+    record per problem (a multi-line record reads badly in syslog)."""
+    from types import SimpleNamespace
+
+    from smime_milter.mta import daemon
+
+    def load() -> Config:
+        raise ConfigError("c.toml:2: milter.bogus: unknown key", "c.toml:5: policy.x: unknown key")
+
+    old = SimpleNamespace(config=Config())
+    holder = SimpleNamespace(current=old)
+    with caplog.at_level("ERROR"):
+        daemon._reload(holder, load, None, None)  # type: ignore[arg-type]
+    assert holder.current is old
+    assert [r.getMessage() for r in caplog.records] == [
+        "reload failed, keeping the running configuration: c.toml:2: milter.bogus: unknown key",
+        "reload failed, keeping the running configuration: c.toml:5: policy.x: unknown key",
+    ]
+
+
 def test_daemon_sections_are_read(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text(
