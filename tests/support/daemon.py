@@ -8,6 +8,7 @@ worker pool and signal handling.
 from __future__ import annotations
 
 import contextlib
+import grp
 import os
 import signal
 import subprocess
@@ -18,7 +19,22 @@ from pathlib import Path
 from smime_milter.store.facade import Store
 from tests.support import activity
 
+#: The group Debian's Postfix runs smtpd under.
+POSTFIX_GROUP = "postfix"
+
 SMIME_MILTER = Path(sys.executable).with_name("smime-milter")
+
+
+def _socket_group() -> str:
+    """What an admin configures so Postfix's smtpd (user and group postfix) can
+    connect: the socket keeps the shipped mode 0660 and belongs to group
+    postfix. Without Postfix installed only root (miltertest) connects, and
+    the shipped defaults stay as they are."""
+    try:
+        grp.getgrnam(POSTFIX_GROUP)
+    except KeyError:
+        return ""
+    return f'socket_group = "{POSTFIX_GROUP}"\n'
 
 
 class MilterProcess:
@@ -52,7 +68,7 @@ class MilterProcess:
         self.config.write_text(
             f'[trust]\nanchors = ["{self.anchors}"]\nrevocation = "soft"\n'
             f'anchor_directory = "{self.anchor_directory}"\n'
-            f'[milter]\nsocket = "unix:{self.socket}"\nsocket_mode = "0666"\n'
+            f'[milter]\nsocket = "unix:{self.socket}"\n{_socket_group()}'
             f'authserv_id = "{self.authserv_id}"\nworkers = {self.workers}\n'
             f'[store]\npath = "{self.store_path}"\nmap_size = "{self.map_size}"\n'
             f'max_map_size = "{self.max_map_size}"\n'

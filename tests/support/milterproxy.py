@@ -21,6 +21,7 @@ and :attr:`MilterRelay.killed_subject` names that message.
 from __future__ import annotations
 
 import contextlib
+import grp
 import os
 import socket
 import struct
@@ -29,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
+from tests.support.daemon import POSTFIX_GROUP
 from tests.support.postfix import make_traversable
 
 END_OF_BODY = ord("E")  # SMFIC_BODYEOB
@@ -154,7 +156,10 @@ class MilterRelay:
         make_traversable(self.path)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         listener.bind(str(self.path))
-        os.chmod(self.path, 0o666)  # smtpd runs as user postfix
+        # smtpd runs as user and group postfix: group access, as the milter's own
+        # socket gets it, not a socket open to every user.
+        os.chown(self.path, -1, grp.getgrnam(POSTFIX_GROUP).gr_gid)
+        os.chmod(self.path, 0o660)
         listener.listen(256)
         self._listener = listener
         accepter = threading.Thread(target=self._accept, daemon=True)
