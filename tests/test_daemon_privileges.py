@@ -32,6 +32,7 @@ from pathlib import Path
 
 import pytest
 
+from smime_milter.mta.privileges import DEFAULT_USER, StartupError, service_user
 from tests.support.daemon import SMIME_MILTER, MilterProcess
 from tests.support.miltertest import (
     CONTINUE,
@@ -109,20 +110,14 @@ class ServiceDaemon(MilterProcess):
     creates, and the store below parents it creates."""
 
     def __init__(self, directory: Path, anchors: Path, store: Path,
-                 wrapper: tuple[str, ...]) -> None:
+                 wrapper: tuple[str, ...], user: str | None = SERVICE_USER) -> None:
         directory.mkdir(mode=0o755)
         copied = directory / "root.pem"
         shutil.copyfile(anchors, copied)
-        super().__init__(directory, copied, wrapper=wrapper)
+        super().__init__(directory, copied, wrapper=wrapper, user=user)
         self.socket = directory / "run" / "milter.sock"
         self.store_path = store
         self.write_config()
-
-    def write_config(self, extra_toml: str | None = None) -> None:
-        super().write_config(extra_toml)
-        text = self.config.read_text()
-        user = f'user = "{SERVICE_USER}"\n'
-        self.config.write_text(text.replace("[milter]\n", f"[milter]\n{user}", 1))
 
 
 def _status_ids(pid: int, field: str) -> list[int]:
@@ -162,6 +157,17 @@ def _descendants(top: int) -> dict[int, str]:
     return lines
 
 
+def _default_service_user() -> pwd.struct_passwd:
+    """The default service user, created as the package's postinst does when
+    missing (a system user and group of its own, no login)."""
+    try:
+        return pwd.getpwnam(DEFAULT_USER)
+    except KeyError:
+        subprocess.run(["adduser", "--system", "--group", "--quiet", "--no-create-home",
+                        "--home", "/var/lib/smime-milter", DEFAULT_USER], check=True, timeout=60)
+        return pwd.getpwnam(DEFAULT_USER)
+
+
 def _owned(path: Path, entry: pwd.struct_passwd, mode: int | None = None) -> None:
     info = path.lstat()
     assert (info.st_uid, info.st_gid) == (entry.pw_uid, entry.pw_gid), path
@@ -173,17 +179,20 @@ def _owned(path: Path, entry: pwd.struct_passwd, mode: int | None = None) -> Non
 @pytest.mark.daemon
 @pytest.mark.miltertest
 @pytest.mark.skipif(MILTERTEST is None, reason=MILTERTEST_MISSING)
+@pytest.mark.parametrize("configured", [SERVICE_USER, None], ids=["user-set", "default-user"])
 def test_daemon_runs_as_the_service_user_and_verifies(
-    service_root: Path, anchors: Path, live_pki: TestPki, tmp_path: Path
+    service_root: Path, anchors: Path, live_pki: TestPki, tmp_path: Path, configured: str | None
 ) -> None:
     """The store directory and its missing parents, and the socket directory the
     daemon creates, belong to the user; a signed message verifies end to end
     over miltertest; the daemon, its forkserver, resource tracker and workers
-    all have real, effective, saved (and file system) uid and gid of the user."""
-    entry = _entry()
+    all have real, effective, saved (and file system) uid and gid of the user.
+    With no ``user`` at all the daemon, started as root, becomes the default
+    service user (created here as the Debian package creates it)."""
+    entry = _entry() if configured is not None else _default_service_user()
     wrapper = _wrapper_for(entry, service_root)
     store = service_root / "lib" / "smime-milter" / "store"
-    daemon = ServiceDaemon(service_root / "milter", anchors, store, wrapper)
+    daemon = ServiceDaemon(service_root / "milter", anchors, store, wrapper, user=configured)
     daemon.start()
     try:
         for directory in (service_root / "lib", store.parent, store):
@@ -215,7 +224,7 @@ def test_daemon_runs_as_the_service_user_and_verifies(
         status = daemon.stop()
     log = daemon.log_text()
     assert status == 0, log
-    assert f"running as user {SERVICE_USER}" in log
+    assert f"running as user {entry.pw_name}" in log
     assert "Traceback" not in log and "leaked" not in log, log
     assert not daemon.socket.exists()
 
@@ -265,7 +274,8 @@ def test_unknown_user_is_one_line(tmp_path: Path) -> None:
 def test_unknown_socket_group_is_one_line(tmp_path: Path) -> None:
     socket = tmp_path / "run" / "milter.sock"
     config = _config(tmp_path / "c.toml",
-                     f'socket = "unix:{socket}"\nsocket_group = "no-such-group-smime"',
+                     f'socket = "unix:{socket}"\nuser = "root"\n'
+                     'socket_group = "no-such-group-smime"',
                      tmp_path / "store")
     result = _run("--config", str(config))
     assert _error_lines(result) == [
@@ -276,8 +286,37 @@ def test_unknown_socket_group_is_one_line(tmp_path: Path) -> None:
 def test_socket_directory_that_cannot_be_created_is_one_line(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
-    config = _config(tmp_path / "c.toml", f'socket = "unix:{blocker}/run/milter.sock"',
+    config = _config(tmp_path / "c.toml",
+                     f'socket = "unix:{blocker}/run/milter.sock"\nuser = "root"',
                      tmp_path / "store")
     result = _run("--config", str(config))
     assert _error_lines(result) == [
         f"smime-milter: socket directory {blocker}/run: Not a directory"]
+
+
+def test_root_without_a_user_never_stays_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Started as root with no ``user`` and no default service user on the
+    machine, the start stops with one line saying what to do."""
+    monkeypatch.setattr("os.geteuid", lambda: 0)
+
+    def no_user(name: str) -> pwd.struct_passwd:
+        raise KeyError(name)
+
+    monkeypatch.setattr("pwd.getpwnam", no_user)
+    with pytest.raises(StartupError) as raised:
+        service_user(None)
+    message = str(raised.value)
+    assert "\n" not in message
+    assert message.startswith("milter.user: started as root, and the default service user "
+                              "'smime-milter' does not exist")
+    assert "adduser --system" in message
+
+
+def test_root_written_out_keeps_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("os.geteuid", lambda: 0)
+    assert service_user("root") is None
+
+
+def test_an_ordinary_user_without_a_user_setting_stays(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
+    assert service_user(None) is None

@@ -33,7 +33,7 @@ def test_bad_config_names_file_line_and_key(tmp_path: Path) -> None:
 
 def test_unreadable_trust_anchors_stop_the_start(tmp_path: Path) -> None:
     result = _run("--socket", f"unix:{tmp_path / 's.sock'}", "--store", str(tmp_path / "st"),
-                  "--trust-anchors", str(tmp_path / "missing.pem"))
+                  "--user", "root", "--trust-anchors", str(tmp_path / "missing.pem"))
     assert result.returncode == 1
     assert "missing.pem" in result.stderr and "Traceback" not in result.stderr
 

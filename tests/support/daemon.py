@@ -44,7 +44,7 @@ class MilterProcess:
         self, directory: Path, anchors: Path, *, authserv_id: str = "mx.test.example",
         extra_toml: str = "", workers: int = 2, map_size: str = "64M",
         max_map_size: str = "1G", anchor_directory: Path | None = None,
-        wrapper: tuple[str, ...] = (),
+        wrapper: tuple[str, ...] = (), user: str | None = "root",
     ) -> None:
         self.directory = directory
         self.socket = directory / "milter.sock"
@@ -59,6 +59,12 @@ class MilterProcess:
         self.map_size, self.max_map_size = map_size, max_map_size
         #: Command the daemon runs under (its pid stays the daemon's: it must exec).
         self.wrapper = wrapper
+        #: ``[milter] user``; None leaves the default (``smime-milter`` as root).
+        #: The tests run as root in pytest's 0700 directories, which the
+        #: service user cannot enter, so most daemons say ``user = "root"``;
+        #: tests/test_daemon_privileges.py and tests/test_debian_package.py run
+        #: the default, as the service user, in directories it can reach.
+        self.user = user
         self.process: subprocess.Popen[bytes] | None = None
         self.write_config()
 
@@ -69,6 +75,7 @@ class MilterProcess:
             f'[trust]\nanchors = ["{self.anchors}"]\nrevocation = "soft"\n'
             f'anchor_directory = "{self.anchor_directory}"\n'
             f'[milter]\nsocket = "unix:{self.socket}"\n{_socket_group()}'
+            + (f'user = "{self.user}"\n' if self.user is not None else "") +
             f'authserv_id = "{self.authserv_id}"\nworkers = {self.workers}\n'
             f'[store]\npath = "{self.store_path}"\nmap_size = "{self.map_size}"\n'
             f'max_map_size = "{self.max_map_size}"\n'

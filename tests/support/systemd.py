@@ -16,7 +16,8 @@ UNIT = SYSTEMD / "smime-milter.service"
 SYSUSERS = SYSTEMD / "smime-milter.sysusers"
 TMPFILES = SYSTEMD / "smime-milter.tmpfiles"
 SHIPPED_CONFIG = ROOT / "policy" / "smime-milter.toml"
-INSTALLED_BINARY = "/usr/local/bin/smime-milter"
+#: Where the Debian package (debian/rules) installs the command.
+INSTALLED_BINARY = "/usr/bin/smime-milter"
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 
 Unit = dict[str, dict[str, list[str]]]

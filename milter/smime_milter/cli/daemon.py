@@ -22,6 +22,9 @@ def add_daemon_parser(commands: Commands) -> None:
     daemon.add_argument("--trust-anchors", type=Path, action="append", default=[],
                         metavar="PATH", help="trust anchor PEM file or directory (repeatable)")
     daemon.add_argument("--workers", type=int, help="verification processes (0: one per CPU)")
+    daemon.add_argument("--user", metavar="NAME",
+                        help="started as root, become this user (default: milter.user, "
+                        "else smime-milter; only 'root' written out keeps root)")
     daemon.set_defaults(handler=run_daemon)
 
 
@@ -40,6 +43,8 @@ def _run_config(args: argparse.Namespace) -> Config:
         milter = replace(milter, socket=args.socket)
     if args.workers is not None:
         milter = replace(milter, workers=args.workers)
+    if args.user:
+        milter = replace(milter, user=args.user)
     trust = config.trust
     if args.trust_anchors:
         trust = replace(trust, anchors=tuple(args.trust_anchors))

@@ -26,7 +26,9 @@ from smime_milter.trust import TrustConfig, read_trust_section
 from smime_milter.verify import VerifyPolicy
 
 DEFAULT_CONFIG = Path("/etc/smime-milter/smime-milter.toml")
-DEFAULT_SOCKET = "unix:/run/smime-milter/smime-milter.sock"
+#: Inside Postfix's queue directory, where Debian's chrooted smtpd reaches it
+#: as ``unix:smime-milter/smime-milter.sock`` (the opendkim package's precedent).
+DEFAULT_SOCKET = "unix:/var/spool/postfix/smime-milter/smime-milter.sock"
 DEFAULT_STORE = Path("/var/lib/smime-milter/store")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -46,7 +48,8 @@ class MilterConfig:
     #: Permissions and group of a unix socket, so that only the MTA can connect.
     socket_mode: int = 0o660
     socket_group: str | None = None
-    #: Drop privileges to this user after opening the socket (when started as root).
+    #: Drop privileges to this user after opening the socket (when started as
+    #: root); None: ``smime-milter`` when started as root, else stay.
     user: str | None = None
     #: Authentication-Results authserv-id; None: the MTA's ``j`` macro, else the host name.
     authserv_id: str | None = None

@@ -127,6 +127,9 @@ def _become_service_user(config: Config, user: ServiceUser | None) -> None:
     if user is not None:
         privileges.drop(user)
         log.info("running as user %s", user.name)
+    elif os.geteuid() == 0:
+        log.warning('running as root, as milter.user = "root" says: every process of the '
+                    "milter, the parsers of attacker-controlled mail included, is privileged")
     privileges.check_directory("store", store, privileges.STORE_FILES)
     if spool is not None:
         privileges.check_directory("spool directory", spool)

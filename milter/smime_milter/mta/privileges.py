@@ -1,9 +1,10 @@
 """Becoming the service user (``[milter] user``) and what it needs before that.
 
-Started as root with ``user`` set, the daemon opens its socket as root (the
+Started as root, the daemon opens its socket as root (the
 socket may live in a directory only root can write), then, still as root,
 creates the store directory (with any missing parents) and the spool
-directory for the user: owned by the user and its primary group, mode 0750.
+directory for the user (``[milter] user``, by default
+``smime-milter``): owned by the user and its primary group, mode 0750.
 Of what already exists only the store directory itself and its LMDB files
 ``data.mdb`` and ``lock.mdb`` are ours to manage and are given to the user;
 a parent such as ``/var/lib``, an existing spool directory (it may be a
@@ -36,6 +37,8 @@ from smime_milter.errors import SmimeMilterError
 
 #: The store's files, given to the user with the store directory.
 STORE_FILES = ("data.mdb", "lock.mdb")
+#: Who the daemon becomes when started as root with no ``[milter] user``.
+DEFAULT_USER = "smime-milter"
 #: Mode of the store and spool directories (and their parents) we create.
 PRIVATE_DIRECTORY = 0o750
 
@@ -54,10 +57,25 @@ class ServiceUser:
 
 
 def service_user(name: str | None) -> ServiceUser | None:
-    """The user to become, or None when the daemon stays who it is (no
-    ``user``, or already running as it)."""
+    """The user to become, or None when the daemon stays who it is (already
+    running as it, or started by an ordinary user with no ``user`` set).
+
+    Started as root with no ``user``, the daemon becomes :data:`DEFAULT_USER`,
+    the user the Debian package creates: it never keeps root by default. Only
+    ``user = "root"``, written out, keeps it."""
     if name is None:
-        return None
+        if os.geteuid() != 0:
+            return None
+        try:
+            entry = pwd.getpwnam(DEFAULT_USER)
+        except KeyError:
+            raise StartupError(
+                f"milter.user: started as root, and the default service user "
+                f"{DEFAULT_USER!r} does not exist: install the Debian package, or create it "
+                f"(adduser --system --group --home /var/lib/smime-milter {DEFAULT_USER}), "
+                f"or name another user in [milter] user"
+            ) from None
+        return ServiceUser(DEFAULT_USER, entry.pw_uid, entry.pw_gid)
     try:
         entry = pwd.getpwnam(name)
     except KeyError:
