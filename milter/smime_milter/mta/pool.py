@@ -136,7 +136,11 @@ class VerifierPool:
             return
         if not worker.conn.poll(timeout):
             raise VerifyFailure(f"verification worker not ready after {timeout:g}s")
-        kind, value = worker.conn.recv()
+        try:
+            kind, value = worker.conn.recv()
+        except (EOFError, OSError):
+            raise VerifyFailure("verification worker exited while starting "
+                                "(its error, if any, is logged above)") from None
         if kind != "ready":
             raise VerifyFailure(f"verification worker did not start: {value}")
         worker.ready = True
