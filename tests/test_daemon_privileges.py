@@ -320,3 +320,20 @@ def test_root_written_out_keeps_root(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_an_ordinary_user_without_a_user_setting_stays(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("os.geteuid", lambda: 1000)
     assert service_user(None) is None
+
+
+def test_missing_socket_directory_in_postfix_queue_says_what_makes_it() -> None:
+    """As the service user under systemd (ProtectSystem=strict), the daemon
+    cannot make the directory itself; the line says what does."""
+    from smime_milter.mta.daemon import _socket_directory_failure
+
+    directory = Path("/var/spool/postfix/no-such-smime-milter-dir")
+    error = _socket_directory_failure(directory, OSError(30, "Read-only file system",
+                                                         str(directory)))
+    assert str(error) == (
+        f"socket directory {directory}: Read-only file system: create it for the service "
+        "user (the Debian package does when Postfix is installed; after installing Postfix "
+        "later: dpkg-reconfigure smime-milter)")
+    elsewhere = _socket_directory_failure(Path("/nonexistent/run"), OSError(
+        13, "Permission denied", "/nonexistent/run"))
+    assert str(elsewhere) == "socket directory /nonexistent/run: Permission denied"

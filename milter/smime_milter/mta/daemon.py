@@ -52,6 +52,8 @@ log = logging.getLogger("smime_milter")
 MILTER_NAME = "smime-milter"
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 RELOAD_SIGNAL = signal.SIGUSR1
+#: Postfix's queue directory, where the default socket's directory lives.
+POSTFIX_QUEUE = Path("/var/spool/postfix")
 #: Pending connections the kernel queues while every libmilter thread is busy.
 _LISTEN_BACKLOG = 512
 
@@ -94,7 +96,7 @@ def _open_socket(config: Config, user: ServiceUser | None, group: int | None) ->
         try:
             privileges.make_directories(path.parent, mode=None, parent_mode=None, owner=user)
         except OSError as exc:
-            raise privileges.failure("socket directory", path.parent, exc) from exc
+            raise _socket_directory_failure(path.parent, exc) from exc
     libmilter.setconn(spec)
     libmilter.settimeout(config.milter.timeout)
     libmilter.setbacklog(_LISTEN_BACKLOG)
@@ -117,6 +119,18 @@ def _open_socket(config: Config, user: ServiceUser | None, group: int | None) ->
             _remove_socket(path)
             raise privileges.failure("socket", path, exc) from exc
     return path
+
+
+def _socket_directory_failure(directory: Path, exc: OSError) -> StartupError:
+    """The one line for a socket directory that cannot be made; for a missing
+    one in Postfix's queue directory, what makes it (the package's postinst
+    does when Postfix is installed, and again on dpkg-reconfigure)."""
+    error = privileges.failure("socket directory", directory, exc)
+    if directory.parent == POSTFIX_QUEUE and not os.path.lexists(directory):
+        return StartupError(
+            f"{error}: create it for the service user (the Debian package does when Postfix "
+            f"is installed; after installing Postfix later: dpkg-reconfigure smime-milter)")
+    return error
 
 
 def _become_service_user(config: Config, user: ServiceUser | None) -> None:
