@@ -20,14 +20,19 @@ from smime_milter.jmap import SmimeJmap
 from smime_milter.mta import Runtime, VerifierPool, hostname
 from smime_milter.revalidate import Refresher, Revalidator
 from smime_milter.store import Store
-from smime_milter.trust import ChainValidator, TrustStore
+from smime_milter.trust import ChainValidator, LoadedTrust, TrustStore, load_trust_store
 from smime_milter.verify import Verifier
 
 
+def load_trust_with_sources(config: Config) -> LoadedTrust:
+    """The trust store of ``[trust]`` and how many anchors came from where."""
+    return load_trust_store(config.trust)
+
+
 def load_trust(config: Config) -> TrustStore:
-    """The configured anchors (with the ``trust add`` directory), intermediates, CRLs."""
-    trust = config.trust
-    return TrustStore.load(trust.all_anchors, trust.intermediates, trust.crls)
+    """The system anchors (Mozilla's e-mail roots unless ``system_anchors =
+    "none"``), the configured and the managed anchors, intermediates, CRLs."""
+    return load_trust_with_sources(config).store
 
 
 def build_chain_validator(config: Config, trust: TrustStore | None = None) -> ChainValidator:
@@ -94,9 +99,11 @@ def build_refresher(
     )
 
 
-def build_verifier(config: Config, extra_keys: Sequence[Path] = ()) -> Verifier:
-    """A Verifier over the configured trust anchors, CRLs and decryption keys."""
-    trust = load_trust(config)
+def build_verifier(config: Config, extra_keys: Sequence[Path] = (),
+                   trust: TrustStore | None = None) -> Verifier:
+    """A Verifier over ``trust`` (default: the configured trust anchors and
+    CRLs) and the decryption keys."""
+    trust = trust or load_trust(config)
     keys = [load_decryption_key(k.key, k.certificate) for k in config.decrypt_keys]
     keys.extend(load_decryption_key(path) for path in extra_keys)
     return Verifier(trust, config.verify, keys)
@@ -134,7 +141,8 @@ def build_runtime(config: Config, store: Store) -> Runtime:
     """Everything one configuration of the milter daemon serves with."""
     # Load anchors and keys here first: a bad file is then one clear error, not a
     # traceback from every worker's initializer.
-    build_verifier(config)
+    trust = load_trust_with_sources(config)
+    build_verifier(config, trust=trust.store)
     pool = build_pool(config)
     try:
         advanced = build_advanced(config, store)
@@ -142,7 +150,7 @@ def build_runtime(config: Config, store: Store) -> Runtime:
         pool.close()
         raise
     return Runtime(config=config, verifier=pool, store=store, hostname=hostname(),
-                   advanced=advanced)
+                   advanced=advanced, trust_anchors=trust.sources)
 
 
 def open_jmap(

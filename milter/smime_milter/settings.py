@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,9 @@ from smime_milter.errors import SmimeMilterError
 from smime_milter.mail import parse_address
 
 __all__ = [
-    "ConfigError", "Problems", "Reader", "address_or_domain_list", "domain_list", "line_of",
-    "network_list", "one_of", "parse_size", "plain_address", "port_list", "string_list"
+    "ConfigError", "OneOf", "Problems", "Reader", "address_or_domain_list", "domain_list",
+    "line_of", "network_list", "one_of", "parse_size", "plain_address", "port_list",
+    "string_list"
 ]
 
 
@@ -170,7 +172,10 @@ class Reader:
         try:
             return convert(value)
         except ValueError:
-            self.report(key, f"invalid value {value!r}")
+            allowed = ""
+            if isinstance(convert, OneOf):
+                allowed = " (allowed: " + ", ".join(f'"{a}"' for a in convert.allowed) + ")"
+            self.report(key, f"invalid value {value!r}{allowed}")
             return default
 
     def size(self, key: str, default: int) -> int:
@@ -210,13 +215,22 @@ class Reader:
         self.data.clear()
 
 
-def one_of(allowed: tuple[str, ...]) -> Callable[[str], str]:
-    """A ``Reader.choice`` converter accepting exactly ``allowed``."""
-    def check(value: str) -> str:
-        if value not in allowed:
+@dataclass(frozen=True, slots=True)
+class OneOf:
+    """A ``Reader.choice`` converter accepting exactly ``allowed``; a bad
+    value's problem lists them, so the admin need not look them up."""
+
+    allowed: tuple[str, ...]
+
+    def __call__(self, value: str) -> str:
+        if value not in self.allowed:
             raise ValueError(value)
         return value
-    return check
+
+
+def one_of(allowed: tuple[str, ...]) -> OneOf:
+    """A ``Reader.choice`` converter accepting exactly ``allowed``."""
+    return OneOf(tuple(allowed))
 
 
 _DOMAIN = re.compile(r"(?=.{1,253}$)[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*")

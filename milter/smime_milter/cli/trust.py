@@ -9,7 +9,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from smime_milter.bootstrap import build_revalidator, load_trust
+from smime_milter.bootstrap import build_revalidator, load_trust, load_trust_with_sources
 from smime_milter.cli.common import Commands, service_arguments, service_config
 from smime_milter.config import Config
 from smime_milter.revalidate import AtDeliveryChange, apply_anchor_change
@@ -43,9 +43,12 @@ def add_trust_parser(commands: Commands) -> None:
     service_arguments(trust_remove)
     trust_remove.set_defaults(handler=run_trust_remove)
     trust_list = trust_commands.add_parser(
-        "list", help="list the configured and the managed trust anchors",
+        "list", help="list the trust anchors: the system ones (Mozilla's e-mail roots), "
+        "the configured and the managed ones",
     )
     trust_list.add_argument("--json", action="store_true", help="a JSON array of anchors")
+    trust_list.add_argument("--managed", action="store_true",
+                            help="only the managed anchors (trust.anchor_directory)")
     service_arguments(trust_list)
     trust_list.set_defaults(handler=run_trust_list)
 
@@ -121,7 +124,8 @@ def run_trust_add(args: argparse.Namespace) -> int:
         return 0
     trust = load_trust(config)
     if trust.generation == before.generation:
-        print("the trust anchor set is unchanged (already trusted through trust.anchors)")
+        print("the trust anchor set is unchanged (already trusted through trust.anchors "
+              "or the system anchors)")
         return 0
     _update_store(config, trust, added=True)
     print(_RELOAD_REMINDER)
@@ -130,10 +134,11 @@ def run_trust_add(args: argparse.Namespace) -> int:
 
 def run_trust_remove(args: argparse.Namespace) -> int:
     config = service_config(args)
-    load_trust(config)  # a broken configuration fails before anything changes
+    # A broken configuration fails before anything changes.
+    system = load_trust_with_sources(config).sources.system
     try:
         entries = remove_anchors(config.trust.anchor_directory, args.anchors,
-                                 configured=config.trust.anchors)
+                                 configured=config.trust.anchors, system=system)
     except OSError as exc:
         return _directory_failure(config, exc)
     for entry in entries:
@@ -145,7 +150,7 @@ def run_trust_remove(args: argparse.Namespace) -> int:
 
 
 def run_trust_list(args: argparse.Namespace) -> int:
-    entries = list_anchors(service_config(args).trust)
+    entries = list_anchors(service_config(args).trust, managed_only=args.managed)
     if args.json:
         print(json.dumps([
             {
@@ -153,6 +158,7 @@ def run_trust_list(args: argparse.Namespace) -> int:
                 "subject": entry.subject,
                 "notAfter": utc_date(entry.not_after),
                 "managed": entry.managed,
+                "system": entry.system,
                 "source": str(entry.source),
                 "file": str(entry.path),
                 "warnings": list(entry.warnings),
@@ -161,7 +167,9 @@ def run_trust_list(args: argparse.Namespace) -> int:
         ], ensure_ascii=False, indent=2))
         return 0
     for entry in entries:
-        if entry.managed:
+        if entry.system:
+            where = "system: Mozilla's root program, trusted for e-mail"
+        elif entry.managed:
             where = "managed"
         elif entry.path == entry.source:
             where = "trust.anchors"

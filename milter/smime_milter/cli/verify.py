@@ -17,7 +17,6 @@ from smime_milter.cms import AlgorithmPolicy
 from smime_milter.config import DEFAULT_CONFIG, Config, load_config, syslog_problem
 from smime_milter.model import RevocationMode, Verdict
 from smime_milter.store import utc_date
-from smime_milter.trust import TrustConfig
 
 
 def add_verify_parsers(commands: Commands) -> None:
@@ -102,7 +101,8 @@ def _verify_config(args: argparse.Namespace) -> Config:
     config = load_config(args.config) if args.config else Config()
     trust = config.trust
     if args.trust_anchors or args.intermediates or args.crl:
-        trust = TrustConfig(
+        trust = replace(
+            trust,
             anchors=tuple(args.trust_anchors) or trust.anchors,
             intermediates=trust.intermediates + tuple(args.intermediates),
             crls=trust.crls + tuple(args.crl),

@@ -219,8 +219,16 @@ def _reload(holder: RuntimeHolder, load: Callable[[], Config], store: Store,
     holder.current = runtime
     configure_logging(config.milter)
     log.info("reloaded configuration and trust anchors")
+    _log_trust_anchors(runtime)
     # Messages still verifying on the old pool finish there.
     threading.Thread(target=_close_pool, args=(old,), daemon=True).start()
+
+
+def _log_trust_anchors(runtime: Runtime) -> None:
+    """One line saying how many anchors came from where, so an admin sees
+    which roots the milter trusts for e-mail after every start and reload."""
+    if runtime.trust_anchors is not None:
+        log.info("trust anchors: %s", runtime.trust_anchors.describe())
 
 
 def _close_pool(runtime: Runtime) -> None:
@@ -252,6 +260,7 @@ def run(config: Config, load: Callable[[], Config], make_runtime: MakeRuntime) -
                          name="signals").start()
         log.info("listening on %s (store %s, %d workers)", config.milter.socket,
                  config.store.path, holder.current.verifier.workers)  # type: ignore[attr-defined]
+        _log_trust_anchors(holder.current)
         libmilter.main()
         log.info("stopping")
         _close_pool(holder.current)

@@ -27,6 +27,7 @@ from smime_milter.mta.pool import Job, VerifyFailure
 from smime_milter.policy import Action, Decision, Outcome, decide, outcome_of
 from smime_milter.release import MessageContext, ReleaseRule, assess, divert, select_rule
 from smime_milter.store import Record, StoreError
+from smime_milter.trust import AnchorSources
 
 log = logging.getLogger("smime_milter")
 
@@ -49,6 +50,8 @@ class Runtime:
     hostname: str
     #: Server-side signing and encryption for submitters (None: not configured).
     advanced: Advanced | None = None
+    #: Where the trust anchors came from, for the start-up and reload log line.
+    trust_anchors: AnchorSources | None = None
 
 
 @dataclass(frozen=True, slots=True)

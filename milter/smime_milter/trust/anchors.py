@@ -8,16 +8,19 @@ idempotent and lets removal find an anchor from nothing but its
 fingerprint. Files are written atomically (temporary file, fsync, rename) so
 a milter reloading at the same moment never reads half a certificate.
 
-Anchors that come from ``trust.anchors`` (the system bundle, say) are listed
-but never touched here: the configuration is the admin's file.
+Anchors that come from ``trust.anchors`` or from the system (Mozilla's
+e-mail roots, trust/system.py) are listed but never touched here: the
+configuration is the admin's file, and libnss3 the distribution's.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import tempfile
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,11 +30,14 @@ from asn1crypto import pem
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.utils import CryptographyDeprecationWarning
 
 from smime_milter.cms import files
 from smime_milter.errors import SmimeMilterError
 from smime_milter.trust.chain import CERT_SUFFIXES, TrustStoreError, load_certificates
 from smime_milter.trust.settings import TrustConfig
+from smime_milter.trust.sources import read_system_anchors
+from smime_milter.trust.system import SystemAnchors
 
 #: Permissions of the directory and of each anchor file: public data, root-owned.
 DIRECTORY_MODE = 0o755
@@ -59,12 +65,15 @@ class AnchorEntry:
     not_after: datetime
     #: The file holding the certificate.
     path: Path
-    #: The managed directory, or the ``trust.anchors`` entry it was found under.
+    #: The managed directory, the ``trust.anchors`` entry it was found under,
+    #: or the NSS module of a system anchor.
     source: Path
     managed: bool
     warnings: tuple[str, ...] = ()
     #: For ``add``: the directory already held it, so nothing was written.
     already_present: bool = False
+    #: One of the system anchors (Mozilla's e-mail roots).
+    system: bool = False
 
     @property
     def fingerprint(self) -> str:
@@ -151,7 +160,8 @@ def _warnings(cert: x509.Certificate, now: datetime) -> tuple[str, ...]:
 
 
 def _entry(parsed: _Cert, path: Path, source: Path, managed: bool, now: datetime,
-           already_present: bool = False, extra: Sequence[str] = ()) -> AnchorEntry:
+           already_present: bool = False, extra: Sequence[str] = (),
+           system: bool = False) -> AnchorEntry:
     return AnchorEntry(
         sha256=parsed.sha256,
         subject=_rfc4514(parsed.cert.subject),
@@ -161,6 +171,7 @@ def _entry(parsed: _Cert, path: Path, source: Path, managed: bool, now: datetime
         managed=managed,
         warnings=(*_warnings(parsed.cert, now), *extra),
         already_present=already_present,
+        system=system,
     )
 
 
@@ -190,14 +201,29 @@ def _index(source: Path, managed: bool) -> list[tuple[Path, list[_Cert]]]:
     return found
 
 
-def list_anchors(trust: TrustConfig, *, now: datetime | None = None) -> list[AnchorEntry]:
-    """Every anchor the milter trusts: the configured ``trust.anchors`` first,
-    then the managed directory; one entry per (certificate, file)."""
+def list_anchors(trust: TrustConfig, *, managed_only: bool = False,
+                 now: datetime | None = None) -> list[AnchorEntry]:
+    """Every anchor the milter trusts: the system anchors, the configured
+    ``trust.anchors``, then the managed directory (only that one with
+    ``managed_only``); one entry per (certificate, file)."""
     now = now or datetime.now(UTC)
     entries: list[AnchorEntry] = []
-    for source in trust.anchors:
-        for file, certs in _index(source, managed=False):
-            entries.extend(_entry(cert, file, source, False, now) for cert in certs)
+    if not managed_only:
+        system = read_system_anchors(trust)
+        if system is not None:
+            with warnings.catch_warnings():
+                # A few of Mozilla's older roots have a non-positive serial
+                # number, which cryptography only warns about; nothing for
+                # the admin to act on.
+                warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+                entries.extend(
+                    _entry(_parse(der, str(system.source)), system.source, system.source,
+                           False, now, system=True)
+                    for der in system.certificates
+                )
+        for source in trust.anchors:
+            for file, certs in _index(source, managed=False):
+                entries.extend(_entry(cert, file, source, False, now) for cert in certs)
     for file, certs in _index(trust.anchor_directory, managed=True):
         entries.extend(_entry(cert, file, trust.anchor_directory, True, now) for cert in certs)
     return entries
@@ -274,22 +300,25 @@ def parse_fingerprint(text: str) -> str | None:
 
 
 def remove_anchor(directory: Path, what: str, *, configured: Sequence[Path] = (),
+                  system: SystemAnchors | None = None,
                   now: datetime | None = None) -> list[AnchorEntry]:
     """Removes the managed anchor(s) ``what`` names (a certificate file may
     hold several); see :func:`remove_anchors`."""
-    return remove_anchors(directory, [what], configured=configured, now=now)
+    return remove_anchors(directory, [what], configured=configured, system=system, now=now)
 
 
 def remove_anchors(directory: Path, whats: Iterable[str], *,
                    configured: Sequence[Path] = (),
+                   system: SystemAnchors | None = None,
                    now: datetime | None = None) -> list[AnchorEntry]:
     """Removes managed anchors named by a certificate file, a SHA-256
     fingerprint or a managed file name; returns what was removed.
 
     Everything is resolved before anything is deleted: an unknown name, or
-    an anchor that only ``trust.anchors`` (``configured``) provides, is an
-    error that changes nothing. An anchor that is also configured is removed
-    from the directory with a warning that it stays trusted.
+    an anchor that only ``trust.anchors`` (``configured``) or the system
+    anchors (``system``) provide, is an error that changes nothing. An
+    anchor that is also configured or a system anchor is removed from the
+    directory with a warning that it stays trusted.
     """
     now = now or datetime.now(UTC)
     managed = _index(directory, managed=True)
@@ -318,6 +347,13 @@ def remove_anchors(directory: Path, whats: Iterable[str], *,
             holders = by_sha.get(sha256)
             also = configured_source(sha256)
             if not holders:
+                if system is not None and sha256 in _system_fingerprints(system):
+                    raise AnchorError(
+                        f"{label}: this anchor is one of Mozilla's e-mail roots (from "
+                        f"{system.source}), not from {directory}; set [trust] system_anchors "
+                        '= "none" and list the anchors you want in trust.anchors to stop '
+                        "trusting it"
+                    )
                 if also is not None:
                     raise AnchorError(
                         f"{label}: this anchor comes from trust.anchors ({also}), not from "
@@ -331,7 +367,10 @@ def remove_anchors(directory: Path, whats: Iterable[str], *,
                         f"{label}: {file} holds {len(certs)} certificates; "
                         "edit that file by hand"
                     )
-            extra = (f"still trusted through trust.anchors ({also})",) if also else ()
+            extra: tuple[str, ...] = (
+                (f"still trusted through trust.anchors ({also})",) if also else ())
+            if system is not None and sha256 in _system_fingerprints(system):
+                extra += (f"still trusted as one of Mozilla's e-mail roots ({system.source})",)
             file, certs = holders[0]
             planned[sha256] = _entry(certs[0], file, directory, True, now, extra=extra)
             doomed.update(file for file, _certs in holders)
@@ -359,6 +398,10 @@ def _fingerprints(directory: Path, what: str) -> list[tuple[str, str]]:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _system_fingerprints(system: SystemAnchors) -> set[str]:
+    return {hashlib.sha256(der).hexdigest() for der in system.certificates}
 
 
 def _rfc4514(name: x509.Name) -> str:

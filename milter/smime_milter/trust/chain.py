@@ -41,7 +41,6 @@ from smime_milter.model import ChainResult, RevocationMode
 
 CERT_SUFFIXES = (".pem", ".crt", ".cer", ".der")
 CRL_SUFFIXES = (".pem", ".crl", ".der", ".r0")
-SYSTEM_ANCHORS = Path("/etc/ssl/certs/ca-certificates.crt")
 
 _EE_ONLY_REVINFO = RevocationCheckingPolicy(
     ee_certificate_rule=RevocationCheckingRule.CRL_OR_OCSP_REQUIRED,
@@ -77,6 +76,19 @@ def _files(path: Path, suffixes: tuple[str, ...]) -> list[Path]:
     if path.is_file():
         return [path]
     raise TrustStoreError(f"{path}: no such file or directory")
+
+
+def parse_certificates(blobs: Iterable[bytes], where: str) -> tuple[x509.Certificate, ...]:
+    """Certificates from DER blobs (the system anchors), each checked to be readable."""
+    found: dict[bytes, x509.Certificate] = {}
+    for der in blobs:
+        try:
+            cert = x509.Certificate.load(der)
+            _ = cert.subject.native, cert.public_key.native
+        except (ValueError, TypeError) as exc:
+            raise TrustStoreError(f"{where}: holds a certificate that cannot be read") from exc
+        found.setdefault(cert.sha256, cert)
+    return tuple(found.values())
 
 
 def load_certificates(paths: Iterable[Path]) -> tuple[x509.Certificate, ...]:
@@ -135,8 +147,24 @@ class TrustStore:
         anchors: Iterable[Path],
         intermediates: Iterable[Path] = (),
         crls: Iterable[Path] = (),
+        *,
+        system: Iterable[bytes] = (),
+        system_source: str = "system anchors",
     ) -> TrustStore:
-        return cls(load_certificates(anchors), load_certificates(intermediates), load_crls(crls))
+        """Anchors from files and directories plus ``system`` (DER blobs, the
+        system anchors read from ``system_source``), intermediates, CRLs."""
+        return cls(merge_certificates(parse_certificates(system, system_source),
+                                      load_certificates(anchors)),
+                   load_certificates(intermediates), load_crls(crls))
+
+
+def merge_certificates(*groups: Iterable[x509.Certificate]) -> tuple[x509.Certificate, ...]:
+    """The certificates of all groups, each once (the first seen is kept)."""
+    found: dict[bytes, x509.Certificate] = {}
+    for group in groups:
+        for cert in group:
+            found.setdefault(cert.sha256, cert)
+    return tuple(found.values())
 
 
 def _name(cert: x509.Certificate) -> str:

@@ -1,5 +1,7 @@
 """Noticing edited trust files: one fingerprint of every anchor, intermediate
-and CRL file, compared by the milter daemon and the JMAP service alike."""
+and CRL file, and of NSS's built-in root module when the system anchors come
+from it (a libnss3 update brings Mozilla's changes), compared by the milter
+daemon and the JMAP service alike."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from smime_milter.trust.settings import TrustConfig
+from smime_milter.trust.system import SystemAnchorsError, find_nss_module
 
 #: ``(path, mtime_ns, size)`` of every trust file: what the daemon and the
 #: JMAP service compare to notice an edited anchor, intermediate or CRL file.
@@ -41,8 +44,22 @@ def _entries(path: Path) -> Iterator[tuple[str, int, int]]:
         yield (str(child), child_info.st_mtime_ns, child_info.st_size)
 
 
+def _nss_module(trust: TrustConfig) -> tuple[Path, ...]:
+    """The NSS module the system anchors come from, if any (one not found yet
+    is not watched: installing libnss3 is followed by a reload or restart)."""
+    if trust.system_anchors == "none":
+        return ()
+    if trust.nss_module is not None:
+        return (trust.nss_module,)
+    try:
+        return (find_nss_module(),)
+    except SystemAnchorsError:
+        return ()
+
+
 def trust_files(trust: TrustConfig) -> TrustFiles:
-    """What changes when any anchor, intermediate or CRL file does."""
+    """What changes when any anchor, intermediate or CRL file, or the NSS
+    built-in root module, does."""
     paths: Iterable[Path] = (*trust.anchors, trust.anchor_directory, *trust.intermediates,
-                             *trust.crls)
+                             *trust.crls, *_nss_module(trust))
     return tuple(entry for path in paths for entry in _entries(Path(path)))
