@@ -188,3 +188,18 @@ def test_other_exceptions_keep_their_traceback(
     monkeypatch.setattr(verify_command, "run_verify", _raising(exc))
     with pytest.raises(type(exc)):
         main(["verify", "x.eml"])
+
+
+def test_a_reader_that_goes_away_is_not_a_traceback(tmp_path: Path) -> None:
+    """``smime-milter trust list | head -1``: the pipe closes before the
+    command writes; it stops with SIGPIPE's shell status and no traceback."""
+    config = tmp_path / "c.toml"
+    config.write_text(f'[trust]\nanchor_directory = "{tmp_path / "anchors"}"\n')
+    script = Path(sys.executable).with_name("smime-milter")
+    process = subprocess.Popen([str(script), "trust", "list", "--config", str(config)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 141, stderr
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -46,6 +48,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in str(exc).splitlines() or [""]:
             print(f"smime-milter: {line}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # The reader went away (``smime-milter trust list | head``): stop
+        # quietly, as a shell tool does, and keep the interpreter's final
+        # flush of stdout from raising again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":
