@@ -21,6 +21,7 @@ import json
 import mailbox
 import os
 import pwd
+import re
 import shlex
 import shutil
 import signal
@@ -402,3 +403,15 @@ def test_lintian_finds_nothing(installed: Installed) -> None:
                           capture_output=True, text=True, timeout=600, check=False)
     tags = [line for line in done.stdout.splitlines() if line[:2] in {"E:", "W:", "I:", "P:"}]
     assert tags == [], done.stdout
+
+
+def test_start_up_says_where_the_trust_anchors_came_from(service: Service) -> None:
+    """Mozilla's e-mail roots from the installed libnss3, plus the one anchor
+    ``trust add`` put in the managed directory; never the TLS bundle."""
+    log = service.log_text()
+    found = re.search(r"trust anchors: (\d+) for e-mail from Mozilla's root program "
+                      r"\((/\S+/libnssckbi\.so);.*\), 1 managed \(/etc/smime-milter/anchors\), "
+                      r"0 from \[trust\] anchors", log)
+    assert found is not None, log
+    assert int(found.group(1)) > 50 and Path(found.group(2)).exists()
+    assert "ca-certificates" not in log
