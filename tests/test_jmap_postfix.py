@@ -178,7 +178,7 @@ def test_delivered_records_through_jmap_and_an_anchor_added_after_delivery(
 
         # The running milter notices the new anchor file by itself.
         wait_for_log(daemon, "trust anchor, intermediate or CRL files changed: reloading")
-        wait_for_log(daemon, "reloaded configuration and trust anchors")
+        wait_for_log(daemon, "reloaded: config")
         subject = unique("jmap newcomer again")
         _send(mta, "newcomer again", _signed(live_pki.untrusted, subject, NEWCOMER))
         token, again = _record_id(delivered_with(mta, RCPT, subject))

@@ -339,7 +339,7 @@ def test_reload_under_load_drops_nothing_and_applies_the_new_policy(
             time.sleep(0.3)
             daemon.write_config('[policy]\nnone = "tag"\n' if round_number % 2 else "")
             daemon.reload()
-            wait_for_log(daemon, "reloaded configuration", round_number)
+            wait_for_log(daemon, "reloaded: config", round_number)
         reloads_done.set()
         for thread in senders:
             thread.join()
@@ -352,7 +352,7 @@ def test_reload_under_load_drops_nothing_and_applies_the_new_policy(
         # Round 4 removed the tag policy again; one more reload brings it back.
         daemon.write_config('[policy]\nnone = "tag"\n')
         daemon.reload()
-        wait_for_log(daemon, "reloaded configuration", 5)
+        wait_for_log(daemon, "reloaded: config", 5)
         plain = unique("after-reload")
         mta.send(wrap_message(text_entity("x\n"), to=rcpt, subject=plain), "a@example.com",
                  [rcpt])

@@ -460,3 +460,51 @@ def test_an_anchor_added_to_the_anchor_directory_is_used_without_a_reload(
             assert time.monotonic() < deadline, daemon.log_text()
             time.sleep(0.5)
         assert "trust anchor, intermediate or CRL files changed: reloading" in daemon.log_text()
+
+
+def _log_line(daemon: MilterProcess, queue_id: str) -> str:
+    return next(line for line in daemon.log_text().splitlines() if f"queue_id={queue_id}" in line)
+
+
+def test_log_line_gives_a_reason_for_an_accepted_failure_and_the_client_as_postfix_does(
+    milter: Daemon, live_pki: TestPki, tmp_path: Path
+) -> None:
+    """An accepted signed/failed message still says why; an unknown client
+    (Postfix sends its name as ``[addr]``) is ``unknown[addr]``, a known one
+    ``name[addr]``; a pass has no reason."""
+    tampered = signed(live_pki, "Hello Bob\n").replace(b"Hello Bob", b"Hello Eve", 1)
+    run_session(milter.postfix_socket, [message(tampered, "alice@example.com",
+                                                ["bob@example.org"], queue_id="MTLOG1")],
+                tmp_path / "a", connect_macros={"j": "mta.example.net"},
+                client=("[192.0.2.7]", "192.0.2.7"))
+    line = _log_line(milter, "MTLOG1")
+    assert "status=signed/failed" in line and "action=accept" in line, line
+    assert "client=unknown[192.0.2.7] " in line, line
+    assert re.search(r" reason='[^']+'$", line), line
+    assert " INFO " in line, line  # accepted by policy: not a warning
+
+    run_session(milter.postfix_socket, [message(signed(live_pki, "Hello Bob\n"),
+                                                "alice@example.com", ["bob@example.org"],
+                                                queue_id="MTLOG2")],
+                tmp_path / "b", connect_macros={"j": "mta.example.net"})
+    line = _log_line(milter, "MTLOG2")
+    assert "status=signed/verified" in line and "client=client.example[192.0.2.25] " in line
+    assert "reason=" not in line, line
+
+
+def test_start_up_and_reload_lines_name_config_store_workers_and_anchors(
+    milter: Daemon
+) -> None:
+    log = milter.log_text()
+    started = re.search(r"listening on unix:\S+ \(config (\S+), store (\S+), (\d+) workers, "
+                        r"(\d+) trust anchors\)", log)
+    assert started is not None, log
+    assert started.group(1) == str(milter.config) and started.group(2) == str(milter.store_path)
+    assert int(started.group(4)) > 50  # Mozilla's e-mail roots and the test root
+    milter.reload()
+    deadline = time.monotonic() + 60
+    while "reloaded: config" not in milter.log_text():
+        assert time.monotonic() < deadline, milter.log_text()[-2000:]
+        time.sleep(0.05)
+    assert re.search(rf"reloaded: config {re.escape(str(milter.config))}, store \S+, "
+                     r"\d+ workers, \d+ trust anchors", milter.log_text())

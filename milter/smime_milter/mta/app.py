@@ -28,7 +28,7 @@ from smime_milter.advanced import (
     submission,
 )
 from smime_milter.mail import mime
-from smime_milter.model import Verdict
+from smime_milter.model import Status, Verdict
 from smime_milter.mta import milterapi, pipeline
 from smime_milter.mta.handling import Plan, forged_headers, reply_text
 from smime_milter.mta.intake import MessageBuffer
@@ -38,6 +38,20 @@ from smime_milter.policy import Action
 
 log = logging.getLogger("smime_milter")
 
+
+
+#: Statuses that need no reason in the log line: a pass, or no S/MIME at all.
+PASSING_STATUSES = frozenset({Status.SIGNED_VERIFIED.value,
+                              Status.ENCRYPTED_SIGNED_VERIFIED.value, "none"})
+
+
+def client_text(hostname: str, address: str | None) -> str:
+    """The client as Postfix logs it, ``host[addr]``: Postfix sends an unknown
+    client's name as ``[addr]``, which becomes ``unknown[addr]``, not
+    ``[addr][addr]``."""
+    if not hostname or (hostname.startswith("[") and hostname.endswith("]")):
+        hostname = "unknown"
+    return f"{hostname}[{address or ''}]"
 
 class RuntimeHolder:
     """The current Runtime (a plain attribute: reads and writes are atomic)."""
@@ -94,7 +108,7 @@ class SmimeMilter(milterapi.Base):
     def connect(self, hostname: str, family: int, hostaddr: object) -> int:
         address = hostaddr[0] if isinstance(hostaddr, tuple) and hostaddr else None
         self.client_address = str(address) if address else None
-        self.client = f"{hostname}[{address or ''}]"
+        self.client = client_text(hostname, self.client_address)
         self.mta_hostname = self.getsymval("j")
         self.daemon_name = self.getsymval("{daemon_name}")
         port = self.getsymval("{daemon_port}") or ""
@@ -342,9 +356,10 @@ class SmimeMilter(milterapi.Base):
         signers = ",".join(
             (signer.emails or ("?",))[0] for signer in (verdict.signers if verdict else ())
         )
+        action = "divert" if result.diverted else plan.action.value
         line = (
             f"queue_id={queue_id} record={result.record_id or '-'} status={status} "
-            f"outcome={result.decision.outcome.value} action={plan.action.value} "
+            f"outcome={result.decision.outcome.value} action={action} "
             f"client={self.client} from=<{self.sender}> rcpts={len(self.recipients)} "
             f"signers={signers or '-'} removed={len(plan.delete_headers)} "
             f"size={self.buffer.size if self.buffer else 0} ms={seconds * 1000:.0f}"
@@ -362,9 +377,12 @@ class SmimeMilter(milterapi.Base):
             if not result.release.released:
                 log.warning("%s reason=%r", line, result.release.summary)
                 return
+        reason = result.problem or (verdict.errors[0] if verdict and verdict.errors else "")
         if plan.action is not Action.ACCEPT or result.problem:
-            reason = result.problem or (verdict.errors[0] if verdict and verdict.errors else "")
             log.warning("%s reason=%r", line, reason)
+        elif status not in PASSING_STATUSES:
+            # Accepted, but not a pass: say why, so the line alone explains it.
+            log.info("%s reason=%r", line, reason or status)
         else:
             log.info("%s", line)
 

@@ -218,10 +218,21 @@ def _reload(holder: RuntimeHolder, load: Callable[[], Config], store: Store,
         return
     holder.current = runtime
     configure_logging(config.milter)
-    log.info("reloaded configuration and trust anchors")
+    log.info("reloaded: %s", _serving(runtime))
     _log_trust_anchors(runtime)
     # Messages still verifying on the old pool finish there.
     threading.Thread(target=_close_pool, args=(old,), daemon=True).start()
+
+
+def _serving(runtime: Runtime) -> str:
+    """What the start-up and reload lines say the daemon now serves with."""
+    config = runtime.config
+    source = config.source if config.source is not None else "built-in defaults"
+    anchors = runtime.trust_anchors
+    count = f", {anchors.total} trust anchors" if anchors is not None else ""
+    workers = getattr(runtime.verifier, "workers", None)
+    pool = f", {workers} workers" if workers is not None else ""
+    return f"config {source}, store {config.store.path}{pool}{count}"
 
 
 def _log_trust_anchors(runtime: Runtime) -> None:
@@ -258,8 +269,7 @@ def run(config: Config, load: Callable[[], Config], make_runtime: MakeRuntime) -
         SmimeMilter.holder = holder
         threading.Thread(target=_signal_loop, args=(holder, load, store, make_runtime), daemon=True,
                          name="signals").start()
-        log.info("listening on %s (store %s, %d workers)", config.milter.socket,
-                 config.store.path, holder.current.verifier.workers)  # type: ignore[attr-defined]
+        log.info("listening on %s (%s)", config.milter.socket, _serving(holder.current))
         _log_trust_anchors(holder.current)
         libmilter.main()
         log.info("stopping")

@@ -32,6 +32,8 @@ class AnchorSources:
     managed: int
     managed_directory: Path
     configured: int
+    #: Distinct anchors in all (the start-up line's count).
+    total: int = 0
 
     def describe(self) -> str:
         """The start-up and reload log line (after ``trust anchors: ``)."""
@@ -69,4 +71,5 @@ def load_trust_store(trust: TrustConfig) -> LoadedTrust:
         load_certificates(trust.intermediates),
         load_crls(trust.crls),
     )
-    return LoadedTrust(store, AnchorSources(system, len(managed), directory, len(configured)))
+    return LoadedTrust(store, AnchorSources(system, len(managed), directory, len(configured),
+                                            total=len(store.anchors)))
