@@ -6,11 +6,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 
 from smime_milter.bootstrap import build_verifier
-from smime_milter.cli.common import Commands, parse_moment, service_arguments, service_config
+from smime_milter.cli.common import Commands, clock, service_arguments, service_config
 from smime_milter.config import ConfigError
 from smime_milter.ingest import IngestResult, ingest_message, message_files
 from smime_milter.store import Store
@@ -35,7 +34,6 @@ def add_ingest_parser(commands: Commands) -> None:
                         help="the authserv-id the milter stamps with (default: "
                         "milter.authserv_id; one of the two is required)")
     ingest.add_argument("--json", action="store_true", help="one JSON object per file")
-    ingest.add_argument("--now", type=parse_moment, help=argparse.SUPPRESS)
     ingest.set_defaults(handler=run_ingest)
 
 
@@ -63,7 +61,7 @@ def run_ingest(args: argparse.Namespace) -> int:
         raise ConfigError("ingest trusts only stamps with the milter's authserv-id and does "
                           "not guess it: give --authserv-id or set milter.authserv_id")
     verifier = build_verifier(config)
-    now = args.now or datetime.now(UTC)
+    now = clock(args)()
     counts = dict.fromkeys(("created", "refreshed", "unchanged", "skipped", "unreadable"), 0)
     with Store.open(config.store.path, map_size=config.store.map_size,
                     max_map_size=config.store.max_map_size) as store:

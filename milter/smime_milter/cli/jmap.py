@@ -11,7 +11,7 @@ from datetime import timedelta
 from typing import Any
 
 from smime_milter.bootstrap import build_refresher
-from smime_milter.cli.common import Commands, clock, parse_moment, service_arguments, service_config
+from smime_milter.cli.common import Commands, clock, service_arguments, service_config
 from smime_milter.config import ConfigError
 from smime_milter.jmap import JmapProtocol, RequestError, SmimeJmap, listen_argument, serve
 from smime_milter.store import Store, utc_date
@@ -38,7 +38,8 @@ def add_jmap_parsers(commands: Commands) -> None:
                       "back, so Email/changes does not see them")
     _store_command(
         commands, "refresh", run_refresh, "re-validate every stored status older than "
-        "jmap.cache_lifetime or than the last trust-anchor change (run it periodically)",
+        "jmap.cache_lifetime or than the last trust-anchor change, or verified in the "
+        "future (a clock that was ahead); run it periodically",
     )
     prune = _store_command(
         commands, "prune", run_prune, "delete the records of messages received more than "
@@ -52,11 +53,9 @@ def add_jmap_parsers(commands: Commands) -> None:
 
 def _store_command(commands: Commands, name: str, handler: Callable[[argparse.Namespace], int],
                    text: str) -> argparse.ArgumentParser:
-    """A command over the store: ``--config``, ``--store`` and the hidden
-    ``--now`` that fixes its clock (tests)."""
+    """A command over the store: ``--config`` and ``--store``."""
     command = commands.add_parser(name, help=text)
     service_arguments(command)
-    command.add_argument("--now", type=parse_moment, help=argparse.SUPPRESS)
     command.set_defaults(handler=handler)
     return command
 

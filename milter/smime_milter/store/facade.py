@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 import os
 import re
 import threading
@@ -344,15 +345,25 @@ class Store:
                         ) from exc
         return state, found
 
-    def due(self, verified_before: datetime) -> Iterator[str]:
+    def due(self, verified_before: datetime, *, or_after: datetime | None = None
+            ) -> Iterator[str]:
         """Ids of re-validatable records whose smimeVerifiedAt is before
-        ``verified_before``, oldest first; later chunks may see newer commits."""
+        ``verified_before`` (oldest first) or, with ``or_after``, after that
+        moment: a status "verified" in the future came from a wrong clock
+        and is stale too. Later chunks may see newer commits."""
         self._check_open()
-        limit = int(utc(verified_before).timestamp()).to_bytes(8, "big")
+        before = int(utc(verified_before).timestamp())
         db = self._env.dbs["verify_due"]
         for key in self._keys_raw(db, "reading verify_due"):
-            if key[:8] >= limit:
-                return
+            if int.from_bytes(key[:8], "big") >= before:
+                break
+            yield key[8:].decode("ascii")
+        if or_after is None:
+            return
+        # Keys are whole seconds: "after" is from the next whole second on,
+        # and never again a key yielded above.
+        start = max(math.floor(utc(or_after).timestamp()) + 1, before)
+        for key in self._keys_raw(db, "reading verify_due", after=start.to_bytes(8, "big")):
             yield key[8:].decode("ascii")
 
     def trust_epoch(self) -> TrustEpoch | None:
@@ -488,8 +499,9 @@ class Store:
     def _keys(self, db: Database, what: str) -> Iterator[str]:
         return (key.decode("ascii") for key in self._keys_raw(db, what))
 
-    def _keys_raw(self, db: Database, what: str) -> Iterator[bytes]:
-        after: bytes | None = None
+    def _keys_raw(self, db: Database, what: str, *, after: bytes | None = None
+                  ) -> Iterator[bytes]:
+        """The keys of ``db`` in order, those following ``after`` when given."""
         while True:
             with self._env.reading(what) as txn:
                 chunk = _key_chunk(txn.cursor(db=db), after)
