@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -454,6 +455,43 @@ def test_refresh_revalidates_a_status_verified_in_the_future(
     assert stored(world, "alice") == (VERIFIED, now)
     assert main(["refresh", "--config", str(world.config)], clock=fixed(now)) == 0
     assert capsys.readouterr().out == "re-validated 0 record(s)\n"
+
+
+# --------------------------------------------------------------------------- a missing store
+
+
+@pytest.mark.parametrize("argv", [
+    ["jmap"], ["jmap", "--read-only"], ["refresh"], ["prune", "--older-than", "1"],
+    ["prune", "--older-than", "1", "--dry-run"],
+])
+def test_readers_refuse_a_store_that_does_not_exist(
+    world: World, tmp_path: Path, argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    typo = tmp_path / "typo"
+    request = json.dumps({"using": ["urn:ietf:params:jmap:core"], "methodCalls": []}).encode()
+    assert run_cli([*argv, "--config", str(world.config), "--store", str(typo)], request) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == f"smime-milter: no store at {typo} (no data.mdb); " \
+        "the milter creates it\n"
+    assert not typo.exists()
+
+
+@pytest.mark.process
+@pytest.mark.daemon
+def test_the_jmap_service_refuses_a_store_that_does_not_exist(
+    world: World, tmp_path: Path
+) -> None:
+    typo = tmp_path / "typo"
+    done = subprocess.run(
+        [sys.executable, "-m", "smime_milter.cli", "jmap", "--config", str(world.config),
+         "--store", str(typo), "--listen", f"unix:{tmp_path / 'jmap.sock'}"],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr == f"smime-milter: no store at {typo} (no data.mdb); " \
+        "the milter creates it\n"
+    assert not typo.exists() and not (tmp_path / "jmap.sock").exists()
 
 
 # --------------------------------------------------------------------------- errors

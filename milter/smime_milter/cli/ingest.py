@@ -18,9 +18,12 @@ from smime_milter.store import Store
 def add_ingest_parser(commands: Commands) -> None:
     """Add ``ingest``."""
     ingest = commands.add_parser(
-        "ingest", help="fill the store from delivered messages stamped by this milter",
+        "ingest", help="fill the store (creating it if need be) from delivered messages "
+        "stamped by this milter",
         description="Create or refresh store records from delivered messages (after the "
-        "store was lost or must be rebuilt, or on a JMAP host fed from the mail store). "
+        "store was lost or must be rebuilt, or on a JMAP host fed from the mail store); "
+        "unlike the other commands over the store it creates the store when it does not "
+        "exist, since rebuilding one is what it is for. "
         "Only the milter's own stamps are trusted: an Authentication-Results field with "
         "the configured authserv-id and one SMIME-Status-At-Delivery field. Directories "
         "are walked as Maildirs (new/, cur/ and folders) or as directories of message "

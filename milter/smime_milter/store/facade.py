@@ -145,9 +145,10 @@ def _open_readonly(path: str) -> _Opened:
 
 
 def _open_writable(
-    path: str, map_size: int, max_map_size: int, changelog_limit: int, batch_limit: int
+    path: str, map_size: int, max_map_size: int, changelog_limit: int, batch_limit: int,
+    create: bool,
 ) -> _Opened:
-    shared = open_writable_env(path, map_size)
+    shared = open_writable_env(path, map_size, create=create)
     writer = Writer(shared, batch_limit, max_map_size, changelog_limit)
     opened = _Opened(shared, writer)
     try:
@@ -185,8 +186,12 @@ class Store:
         max_map_size: int = 1 << 36,
         changelog_limit: int = 1_000_000,
         batch_limit: int = 256,
+        create: bool = True,
     ) -> Store:
-        """Opens (creating when writable) the store in directory ``path``.
+        """Opens the store in directory ``path``, creating it when writable
+        and ``create`` (the milter's open). Readers pass ``create=False``: a
+        mistyped path must fail (StoreError "missing") rather than be
+        answered from a new empty store.
 
         A path already open in this process reuses that environment; its
         first opener's sizes and limits apply. A read-only open ignores the
@@ -203,7 +208,8 @@ class Store:
                 opened = (
                     _open_readonly(key)
                     if readonly
-                    else _open_writable(key, map_size, max_map_size, changelog_limit, batch_limit)
+                    else _open_writable(key, map_size, max_map_size, changelog_limit,
+                                        batch_limit, create)
                 )
                 _REGISTRY[key] = opened
             elif opened.env.readonly and not readonly:
