@@ -37,6 +37,7 @@ from smime_milter.stamp import fields as stamp
 from smime_milter.store import Record, Store
 from smime_milter.verify.engine import Verifier
 from tests.support import mailflow
+from tests.support.clockedcli import fixed
 from tests.support.pki import TestPki
 from tests.support.postfix import POSTFIX_MISSING, PostfixFactory, postfix_available
 from tests.support.smime import multipart_signed, opaque_signed, text_entity, wrap_message
@@ -679,8 +680,8 @@ def test_command_ingests_a_maildir(
     (maildir / "new" / "1.a").write_bytes(good)
     (maildir / "cur" / "2.b:2,S").write_bytes(wrap_message(text_entity("sent by bob\n")))
     args = ["ingest", "--config", str(config_file), "--store", str(tmp_path / "rebuilt"),
-            "--now", NOW.isoformat(), str(maildir)]
-    assert main(args) == 0
+            str(maildir)]
+    assert main(args, clock=fixed(NOW)) == 0
     out, err = capsys.readouterr()
     assert out.splitlines() == [
         f"{maildir / 'new' / '1.a'}: created {record_id}",
@@ -691,7 +692,8 @@ def test_command_ingests_a_maildir(
         assert list(rebuilt.record_ids()) == [record_id]
     assert not (tmp_path / "configured-store").exists()
 
-    assert main([*args[:-1], "--json", str(maildir / "new"), str(tmp_path / "gone")]) == 1
+    assert main([*args[:-1], "--json", str(maildir / "new"), str(tmp_path / "gone")],
+                clock=fixed(NOW)) == 1
     out, err = capsys.readouterr()
     assert [json.loads(line) for line in out.splitlines()] == [
         {"file": str(maildir / "new" / "1.a"), "action": "unchanged", "record": record_id,
@@ -712,12 +714,11 @@ def test_command_takes_authserv_id_from_the_command_line(
     copy, _, record_id = as_milter_delivers(signed, verifier, rcpt=RCPT)
     message = tmp_path / "message.eml"
     message.write_bytes(copy)
-    base = ["ingest", "--config", str(config), "--store", str(tmp_path / "s"),
-            "--now", NOW.isoformat()]
-    assert main([*base, str(message)]) == 1
+    base = ["ingest", "--config", str(config), "--store", str(tmp_path / "s")]
+    assert main([*base, str(message)], clock=fixed(NOW)) == 1
     assert "give --authserv-id or set milter.authserv_id" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
-    assert main([*base, "--authserv-id", AUTHSERV, str(message)]) == 0
+    assert main([*base, "--authserv-id", AUTHSERV, str(message)], clock=fixed(NOW)) == 0
     assert capsys.readouterr().out == f"{message}: created {record_id}\n"
     with pytest.raises(SystemExit):
         main([*base, "--authserv-id", "two words", str(message)])

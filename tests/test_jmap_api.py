@@ -6,6 +6,7 @@ The JSON protocol is tested through ``smime-milter jmap`` in
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from smime_milter.bootstrap import open_jmap
 from smime_milter.config.reader import load_config
 from smime_milter.jmap.methods import SMIMEVERIFY, capabilities
 from smime_milter.model import Status
-from smime_milter.store import CannotCalculateChanges, Store
+from smime_milter.store import CannotCalculateChanges, Store, StoreError
 from tests.support.jmapworld import DELIVERED, World, build_world
 from tests.support.pki import TestPki
 
@@ -68,3 +69,16 @@ def test_read_only_api_does_not_write(world: World) -> None:
             world.ids["short"]]
     with Store.open(world.store, readonly=True) as store:
         assert store.get(world.ids["short"]).status is Status.SIGNED_VERIFIED
+
+
+def test_open_jmap_refuses_a_store_that_does_not_exist(world: World, tmp_path: Path) -> None:
+    """An embedding JMAP server with a mistyped store.path must not answer
+    every id notFound from a new empty store."""
+    typo = tmp_path / "typo"
+    config = load_config(world.config)
+    config = replace(config, store=replace(config.store, path=typo))
+    for readonly in (False, True):
+        with pytest.raises(StoreError, match=f"no store at {typo}") as raised:
+            open_jmap(config, readonly=readonly)
+        assert raised.value.reason == "missing"
+    assert not typo.exists()

@@ -3,20 +3,25 @@
 Every test drives a store filled by really verifying signed messages (see
 ``tests/support/jmapworld.py``) through the command, with JMAP Requests
 shaped like RFC 9219's examples, and checks the Response field by field.
-Time is moved with the command's ``--now``, so a certificate can expire or
+Time is moved with ``main``'s clock hook, so a certificate can expire or
 be revoked after delivery.
 """
 
 from __future__ import annotations
 
+import io
 import json
-from datetime import timedelta
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from smime_milter.cli.main import main
+from smime_milter.model import Status
 from smime_milter.store import Store
+from tests.support.clockedcli import fixed
 from tests.support.jmapworld import ACCOUNT, DELIVERED, World, build_world
 from tests.support.pki import TestPki
 
@@ -200,7 +205,7 @@ def test_trust_anchor_added_after_delivery(world: World) -> None:
 def test_refresh_command_makes_flips_visible_to_changes(world: World, capsys) -> None:
     before = world.state(now=DELIVERED)
     now = DELIVERED + timedelta(days=3)
-    assert main(["refresh", "--config", str(world.config), "--now", now.isoformat()]) == 0
+    assert main(["refresh", "--config", str(world.config)], clock=fixed(now)) == 0
     assert "re-validated 7 record(s)" in capsys.readouterr().out
     assert world.changes(before, now=now)["updated"] == [world.ids["short"]]
 
@@ -318,19 +323,19 @@ def test_prune_deletes_old_records_and_changes_report_them_destroyed(
     before = world.state(now=DELIVERED)
     later = DELIVERED + timedelta(days=10)
     cutoff = iso(later - timedelta(days=5))
-    args = ["prune", "--config", str(world.config), "--now", later.isoformat()]
-    assert main(args) == 0  # store.retention_days is not set: keep everything
+    args = ["prune", "--config", str(world.config)]
+    assert main(args, clock=fixed(later)) == 0  # store.retention_days is not set: keep everything
     assert "nothing pruned" in capsys.readouterr().out
-    assert main([*args, "--older-than", "30"]) == 0
+    assert main([*args, "--older-than", "30"], clock=fixed(later)) == 0
     assert capsys.readouterr().out == f"deleted 0 record(s) received before " \
         f"{iso(later - timedelta(days=30))}\n"
-    assert main([*args, "--older-than", "5", "--dry-run"]) == 0
+    assert main([*args, "--older-than", "5", "--dry-run"], clock=fixed(later)) == 0
     assert capsys.readouterr().out == f"would delete 8 record(s) received before {cutoff}\n"
     assert world.state(now=later) == before
 
     world.config.write_text(world.config.read_text().replace(
         "[store]\n", "[store]\nretention_days = 5\n"))
-    assert main(args) == 0
+    assert main(args, clock=fixed(later)) == 0
     assert capsys.readouterr().out == f"deleted 8 record(s) received before {cutoff}\n"
 
     ids = list(world.ids.values())
@@ -351,6 +356,142 @@ def test_prune_deletes_old_records_and_changes_report_them_destroyed(
 def test_prune_needs_a_number_of_days(world: World, days: str) -> None:
     with pytest.raises(SystemExit):
         main(["prune", "--config", str(world.config), "--older-than", days])
+
+
+# ------------------------------------------------------------------ a clock ahead (issue 16)
+
+#: What ``jmap --now 2032-01-01T00:00:00Z`` once wrote into a live store.
+FUTURE = datetime(2032, 1, 1, tzinfo=UTC)
+
+
+def plant_future_result(world: World, name: str) -> None:
+    """Stores, through the store API as the old bug did, a status computed
+    under a clock years ahead: the certificate had expired by then."""
+    with Store.open(world.store) as store:
+        store.update(world.ids[name], status=Status.SIGNED_FAILED,
+                     errors=("certificate expired (checked at 2032-01-01)",),
+                     verified_at=FUTURE).result()
+
+
+def stored(world: World, name: str) -> tuple[str | None, datetime | None]:
+    with Store.open(world.store, readonly=True) as store:
+        record = store.get(world.ids[name])
+    assert record is not None
+    return (None if record.status is None else record.status.value), record.verified_at
+
+
+def run_cli(argv: list[str], stdin: bytes = b"") -> int:
+    """``main(argv)`` with ``stdin``; argparse's usage errors as their status."""
+    saved = sys.stdin
+    sys.stdin = io.TextIOWrapper(io.BytesIO(stdin))
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    finally:
+        sys.stdin = saved
+
+
+@pytest.mark.parametrize("command", ["jmap", "refresh", "prune"])
+def test_a_pretend_moment_is_no_option_and_never_reaches_the_store(
+    world: World, command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before_state = world.state(now=DELIVERED)
+    before = stored(world, "alice")
+    request = json.dumps({"using": ["urn:ietf:params:jmap:core", "urn:ietf:params:jmap:mail",
+                                    "urn:ietf:params:jmap:smimeverify"],
+                          "methodCalls": [["Email/get", {"accountId": ACCOUNT,
+                                                         "ids": list(world.ids.values())},
+                                           "g"]]}).encode()
+    argv = [command, "--config", str(world.config), "--now", "2032-01-01T00:00:00Z"]
+    if command == "prune":
+        argv += ["--older-than", "1"]
+    assert run_cli(argv, request) == 2
+    assert "unrecognized arguments: --now" in capsys.readouterr().err
+    assert stored(world, "alice") == before == (VERIFIED, DELIVERED)
+    assert world.state(now=DELIVERED) == before_state
+
+
+def test_ingest_takes_no_pretend_moment_either(world: World, tmp_path: Path) -> None:
+    message = tmp_path / "m.eml"
+    message.write_bytes(b"From: a@example.com\r\n\r\nplain\r\n")
+    assert run_cli(["ingest", "--config", str(world.config), "--authserv-id", "mx",
+                    "--now", "2032-01-01T00:00:00Z", str(message)]) == 2
+
+
+def test_a_status_verified_in_the_future_is_revalidated_when_read(world: World) -> None:
+    plant_future_result(world, "alice")
+    before = world.state(now=DELIVERED)
+    now = DELIVERED + MINUTE  # well within the cache lifetime of a status from now
+    got = world.get(["alice"], None, now=now)["alice"]
+    assert got == {"id": world.ids["alice"], "smimeStatus": VERIFIED,
+                   "smimeStatusAtDelivery": VERIFIED, "smimeErrors": None,
+                   "smimeVerifiedAt": iso(now)}
+    assert stored(world, "alice") == (VERIFIED, now)
+    assert world.changes(before, now=now)["updated"] == [world.ids["alice"]]
+
+
+def test_a_status_verified_in_the_future_fails_no_query(world: World) -> None:
+    plant_future_result(world, "alice")
+    assert "alice" in world.query({"hasVerifiedSmime": True}, now=DELIVERED + MINUTE)
+    assert stored(world, "alice") == (VERIFIED, DELIVERED + MINUTE)
+
+
+def test_refresh_revalidates_a_status_verified_in_the_future(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plant_future_result(world, "alice")
+    # The order of the report: a trust anchor removed after the bad write
+    # started an epoch, which a status from the future outlived.
+    anchor = world.root / "later-root.pem"
+    anchor.write_bytes(world.extra["later_ca"].cert_pem)
+    assert main(["trust", "add", "--config", str(world.config), str(anchor)]) == 0
+    assert main(["trust", "remove", "--config", str(world.config), str(anchor)]) == 0
+    capsys.readouterr()
+    now = DELIVERED + MINUTE
+    assert main(["refresh", "--config", str(world.config)], clock=fixed(now)) == 0
+    # Every signed record: the anchor change made the others stale too.
+    assert capsys.readouterr().out == "re-validated 7 record(s)\n"
+    assert stored(world, "alice") == (VERIFIED, now)
+    assert main(["refresh", "--config", str(world.config)], clock=fixed(now)) == 0
+    assert capsys.readouterr().out == "re-validated 0 record(s)\n"
+
+
+# --------------------------------------------------------------------------- a missing store
+
+
+@pytest.mark.parametrize("argv", [
+    ["jmap"], ["jmap", "--read-only"], ["refresh"], ["prune", "--older-than", "1"],
+    ["prune", "--older-than", "1", "--dry-run"],
+])
+def test_readers_refuse_a_store_that_does_not_exist(
+    world: World, tmp_path: Path, argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    typo = tmp_path / "typo"
+    request = json.dumps({"using": ["urn:ietf:params:jmap:core"], "methodCalls": []}).encode()
+    assert run_cli([*argv, "--config", str(world.config), "--store", str(typo)], request) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == f"smime-milter: no store at {typo} (no data.mdb); " \
+        "the milter creates it\n"
+    assert not typo.exists()
+
+
+@pytest.mark.process
+@pytest.mark.daemon
+def test_the_jmap_service_refuses_a_store_that_does_not_exist(
+    world: World, tmp_path: Path
+) -> None:
+    typo = tmp_path / "typo"
+    done = subprocess.run(
+        [sys.executable, "-m", "smime_milter.cli", "jmap", "--config", str(world.config),
+         "--store", str(typo), "--listen", f"unix:{tmp_path / 'jmap.sock'}"],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr == f"smime-milter: no store at {typo} (no data.mdb); " \
+        "the milter creates it\n"
+    assert not typo.exists() and not (tmp_path / "jmap.sock").exists()
 
 
 # --------------------------------------------------------------------------- errors

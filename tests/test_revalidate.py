@@ -231,3 +231,42 @@ def test_a_record_deleted_during_a_refresh_is_not_an_error(pki: TestPki, store: 
     state, views = refresher.state_and_views(["r0", "r1"], fresh=True)
     assert (state, views) == (store.state(), {})
     assert list(store.record_ids()) == []
+
+
+def test_a_status_verified_in_the_future_is_due(pki: TestPki, store: Store) -> None:
+    """A status written under a clock years ahead is stale now, whatever the
+    cache lifetime says: it would otherwise stand until 2032 (issue 16)."""
+    all_messages = messages(pki)
+    for number, name in enumerate(("verified", "tampered", "opaque")):
+        store.put_sync(record_of(pki, all_messages[name], f"r{number}"))
+    ahead = NOW + timedelta(days=2000)
+    store.update("r1", verified_at=ahead).result()
+    store.update("r2", verified_at=NOW + timedelta(seconds=1)).result()
+    assert list(store.due(NOW)) == []
+    assert list(store.due(NOW, or_after=NOW)) == ["r2", "r1"]
+    assert list(store.due(NOW, or_after=NOW + timedelta(seconds=1))) == ["r1"]
+    assert list(store.due(NOW + timedelta(seconds=1), or_after=NOW)) == ["r0", "r2", "r1"]
+
+    now = NOW + timedelta(minutes=30)
+    refresher = Refresher(store, revalidator(pki), clock=lambda: now,
+                          lifetime=timedelta(hours=1))
+    assert list(refresher.stale_ids()) == ["r1"]
+    assert refresher.is_stale(store.views(["r1"])["r1"])
+    assert not refresher.is_stale(store.views(["r0"])["r0"])
+    view = refresher.views(["r1"], fresh=True)["r1"]
+    assert view.verified_at == now
+    assert list(refresher.stale_ids()) == []
+
+
+def test_a_trust_epoch_from_the_future_counts_from_now(pki: TestPki, store: Store) -> None:
+    """Otherwise every status would be stale on every read until the clock
+    caught up with the epoch."""
+    store.put_sync(record_of(pki, messages(pki)["verified"], "r0"))
+    now = NOW + timedelta(minutes=5)
+    Refresher(store, revalidator(pki), clock=lambda: now)
+    both = TrustStore(anchors=(anchor(pki.root), anchor(pki.other_root)))
+    store.record_trust(both.generation, NOW + timedelta(days=2000)).result()
+    refresher = Refresher(store, Revalidator(ChainValidator(both)), clock=lambda: now)
+    assert list(refresher.stale_ids()) == ["r0"]  # verified before the anchors changed
+    assert refresher.refresh_due() == 1
+    assert list(refresher.stale_ids()) == []

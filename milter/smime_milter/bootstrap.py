@@ -161,9 +161,9 @@ def open_jmap(
 ) -> SmimeJmap:
     """The JMAP API over the configured store, anchors and cache lifetime, for
     a JMAP server to embed; :meth:`SmimeJmap.close` (or ``with``) releases the
-    store."""
-    store = Store.open(config.store.path, readonly=readonly, map_size=config.store.map_size,
-                       max_map_size=config.store.max_map_size)
+    store. A store that does not exist is a StoreError: the milter creates it."""
+    store = Store.open(config.store.path, readonly=readonly, create=False,
+                       map_size=config.store.map_size, max_map_size=config.store.max_map_size)
     try:
         return SmimeJmap(build_refresher(config, store, readonly=readonly, clock=clock))
     except BaseException:

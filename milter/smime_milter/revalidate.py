@@ -10,8 +10,9 @@ errors, which keeps Email/changes quiet.
 
 :class:`Refresher` applies this to the store: RFC 9219 lets a server cache
 ``smimeStatus`` for up to 24 hours; a status older than the configured
-lifetime, or computed before the trust anchors last changed, is stale and is
-re-validated as of now when someone asks for it.
+lifetime, computed before the trust anchors last changed, or "verified" in
+the future (under a clock that was ahead), is stale and is re-validated as
+of now when someone asks for it.
 """
 
 from __future__ import annotations
@@ -95,6 +96,21 @@ class Revalidator:
 
 
 @dataclass(frozen=True, slots=True)
+class Window:
+    """When a cached status is fresh: verified at or after ``cutoff`` (the
+    cache lifetime, the last trust-anchor change) and not after ``now``. A
+    status from the future was written under a wrong clock (one that jumped
+    ahead, a pretend moment); trusting it would keep it until the real clock
+    caught up, so it is stale, whatever its age."""
+
+    cutoff: datetime
+    now: datetime
+
+    def holds(self, verified_at: datetime) -> bool:
+        return self.cutoff <= verified_at <= self.now
+
+
+@dataclass(frozen=True, slots=True)
 class AtDeliveryChange:
     """An at-delivery status that a newly added trust anchor changed."""
 
@@ -141,7 +157,9 @@ class Refresher:
         generation = self.revalidator.generation
         epoch = self.store.trust_epoch()
         if epoch is not None and epoch.generation == generation:
-            self._trust_changed_at = epoch.changed_at
+            # An epoch recorded under a clock ahead of ours would make every
+            # status stale until we reach it: count it from now instead.
+            self._trust_changed_at = min(epoch.changed_at, self.clock())
             return
         now = self.clock()
         # The first generation ever recorded starts no epoch: statuses
@@ -157,14 +175,19 @@ class Refresher:
 
     # ----------------------------------------------------------------- staleness
 
+    def window(self) -> Window:
+        """The moments between which a status verified now counts as fresh."""
+        now = self.clock()
+        return Window(max(now - self.lifetime, self._trust_changed_at), now)
+
     def cutoff(self) -> datetime:
         """Statuses verified before this moment are stale."""
-        return max(self.clock() - self.lifetime, self._trust_changed_at)
+        return self.window().cutoff
 
-    def is_stale(self, view: StatusView, cutoff: datetime | None = None) -> bool:
+    def is_stale(self, view: StatusView, window: Window | None = None) -> bool:
         if not view.revalidatable or view.verified_at is None:
             return False
-        return view.verified_at < (cutoff or self.cutoff())
+        return not (window or self.window()).holds(view.verified_at)
 
     # ----------------------------------------------------------------- reads
 
@@ -187,8 +210,8 @@ class Refresher:
                 found[record_id] = self._overlay[record_id]
         if not fresh:
             return state, found
-        cutoff = self.cutoff()
-        stale = [rid for rid, view in found.items() if self.is_stale(view, cutoff)]
+        window = self.window()
+        stale = [rid for rid, view in found.items() if self.is_stale(view, window)]
         if not stale:
             return state, found
         refreshed = self.refresh(stale)
@@ -204,13 +227,13 @@ class Refresher:
 
     def stale_ids(self) -> Iterator[str]:
         """Every record id whose stored status is stale (the ``verify_due``
-        index), oldest first."""
+        index), oldest first, then those verified in the future."""
         with self._lock:
             overlay = dict(self._overlay)
-        cutoff = self.cutoff()
-        for record_id in self.store.due(cutoff):
+        window = self.window()
+        for record_id in self.store.due(window.cutoff, or_after=window.now):
             fresh = overlay.get(record_id)
-            if fresh is None or fresh.verified_at is None or fresh.verified_at < cutoff:
+            if fresh is None or fresh.verified_at is None or not window.holds(fresh.verified_at):
                 yield record_id
 
     # ----------------------------------------------------------------- writes

@@ -4,8 +4,8 @@ The messages are signed with the standard test PKI (minted around
 :data:`tests.support.verdicts.NOW`), verified by the real engine at the
 delivery moment and stored as the milter stores them; then
 ``smime-milter jmap`` is run with a JMAP Request on stdin and a pretend
-current time (``--now``), so tests can move time past an expiry or a
-revocation.
+current time (``main``'s clock hook), so tests can move time past an expiry
+or a revocation.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any
 from smime_milter.cli.main import main
 from smime_milter.store import Record, Store
 
+from .clockedcli import clocked_command, fixed
 from .pki import Identity, TestPki, make_ca, make_crl, make_leaf
 from .smime import multipart_signed, opaque_signed, text_entity, wrap_message
 from .verdicts import BODY, NOW, make_verifier
@@ -61,8 +62,8 @@ class World:
         sys.stdin = io.TextIOWrapper(io.BytesIO(body))
         try:
             with redirect_stdout(out):
-                code = main(["jmap", "--config", str(self.config), "--now", now.isoformat(),
-                             *extra_args])
+                code = main(["jmap", "--config", str(self.config), *extra_args],
+                            clock=fixed(now))
         finally:
             sys.stdin = stdin
         response = json.loads(out.getvalue())
@@ -73,8 +74,7 @@ class World:
         """The same through a separate ``smime-milter jmap`` process."""
         request = json.dumps({"using": USING, "methodCalls": calls})
         done = subprocess.run(
-            [sys.executable, "-m", "smime_milter.cli", "jmap", "--config", str(self.config),
-             "--now", now.isoformat()],
+            clocked_command(now, "jmap", "--config", str(self.config)),
             input=request.encode(), capture_output=True, check=True, timeout=60,
         )
         return json.loads(done.stdout)

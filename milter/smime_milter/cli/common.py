@@ -1,6 +1,6 @@
 """What several ``smime-milter`` commands share: the ``--config``/``--store``
 options of the commands that work on the store, ISO 8601 moments and the
-clock the hidden ``--now`` fixes."""
+commands' clock."""
 
 from __future__ import annotations
 
@@ -49,8 +49,15 @@ def service_config(args: argparse.Namespace) -> Config:
     return config
 
 
+def wall_clock() -> datetime:
+    return datetime.now(UTC)
+
+
 def clock(args: argparse.Namespace) -> Callable[[], datetime]:
-    """The wall clock, or the fixed moment of the hidden ``--now`` (tests)."""
-    if args.now is None:
-        return lambda: datetime.now(UTC)
-    return lambda: args.now
+    """The command's clock: the wall clock, unless a test gave ``main`` another.
+
+    There is deliberately no command-line option for it: statuses computed
+    at a pretend moment and written to a live store stayed there (issue 16).
+    """
+    chosen: Callable[[], datetime] | None = getattr(args, "clock", None)
+    return chosen or wall_clock

@@ -6,11 +6,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 
 from smime_milter.bootstrap import build_verifier
-from smime_milter.cli.common import Commands, parse_moment, service_arguments, service_config
+from smime_milter.cli.common import Commands, clock, service_arguments, service_config
 from smime_milter.config import ConfigError
 from smime_milter.ingest import IngestResult, ingest_message, message_files
 from smime_milter.store import Store
@@ -19,9 +18,12 @@ from smime_milter.store import Store
 def add_ingest_parser(commands: Commands) -> None:
     """Add ``ingest``."""
     ingest = commands.add_parser(
-        "ingest", help="fill the store from delivered messages stamped by this milter",
+        "ingest", help="fill the store (creating it if need be) from delivered messages "
+        "stamped by this milter",
         description="Create or refresh store records from delivered messages (after the "
-        "store was lost or must be rebuilt, or on a JMAP host fed from the mail store). "
+        "store was lost or must be rebuilt, or on a JMAP host fed from the mail store); "
+        "unlike the other commands over the store it creates the store when it does not "
+        "exist, since rebuilding one is what it is for. "
         "Only the milter's own stamps are trusted: an Authentication-Results field with "
         "the configured authserv-id and one SMIME-Status-At-Delivery field. Directories "
         "are walked as Maildirs (new/, cur/ and folders) or as directories of message "
@@ -35,7 +37,6 @@ def add_ingest_parser(commands: Commands) -> None:
                         help="the authserv-id the milter stamps with (default: "
                         "milter.authserv_id; one of the two is required)")
     ingest.add_argument("--json", action="store_true", help="one JSON object per file")
-    ingest.add_argument("--now", type=parse_moment, help=argparse.SUPPRESS)
     ingest.set_defaults(handler=run_ingest)
 
 
@@ -63,7 +64,7 @@ def run_ingest(args: argparse.Namespace) -> int:
         raise ConfigError("ingest trusts only stamps with the milter's authserv-id and does "
                           "not guess it: give --authserv-id or set milter.authserv_id")
     verifier = build_verifier(config)
-    now = args.now or datetime.now(UTC)
+    now = clock(args)()
     counts = dict.fromkeys(("created", "refreshed", "unchanged", "skipped", "unreadable"), 0)
     with Store.open(config.store.path, map_size=config.store.map_size,
                     max_map_size=config.store.max_map_size) as store:

@@ -1,5 +1,8 @@
 """``smime-milter jmap``, ``refresh`` and ``prune``: the JMAP API over the
-store, and the periodic upkeep of that store."""
+store, and the periodic upkeep of that store.
+
+They read a store the milter made and never create one: a mistyped
+``--store`` is an error, not an empty store that answers ``notFound``."""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from datetime import timedelta
 from typing import Any
 
 from smime_milter.bootstrap import build_refresher
-from smime_milter.cli.common import Commands, clock, parse_moment, service_arguments, service_config
+from smime_milter.cli.common import Commands, clock, service_arguments, service_config
 from smime_milter.config import ConfigError
 from smime_milter.jmap import JmapProtocol, RequestError, SmimeJmap, listen_argument, serve
 from smime_milter.store import Store, utc_date
@@ -38,7 +41,8 @@ def add_jmap_parsers(commands: Commands) -> None:
                       "back, so Email/changes does not see them")
     _store_command(
         commands, "refresh", run_refresh, "re-validate every stored status older than "
-        "jmap.cache_lifetime or than the last trust-anchor change (run it periodically)",
+        "jmap.cache_lifetime or than the last trust-anchor change, or verified in the "
+        "future (a clock that was ahead); run it periodically",
     )
     prune = _store_command(
         commands, "prune", run_prune, "delete the records of messages received more than "
@@ -52,11 +56,12 @@ def add_jmap_parsers(commands: Commands) -> None:
 
 def _store_command(commands: Commands, name: str, handler: Callable[[argparse.Namespace], int],
                    text: str) -> argparse.ArgumentParser:
-    """A command over the store: ``--config``, ``--store`` and the hidden
-    ``--now`` that fixes its clock (tests)."""
-    command = commands.add_parser(name, help=text)
+    """A command over the store: ``--config`` and ``--store``."""
+    command = commands.add_parser(
+        name, help=text, description=f"{text[0].upper()}{text[1:]}. The store must exist "
+        "(the milter creates it): a missing one is an error (exit status 1).",
+    )
     service_arguments(command)
-    command.add_argument("--now", type=parse_moment, help=argparse.SUPPRESS)
     command.set_defaults(handler=handler)
     return command
 
@@ -66,7 +71,7 @@ def run_jmap(args: argparse.Namespace) -> int:
     listen = config.jmap.listen if args.listen is _CONFIGURED else args.listen
     if args.listen is _CONFIGURED and not listen:
         raise ConfigError("--listen without a value needs [jmap] listen in the configuration")
-    with Store.open(config.store.path, readonly=args.read_only,
+    with Store.open(config.store.path, readonly=args.read_only, create=False,
                     map_size=config.store.map_size,
                     max_map_size=config.store.max_map_size) as store:
         if listen:
@@ -91,7 +96,7 @@ def run_jmap(args: argparse.Namespace) -> int:
 
 def run_refresh(args: argparse.Namespace) -> int:
     config = service_config(args)
-    with Store.open(config.store.path, map_size=config.store.map_size,
+    with Store.open(config.store.path, create=False, map_size=config.store.map_size,
                     max_map_size=config.store.max_map_size) as store:
         refresher = build_refresher(config, store, clock=clock(args))
         count = refresher.refresh_due()
@@ -117,7 +122,8 @@ def run_prune(args: argparse.Namespace) -> int:
               "nothing pruned")
         return 0
     cutoff = clock(args)() - timedelta(days=days)
-    with Store.open(config.store.path, readonly=args.dry_run, map_size=config.store.map_size,
+    with Store.open(config.store.path, readonly=args.dry_run, create=False,
+                    map_size=config.store.map_size,
                     max_map_size=config.store.max_map_size) as store:
         if args.dry_run:
             count = sum(1 for _ in store.received_before(cutoff))

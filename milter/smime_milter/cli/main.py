@@ -6,7 +6,8 @@ import argparse
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import datetime
 
 from smime_milter import __version__
 from smime_milter.cli.common import service_arguments, service_config
@@ -35,12 +36,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *,
+         clock: Callable[[], datetime] | None = None) -> int:
     """Run one command. An expected failure (a SmimeMilterError: bad input or
     configuration, a store or MTA that refuses) is one line (a bad
     configuration: one per problem) and exit status 1; anything else is a bug
-    and keeps its traceback."""
+    and keeps its traceback.
+
+    ``clock`` is a hook for tests that move time (an expiry, a revocation,
+    retention) over a store of their own; it is no command-line option, so
+    a pretend moment cannot reach a live store."""
     args = build_parser().parse_args(argv)
+    args.clock = clock
     try:
         return int(args.handler(args))
     except SmimeMilterError as exc:

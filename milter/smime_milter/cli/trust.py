@@ -90,7 +90,7 @@ def _update_store(config: Config, trust: TrustStore, *, added: bool) -> None:
     if not (path / "data.mdb").is_file():
         print(f"store {path} does not exist yet: no stored status to update")
         return
-    with Store.open(path, map_size=config.store.map_size,
+    with Store.open(path, create=False, map_size=config.store.map_size,
                     max_map_size=config.store.max_map_size) as store:
         change = apply_anchor_change(store, build_revalidator(config, trust), added=added,
                                      now=datetime.now(UTC))

@@ -170,10 +170,14 @@ class Env:
             self.env.close()
 
 
-def open_readonly_env(path: str) -> Env:
-    """The existing environment at ``path``, for reading; no sub-database yet."""
+def _check_exists(path: str) -> None:
     if not os.path.isfile(os.path.join(path, "data.mdb")):
         raise StoreError("missing", f"no store at {path} (no data.mdb); the milter creates it")
+
+
+def open_readonly_env(path: str) -> Env:
+    """The existing environment at ``path``, for reading; no sub-database yet."""
+    _check_exists(path)
     try:
         # map_size=0: adopt the size the writer gave the map.
         env = lmdb.open(path, readonly=True, lock=True, subdir=True, max_dbs=_MAX_DBS, map_size=0)
@@ -182,9 +186,12 @@ def open_readonly_env(path: str) -> Env:
     return Env(path, env, readonly=True)
 
 
-def open_writable_env(path: str, map_size: int) -> Env:
+def open_writable_env(path: str, map_size: int, *, create: bool = True) -> Env:
     """The environment at ``path`` for writing, created with the modes
-    readers in other processes need when it does not exist yet."""
+    readers in other processes need when it does not exist yet (refused
+    instead without ``create``)."""
+    if not create:
+        _check_exists(path)
     data = os.path.join(path, "data.mdb")
     fresh = not os.path.exists(data)
     try:

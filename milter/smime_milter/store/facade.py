@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 import os
 import re
 import threading
@@ -144,9 +145,10 @@ def _open_readonly(path: str) -> _Opened:
 
 
 def _open_writable(
-    path: str, map_size: int, max_map_size: int, changelog_limit: int, batch_limit: int
+    path: str, map_size: int, max_map_size: int, changelog_limit: int, batch_limit: int,
+    create: bool,
 ) -> _Opened:
-    shared = open_writable_env(path, map_size)
+    shared = open_writable_env(path, map_size, create=create)
     writer = Writer(shared, batch_limit, max_map_size, changelog_limit)
     opened = _Opened(shared, writer)
     try:
@@ -184,8 +186,12 @@ class Store:
         max_map_size: int = 1 << 36,
         changelog_limit: int = 1_000_000,
         batch_limit: int = 256,
+        create: bool = True,
     ) -> Store:
-        """Opens (creating when writable) the store in directory ``path``.
+        """Opens the store in directory ``path``, creating it when writable
+        and ``create`` (the milter's open). Readers pass ``create=False``: a
+        mistyped path must fail (StoreError "missing") rather than be
+        answered from a new empty store.
 
         A path already open in this process reuses that environment; its
         first opener's sizes and limits apply. A read-only open ignores the
@@ -202,7 +208,8 @@ class Store:
                 opened = (
                     _open_readonly(key)
                     if readonly
-                    else _open_writable(key, map_size, max_map_size, changelog_limit, batch_limit)
+                    else _open_writable(key, map_size, max_map_size, changelog_limit,
+                                        batch_limit, create)
                 )
                 _REGISTRY[key] = opened
             elif opened.env.readonly and not readonly:
@@ -344,15 +351,25 @@ class Store:
                         ) from exc
         return state, found
 
-    def due(self, verified_before: datetime) -> Iterator[str]:
+    def due(self, verified_before: datetime, *, or_after: datetime | None = None
+            ) -> Iterator[str]:
         """Ids of re-validatable records whose smimeVerifiedAt is before
-        ``verified_before``, oldest first; later chunks may see newer commits."""
+        ``verified_before`` (oldest first) or, with ``or_after``, after that
+        moment: a status "verified" in the future came from a wrong clock
+        and is stale too. Later chunks may see newer commits."""
         self._check_open()
-        limit = int(utc(verified_before).timestamp()).to_bytes(8, "big")
+        before = int(utc(verified_before).timestamp())
         db = self._env.dbs["verify_due"]
         for key in self._keys_raw(db, "reading verify_due"):
-            if key[:8] >= limit:
-                return
+            if int.from_bytes(key[:8], "big") >= before:
+                break
+            yield key[8:].decode("ascii")
+        if or_after is None:
+            return
+        # Keys are whole seconds: "after" is from the next whole second on,
+        # and never again a key yielded above.
+        start = max(math.floor(utc(or_after).timestamp()) + 1, before)
+        for key in self._keys_raw(db, "reading verify_due", after=start.to_bytes(8, "big")):
             yield key[8:].decode("ascii")
 
     def trust_epoch(self) -> TrustEpoch | None:
@@ -488,8 +505,9 @@ class Store:
     def _keys(self, db: Database, what: str) -> Iterator[str]:
         return (key.decode("ascii") for key in self._keys_raw(db, what))
 
-    def _keys_raw(self, db: Database, what: str) -> Iterator[bytes]:
-        after: bytes | None = None
+    def _keys_raw(self, db: Database, what: str, *, after: bytes | None = None
+                  ) -> Iterator[bytes]:
+        """The keys of ``db`` in order, those following ``after`` when given."""
         while True:
             with self._env.reading(what) as txn:
                 chunk = _key_chunk(txn.cursor(db=db), after)
