@@ -35,7 +35,7 @@ from smime_milter.mta.intake import MessageBuffer
 from smime_milter.mta.metrics import MilterMetrics
 from smime_milter.mta.pipeline import Examination, Runtime
 from smime_milter.mta.pool import Job, PoolClosed
-from smime_milter.policy import Action
+from smime_milter.policy import Action, Outcome
 
 log = logging.getLogger("smime_milter")
 
@@ -165,7 +165,7 @@ class SmimeMilter(milterapi.Base):
             self._reset()
             return milterapi.TEMPFAIL
         self._log(queue_id, result, plan, time.monotonic() - started, transformed)
-        self._count(_status_label(result), plan.action, started)
+        self._count(_metric_status(result), plan.action, started)
         self._reset()
         return _RETURN[plan.action]
 
@@ -392,6 +392,14 @@ def _status_label(result: Examination) -> str:
     a message that is not S/MIME or was not examined."""
     verdict = result.verdict
     return verdict.status.value if verdict and verdict.status else "none"
+
+
+def _metric_status(result: Examination) -> str:
+    """The metrics' status label: ``error`` when the machinery failed (worker,
+    store), so that an alert on it needs no knowledge of the policy."""
+    if result.decision.outcome is Outcome.ERROR:
+        return "error"
+    return _status_label(result)
 
 
 _RETURN = {
