@@ -280,6 +280,36 @@ def test_jmap_errors_name_file_line_and_key(tmp_path: Path, text: str, message: 
         load_config(path)
 
 
+# --------------------------------------------------------------------------- [metrics]
+
+
+def test_metrics_are_off_by_default_and_listen_on_loopback_or_a_unix_socket() -> None:
+    assert parse_config("").metrics.listen is None
+    for listen in ("unix:/run/smime-milter/metrics.sock", "inet:9101@127.0.0.1",
+                   "inet:9101@localhost", "inet6:9101@::1"):
+        assert parse_config(f'[metrics]\nlisten = "{listen}"\n').metrics.listen == listen
+    remote = parse_config('[metrics]\nlisten = "inet:9101@192.0.2.7"\nallow_remote = true\n')
+    assert (remote.metrics.listen, remote.metrics.allow_remote) == ("inet:9101@192.0.2.7", True)
+
+
+@pytest.mark.parametrize(("listen", "message"), [
+    ("inet:9101", r"c.toml:2: metrics.listen: not a loopback address.*allow_remote = true"),
+    ("inet:9101@0.0.0.0", r"c.toml:2: metrics.listen: not a loopback address"),
+    ("inet6:9101@2001:db8::1", r"c.toml:2: metrics.listen: not a loopback address"),
+    ("inet:9101@metrics.example", r"c.toml:2: metrics.listen: not an IP address"),
+    ("inet:70000@127.0.0.1", r"c.toml:2: metrics.listen: port out of range"),
+    ("inet6:9101@127.0.0.1", r"c.toml:2: metrics.listen: inet6 needs an IPv6 address"),
+    ("http://127.0.0.1:9101", r"c.toml:2: metrics.listen: expected unix:/path, inet:PORT@"),
+])
+def test_metrics_listen_errors_name_file_line_and_key(
+    tmp_path: Path, listen: str, message: str
+) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(f'[metrics]\nlisten = "{listen}"\n')
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
+
+
 # --------------------------------------------------------------------------- [release]
 
 RELEASE = """\

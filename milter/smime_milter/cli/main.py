@@ -16,6 +16,7 @@ from smime_milter.cli.ingest import add_ingest_parser
 from smime_milter.cli.jmap import add_jmap_parsers
 from smime_milter.cli.mixer import add_mixer_parser
 from smime_milter.cli.release import add_release_parsers
+from smime_milter.cli.status import add_status_parser
 from smime_milter.cli.trust import add_trust_parser
 from smime_milter.cli.verify import add_verify_parsers
 from smime_milter.errors import SmimeMilterError
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     add_verify_parsers(commands)
     add_daemon_parser(commands)
+    add_status_parser(commands)
     add_jmap_parsers(commands)
     add_ingest_parser(commands)
     add_trust_parser(commands)

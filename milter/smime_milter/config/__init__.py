@@ -7,14 +7,18 @@ from smime_milter.config.logs import SYSLOG_SOCKET, configure_logging, syslog_pr
 from smime_milter.config.reader import (
     DEFAULT_CONFIG,
     Config,
+    MetricsConfig,
     check_listen,
     check_socket,
+    is_loopback,
     load_config,
+    metrics_address,
 )
 from smime_milter.release import check_submit
 from smime_milter.settings import ConfigError
 
 __all__ = [
-    "DEFAULT_CONFIG", "SYSLOG_SOCKET", "Config", "ConfigError", "check_listen", "check_socket",
-    "check_submit", "configure_logging", "load_config", "syslog_problem"
+    "DEFAULT_CONFIG", "SYSLOG_SOCKET", "Config", "ConfigError", "MetricsConfig", "check_listen",
+    "check_socket", "check_submit", "configure_logging", "is_loopback", "load_config",
+    "metrics_address", "syslog_problem"
 ]

@@ -11,6 +11,7 @@ The reading toolkit shared by every parser is ``smime_milter.settings``.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -95,6 +96,17 @@ class JmapConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """``[metrics]``: the daemon's Prometheus endpoint, off unless ``listen`` is set."""
+
+    #: ``unix:/path``, ``inet:PORT@ADDRESS`` or ``inet6:PORT@ADDRESS``; None: off.
+    listen: str | None = None
+    #: Whether ``listen`` may name an address other than loopback (the
+    #: metrics say how much mail arrives and from which status: not for the world).
+    allow_remote: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """Everything the verifier and the daemon need, from one file."""
 
@@ -108,6 +120,7 @@ class Config:
     jmap: JmapConfig = field(default_factory=JmapConfig)
     release: ReleaseConfig = field(default_factory=ReleaseConfig)
     advanced: AdvancedConfig = field(default_factory=AdvancedConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
 _SOCKET = re.compile(r"^(?:(?:unix|local):/.+|inet6?:\d{1,5}(?:@[^\s@]+)?)$")
@@ -124,6 +137,7 @@ def check_socket(text: str) -> str:
 
 _TABLES = (
     "trust", "verify", "decrypt", "milter", "store", "policy", "jmap", "release", "advanced",
+    "metrics",
 )
 
 
@@ -179,6 +193,7 @@ def parse_config(text: str, path: Path | None = None) -> Config:
         jmap=_jmap_config(reader("jmap")),
         release=read_release_section(problems, path, text, tables.get("release", {})),
         advanced=read_advanced_section(problems, path, text, tables.get("advanced", {})),
+        metrics=_metrics_config(reader("metrics")),
     )
     problems.check()
     return config
@@ -189,6 +204,57 @@ def check_listen(text: str) -> str:
     if not re.fullmatch(r"unix:/\S+", text):
         raise ValueError(f"not a unix socket address (unix:/path): {text!r}")
     return text
+
+
+_METRICS_LISTEN = re.compile(r"unix:/\S+|(inet6?):(\d{1,5})(?:@(\S+))?")
+
+
+def metrics_address(text: str) -> tuple[str, int] | str:
+    """A ``[metrics] listen`` value as ``(host, port)`` for TCP or the path of a
+    unix socket (raises ValueError). ``inet:PORT`` alone means every address."""
+    match = _METRICS_LISTEN.fullmatch(text)
+    if match is None:
+        raise ValueError(f"expected unix:/path, inet:PORT@ADDRESS or inet6:PORT@ADDRESS, "
+                         f"got {text!r}")
+    if match.group(1) is None:
+        return text.removeprefix("unix:")
+    family, port, host = match.group(1), int(match.group(2)), match.group(3)
+    if not 0 < port < 65536:
+        raise ValueError(f"port out of range: {text!r}")
+    if host is None:
+        return ("::" if family == "inet6" else "0.0.0.0", port)
+    if host == "localhost" and family == "inet":
+        return ("127.0.0.1", port)
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"not an IP address (a name could resolve anywhere): {host!r}") from None
+    if (address.version == 6) != (family == "inet6"):
+        raise ValueError(f"{family} needs an IPv{6 if family == 'inet6' else 4} address: {text!r}")
+    return (str(address), port)
+
+
+def is_loopback(address: tuple[str, int] | str) -> bool:
+    """A unix socket or a loopback address: reachable from this host only."""
+    return isinstance(address, str) or ipaddress.ip_address(address[0]).is_loopback
+
+
+def _metrics_config(reader: Reader) -> MetricsConfig:
+    listen = reader.take("listen", str, None)
+    allow_remote = reader.take("allow_remote", bool, False)
+    if listen is not None:
+        try:
+            address = metrics_address(listen)
+        except ValueError as exc:
+            reader.report("listen", str(exc))
+            listen = None
+        else:
+            if not allow_remote and not is_loopback(address):
+                reader.report("listen", "not a loopback address: the metrics would be served "
+                              "to other hosts; set allow_remote = true if that is meant")
+                listen = None
+    reader.finish()
+    return MetricsConfig(listen=listen, allow_remote=allow_remote)
 
 
 def _octal_mode(reader: Reader, key: str, default: int) -> int:

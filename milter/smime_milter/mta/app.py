@@ -32,9 +32,10 @@ from smime_milter.model import Status, Verdict
 from smime_milter.mta import milterapi, pipeline
 from smime_milter.mta.handling import Plan, forged_headers, reply_text
 from smime_milter.mta.intake import MessageBuffer
+from smime_milter.mta.metrics import MilterMetrics
 from smime_milter.mta.pipeline import Examination, Runtime
 from smime_milter.mta.pool import Job, PoolClosed
-from smime_milter.policy import Action
+from smime_milter.policy import Action, Outcome
 
 log = logging.getLogger("smime_milter")
 
@@ -89,6 +90,8 @@ class SmimeMilter(milterapi.Base):
 
     #: Set by the daemon before libmilter starts.
     holder: RuntimeHolder
+    #: The daemon's metrics (None: not counted, as in tests without a daemon).
+    metrics: MilterMetrics | None = None
     clock: Callable[[], datetime] = staticmethod(_utcnow)
 
     def __init__(self) -> None:
@@ -160,6 +163,7 @@ class SmimeMilter(milterapi.Base):
             try:
                 transformed = self._transform(runtime)
             except (AdvancedError, submission.RequestHeaderError) as exc:
+                self._count("refused", Action.REJECT, started)
                 return self._refuse(queue_id, exc)
             envelope = self._envelope()
             result = pipeline.examine(runtime, envelope, self.buffer, self.clock(),
@@ -169,11 +173,13 @@ class SmimeMilter(milterapi.Base):
             self._apply(plan, transformed)
         except Exception as exc:  # the MTA must retry, never lose or pass unchecked
             log.exception("queue_id=%s internal error at end of message: %s", queue_id, exc)
+            self._count("error", Action.TEMPFAIL, started)
             self.setreply("451", "4.3.0",
                           _libmilter_text(reply_text(f"S/MIME milter internal error: {exc}")))
             self._reset()
             return milterapi.TEMPFAIL
         self._log(queue_id, result, plan, time.monotonic() - started, transformed)
+        self._count(_metric_status(result), plan.action, started)
         self._reset()
         return _RETURN[plan.action]
 
@@ -286,7 +292,19 @@ class SmimeMilter(milterapi.Base):
             queue_id=self.getsymval("i"),
         )
 
+    def _count(self, status: str, action: Action, started: float) -> None:
+        if self.metrics is not None:
+            self.metrics.message(status, action.value, time.monotonic() - started)
+
     def _verify(self, runtime: Runtime, job: Job) -> Verdict:
+        started = time.monotonic()
+        try:
+            return self._verify_on_current_pool(runtime, job)
+        finally:
+            if self.metrics is not None:
+                self.metrics.verify_seconds.observe(time.monotonic() - started)
+
+    def _verify_on_current_pool(self, runtime: Runtime, job: Job) -> Verdict:
         timeout = runtime.config.milter.verify_timeout
         verifier = runtime.verifier
         while True:
@@ -352,7 +370,7 @@ class SmimeMilter(milterapi.Base):
     def _log(self, queue_id: str, result: Examination, plan: Plan, seconds: float,
              transformed: Transformed | None = None) -> None:
         verdict = result.verdict
-        status = (verdict.status.value if verdict and verdict.status else "none")
+        status = _status_label(result)
         signers = ",".join(
             (signer.emails or ("?",))[0] for signer in (verdict.signers if verdict else ())
         )
@@ -385,6 +403,21 @@ class SmimeMilter(milterapi.Base):
             log.info("%s reason=%r", line, reason or status)
         else:
             log.info("%s", line)
+
+
+def _status_label(result: Examination) -> str:
+    """The RFC 9219 status of the summary line and the metrics; ``none`` for
+    a message that is not S/MIME or was not examined."""
+    verdict = result.verdict
+    return verdict.status.value if verdict and verdict.status else "none"
+
+
+def _metric_status(result: Examination) -> str:
+    """The metrics' status label: ``error`` when the machinery failed (worker,
+    store), so that an alert on it needs no knowledge of the policy."""
+    if result.decision.outcome is Outcome.ERROR:
+        return "error"
+    return _status_label(result)
 
 
 _RETURN = {

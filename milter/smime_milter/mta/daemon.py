@@ -15,7 +15,8 @@ Start-up order matters, and no process of the daemon keeps root:
 6. signals are blocked, before any thread exists (so only libmilter's signal
    thread and our reload thread ever receive them);
 7. the store, the worker pool (forked by the forkserver, so as the user too)
-   and the threads start.
+   and the threads start, the metrics endpoint's (``[metrics] listen``,
+   opened as the user) among them.
 
 Signals: SIGUSR1 (``systemctl reload``) re-reads the configuration and
 trust anchors without dropping a connection; SIGTERM, SIGINT and SIGHUP stop
@@ -41,6 +42,7 @@ import milter as libmilter
 from smime_milter.config import Config, configure_logging
 from smime_milter.mta import privileges
 from smime_milter.mta.app import RuntimeHolder, SmimeMilter
+from smime_milter.mta.metrics import MetricsError, MetricsServer, MilterMetrics, instrument, serve
 from smime_milter.mta.pipeline import Runtime
 from smime_milter.mta.pool import VerifierPool
 from smime_milter.mta.privileges import ServiceUser, StartupError
@@ -215,8 +217,12 @@ def _reload(holder: RuntimeHolder, load: Callable[[], Config], store: Store,
         # One record per problem of a bad configuration, each complete.
         for line in str(exc).splitlines() or [""]:
             log.error("reload failed, keeping the running configuration: %s", line)
+        _count_reload("failed")
         return
     holder.current = runtime
+    _count_reload("ok")
+    if config.metrics != old.config.metrics:
+        log.warning("reload: [metrics] changes take effect after a restart")
     configure_logging(config.milter)
     log.info("reloaded: %s", _serving(runtime))
     _log_trust_anchors(runtime)
@@ -233,6 +239,43 @@ def _serving(runtime: Runtime) -> str:
     workers = getattr(runtime.verifier, "workers", None)
     pool = f", {workers} workers" if workers is not None else ""
     return f"config {source}, store {config.store.path}{pool}{count}"
+
+
+def _count_reload(result: str) -> None:
+    if SmimeMilter.metrics is not None:
+        SmimeMilter.metrics.reloads.labels(result).inc()
+
+
+def _instrumented(make_runtime: MakeRuntime, metrics: MilterMetrics) -> MakeRuntime:
+    """``make_runtime`` whose Runtimes report to ``metrics`` (at start and on reload)."""
+    def make(config: Config, store: Store) -> Runtime:
+        return instrument(make_runtime(config, store), metrics)
+    return make
+
+
+def _watch(metrics: MilterMetrics, holder: RuntimeHolder, store: Store, config: Config) -> None:
+    """The gauges read at each scrape: store size and worker health."""
+    metrics.watch_store(store.stats, config.store.max_map_size)
+
+    def configured() -> int:
+        return int(getattr(holder.current.verifier, "workers", 0))
+
+    def alive() -> int:
+        verifier = holder.current.verifier
+        return verifier.alive() if isinstance(verifier, VerifierPool) else 0
+    metrics.watch_workers(configured, alive)
+
+
+def _serve_metrics(config: Config, metrics: MilterMetrics) -> MetricsServer | None:
+    listen = config.metrics.listen
+    if listen is None:
+        return None
+    try:
+        server = serve(listen, metrics)
+    except MetricsError as exc:
+        raise StartupError(str(exc)) from exc
+    log.info("metrics on %s", listen)
+    return server
 
 
 def _log_trust_anchors(runtime: Runtime) -> None:
@@ -264,9 +307,19 @@ def run(config: Config, load: Callable[[], Config], make_runtime: MakeRuntime) -
     except BaseException:
         _remove_socket(socket_path)
         raise
+    metrics = MilterMetrics()
+    make_runtime = _instrumented(make_runtime, metrics)
+    metrics_server: MetricsServer | None = None
     try:
         holder = RuntimeHolder(make_runtime(config, store))
         SmimeMilter.holder = holder
+        SmimeMilter.metrics = metrics
+        _watch(metrics, holder, store, config)
+        try:
+            metrics_server = _serve_metrics(config, metrics)
+        except BaseException:
+            _close_pool(holder.current)
+            raise
         threading.Thread(target=_signal_loop, args=(holder, load, store, make_runtime), daemon=True,
                          name="signals").start()
         log.info("listening on %s (%s)", config.milter.socket, _serving(holder.current))
@@ -275,6 +328,8 @@ def run(config: Config, load: Callable[[], Config], make_runtime: MakeRuntime) -
         log.info("stopping")
         _close_pool(holder.current)
     finally:
+        if metrics_server is not None:
+            metrics_server.close()
         store.close()
         _remove_socket(socket_path)
     return 0

@@ -106,6 +106,10 @@ class VerifierPool:
         self._idle: queue.SimpleQueue[_Worker | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._closed = False
+        #: Every worker process not yet stopped, busy or idle (for :meth:`alive`).
+        self._processes: dict[int, BaseProcess] = {}
+        #: Called after a dead or hung worker was replaced (the daemon's metrics).
+        self.on_replace: Callable[[], object] | None = None
         for _ in range(self.workers):
             self._idle.put(self._spawn())
 
@@ -117,7 +121,12 @@ class VerifierPool:
         )
         process.start()
         child.close()
+        self._processes[id(process)] = process
         return _Worker(process, parent)
+
+    def alive(self) -> int:
+        """How many worker processes are running now (busy or idle)."""
+        return sum(process.is_alive() for process in list(self._processes.values()))
 
     def check(self, timeout: float = 120.0) -> None:
         """Wait until every worker is ready; fail now (bad anchors, unreadable keys)
@@ -187,9 +196,11 @@ class VerifierPool:
             with self._lock:
                 if not self._closed:
                     self._idle.put(self._spawn())
+            if self.on_replace is not None:
+                self.on_replace()
 
-    @staticmethod
-    def _stop(worker: _Worker, graceful: bool) -> None:
+    def _stop(self, worker: _Worker, graceful: bool) -> None:
+        self._processes.pop(id(worker.process), None)
         if graceful:
             with contextlib.suppress(OSError):
                 worker.conn.send(None)

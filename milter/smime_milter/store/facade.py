@@ -36,7 +36,7 @@ from typing import Any
 import lmdb
 
 from smime_milter.model import Status, new_record_id
-from smime_milter.store.changelog import collect_changes, parse_state, read_counter
+from smime_milter.store.changelog import CREATED, collect_changes, parse_state, read_counter
 from smime_milter.store.codec import (
     INDEXES,
     decode_json,
@@ -462,6 +462,7 @@ class Store:
                 "path": self._env.path,
                 "entries": txn.stat(dbs["records"])["entries"],
                 **counts,
+                "schema_version": int(txn.get(b"schema", b"0", db=dbs["meta"])),
                 "state": read_counter(txn, self._env, b"state"),
                 "min_state": read_counter(txn, self._env, b"min_state"),
                 "map_size": info["map_size"],
@@ -469,6 +470,26 @@ class Store:
                 "last_txnid": info["last_txnid"],
                 "commits": self._opened.writer.commits if self._opened.writer else 0,
             }
+
+    def newest_received(self, look_back: int = 10_000) -> datetime | None:
+        """When the most recently created record that still exists was
+        received (``smime-milter status``'s last message): the change log
+        read backwards, at most ``look_back`` entries; None when none is found."""
+        self._check_open()
+        with self._env.reading("reading the change log") as txn:
+            cursor = txn.cursor(db=self._env.dbs["changes"])
+            found = cursor.last()
+            for _ in range(look_back):
+                if not found:
+                    return None
+                value = cursor.value()
+                if value[:1] == CREATED:
+                    raw = txn.get(value[1:], db=self._env.dbs["status"])
+                    if raw is not None:
+                        record_id = value[1:].decode("ascii")
+                        return view_value(record_id, decode_json(raw.decode())).received_at
+                found = cursor.prev()
+        return None
 
     def close(self) -> None:
         """Closes this handle; the last one drains the writer and closes LMDB."""

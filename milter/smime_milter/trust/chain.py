@@ -121,6 +121,35 @@ def load_crls(paths: Iterable[Path]) -> tuple[bytes, ...]:
 
 
 @dataclass(frozen=True, slots=True)
+class CrlValidity:
+    """When one configured CRL was issued and when its issuer promised the
+    next one: what ``smime-milter status`` checks for a CRL fetch job that stopped."""
+
+    file: Path
+    issuer: str
+    this_update: datetime
+    #: None when the CRL names no nextUpdate (RFC 5280 requires one).
+    next_update: datetime | None
+
+
+def crl_validity(paths: Iterable[Path]) -> tuple[CrlValidity, ...]:
+    """thisUpdate and nextUpdate of every CRL in ``paths`` (files or
+    directories, as ``[trust] crls`` names them); TrustStoreError as load_crls."""
+    found: list[CrlValidity] = []
+    for path in paths:
+        for file in _files(Path(path), CRL_SUFFIXES):
+            try:
+                for der in _der_blobs(file, "CRL"):
+                    tbs = asn1_crl.CertificateList.load(der)["tbs_cert_list"]
+                    next_update = tbs["next_update"].native
+                    found.append(CrlValidity(file, tbs["issuer"].human_friendly,
+                                             tbs["this_update"].native, next_update))
+            except (ValueError, TypeError, OSError) as exc:
+                raise TrustStoreError(f"{file}: not a CRL file ({exc})") from exc
+    return tuple(found)
+
+
+@dataclass(frozen=True, slots=True)
 class TrustStore:
     """Trust anchors, local intermediates and local CRLs.
 
