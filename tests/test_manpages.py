@@ -233,7 +233,7 @@ def test_the_sample_documents_exactly_the_keys_the_loader_accepts(
     path = tmp_path / "smime-milter.toml"
     path.write_text(_uncommented(sample, text))
     asked, problems = _accepted(path.read_text(), path, monkeypatch)
-    assert [p for p in problems if not p.endswith(": no such file or directory")] == []
+    assert [p for p in problems if ": no such file: " not in p] == []
     tables = {table for table, _ in asked}
     assert tables == {section.name for section in sample.sections}
     assert asked == _documented(sample, tables, asked)

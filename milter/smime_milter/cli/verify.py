@@ -137,7 +137,9 @@ def run_verify(args: argparse.Namespace) -> int:
 
 
 def run_check_config(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    # Every missing file the configuration names is a problem with its line,
+    # all in this one run; loading them then finds what is wrong inside them.
+    config = load_config(args.config, check_files=True)
     build_verifier(config)
     build_advanced(config)  # key store and address book: refused files are named
     if config.milter.log_target == "syslog":  # valid, but the daemon would log elsewhere
