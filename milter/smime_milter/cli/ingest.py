@@ -10,7 +10,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from smime_milter.bootstrap import build_verifier
-from smime_milter.cli.common import Commands, parse_moment, service_arguments, service_config
+from smime_milter.cli.common import (
+    Commands,
+    add_command,
+    parse_moment,
+    service_arguments,
+    service_config,
+)
 from smime_milter.config import ConfigError
 from smime_milter.ingest import IngestResult, ingest_message, message_files
 from smime_milter.store import Store
@@ -18,8 +24,10 @@ from smime_milter.store import Store
 
 def add_ingest_parser(commands: Commands) -> None:
     """Add ``ingest``."""
-    ingest = commands.add_parser(
-        "ingest", help="fill the store from delivered messages stamped by this milter",
+    ingest = add_command(
+        commands, "ingest", summary="fill the store from delivered messages stamped by this "
+        "milter",
+        example=("smime-milter ingest --authserv-id mx.example.org /var/mail/alice/Maildir",),
         description="Create or refresh store records from delivered messages (after the "
         "store was lost or must be rebuilt, or on a JMAP host fed from the mail store). "
         "Only the milter's own stamps are trusted: an Authentication-Results field with "
