@@ -7,7 +7,10 @@ import argparse
 import os
 import signal
 import sys
+import warnings
 from collections.abc import Sequence
+
+from cryptography.utils import CryptographyDeprecationWarning
 
 from smime_milter import __version__
 from smime_milter.cli.common import describe, examples, service_arguments, service_config
@@ -62,7 +65,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     and keeps its traceback."""
     args = build_parser().parse_args(argv)
     try:
-        return int(args.handler(args))
+        with warnings.catch_warnings():
+            _quiet_library_warnings()
+            return int(args.handler(args))
     except SmimeMilterError as exc:
         # A configuration with several errors names them one per line.
         for line in str(exc).splitlines() or [""]:
@@ -75,6 +80,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 128 + signal.SIGPIPE
+
+
+def _quiet_library_warnings() -> None:
+    """Keep exactly the warnings out of the admin's console that are no
+    instruction to them. cryptography warns on every certificate with a
+    serial number that is not positive (RFC 5280 forbids it): several of
+    Mozilla's e-mail roots have one, so ``trust list`` printed a Python
+    warning per such root and line of code. Nothing on the console can
+    change those roots; an admin's own such anchor is named in ``trust
+    list``'s warnings instead. Every other warning still shows."""
+    warnings.filterwarnings(
+        "ignore", category=CryptographyDeprecationWarning,
+        message=r"Parsed a serial number which wasn't positive")
 
 
 if __name__ == "__main__":
