@@ -110,6 +110,9 @@ divert_to = "hold"
 ports = [0]
 """
 
+#: A bad policy action lists the allowed ones (an Enum choice, like revocation).
+_ACTIONS = '(allowed: "accept", "tag", "quarantine", "tempfail", "reject")'
+
 
 def test_every_error_is_reported_in_one_run(tmp_path: Path) -> None:
     """Errors of several sections come as one ConfigError, one line each, in
@@ -118,7 +121,7 @@ def test_every_error_is_reported_in_one_run(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text(_MANY_ERRORS)
     expected = (
-        f"{path}:2: policy.failed: invalid value 'explode'",
+        f"{path}:2: policy.failed: invalid value 'explode' {_ACTIONS}",
         f"{path}:5: milter.bogus: unknown key",
         f"{path}:6: milter.max_message_size: not a size: 'lots'",
         f"{path}:12: release.rules[0].ports: expected a list of TCP ports (1-65535)",
@@ -172,7 +175,7 @@ def test_check_config_prints_every_error(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert result.stderr.splitlines() == [
-        f"smime-milter: {bad}:2: policy.failed: invalid value 'explode'",
+        f"smime-milter: {bad}:2: policy.failed: invalid value 'explode' {_ACTIONS}",
         f"smime-milter: {bad}:5: milter.bogus: unknown key",
         f"smime-milter: {bad}:6: milter.max_message_size: not a size: 'lots'",
         f"smime-milter: {bad}:12: release.rules[0].ports: "
@@ -493,3 +496,117 @@ def test_release_addresses_with_quoted_or_international_parts_are_accepted() -> 
             'releasers = ["officer@example.com"]\ndivert_to = "officers@xn--bcher-kva.example"\n')
     [rule] = parse_config(text).release.rules
     assert rule.senders == ('"a@b"@example.com', "jörg@bücher.example")
+
+
+# --- check-config: suggestions, allowed values, missing files ---------------------------
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ('[trust]\nrevocaton = "soft"\n',
+     'c.toml:2: trust.revocaton: unknown key; did you mean "revocation"?'),
+    ('[policy]\n\ndomain = {}\n', 'c.toml:3: policy.domain: unknown key; did you mean "domains"?'),
+    ('[policy.domains."a.example"]\nfaild = "reject"\n',
+     'c.toml:2: policy.domains."a.example".faild: unknown key; did you mean "failed"?'),
+    ('[[release.rules]]\nname = "r"\nall = true\ndivert_to = "hold"\n'
+     'releasers = ["a.example"]\nreleaser_ca = []\n',
+     'c.toml:6: release.rules[0].releaser_ca: unknown key; did you mean "releaser_cas"?'),
+    ("[verfy]\n", 'c.toml:1: verfy: unknown section; did you mean "verify"?'),
+    ("[verify]\nfoo = 1\n", "c.toml:2: verify.foo: unknown key"),  # nothing close
+    ('[trust]\nrevocation = "sometimes"\n',
+     "c.toml:2: trust.revocation: invalid value 'sometimes' "
+     '(allowed: "off", "soft", "hard")'),
+])
+def test_a_typo_names_the_closest_key_and_a_bad_value_the_allowed_ones(
+        tmp_path: Path, text: str, expected: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.problems == (str(tmp_path / expected),)
+
+
+_FILE_KEYS = """\
+[trust]
+anchors = ["ca.pem", "here.pem", "anchors.d"]
+intermediates = ["inter.pem"]
+crls = ["crls"]
+nss_module = "libnssckbi.so"
+
+[decrypt]
+keys = ["bob.pem"]
+
+[advanced]
+keys = "keys"
+keys_password_file = "password"
+addressbook = "book"
+"""
+
+
+def test_check_files_reports_every_missing_file_at_its_key(tmp_path: Path) -> None:
+    """Every file a key names is looked for, relative to the configuration;
+    each missing one is a problem at the line of its key, in one run. A file
+    that exists is no problem."""
+    path = tmp_path / "c.toml"
+    path.write_text(_FILE_KEYS)
+    (tmp_path / "here.pem").write_text("")
+    (tmp_path / "anchors.d").mkdir()
+    with pytest.raises(ConfigError) as info:
+        load_config(path, check_files=True)
+    assert info.value.problems == (
+        f"{path}:2: trust.anchors: no such file: {tmp_path / 'ca.pem'}",
+        f"{path}:3: trust.intermediates: no such file: {tmp_path / 'inter.pem'}",
+        f"{path}:4: trust.crls: no such file: {tmp_path / 'crls'}",
+        f"{path}:5: trust.nss_module: no such file: {tmp_path / 'libnssckbi.so'}",
+        f"{path}:8: decrypt.keys: no such file: {tmp_path / 'bob.pem'}",
+        f"{path}:11: advanced.keys: no such file: {tmp_path / 'keys'}",
+        f"{path}:12: advanced.keys_password_file: no such file: {tmp_path / 'password'}",
+        f"{path}:13: advanced.addressbook: no such file: {tmp_path / 'book'}",
+    )
+    # Without check_files the names are only read (the daemon loads them later).
+    assert load_config(path).trust.anchors[0] == tmp_path / "ca.pem"
+
+
+def test_a_missing_releaser_ca_is_always_a_problem_at_its_key(tmp_path: Path) -> None:
+    """releaser_cas are read while the file is parsed: missing is missing."""
+    path = tmp_path / "c.toml"
+    path.write_text('[[release.rules]]\nname = "r"\nall = true\ndivert_to = "hold"\n'
+                    'releasers = ["a.example"]\nreleaser_cas = ["cas.pem"]\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.problems == (
+        f"{path}:6: release.rules[0].releaser_cas: no such file: {tmp_path / 'cas.pem'}",)
+
+
+_FIVE_MISTAKES = """\
+[trust]
+revocaton = "soft"
+anchors = ["missing-ca.pem"]
+
+[verify]
+min_rsa_bits = "2048"
+
+[policy]
+failed = "explode"
+
+[verfy]
+allow_sha1 = true
+"""
+
+
+@pytest.mark.process
+def test_check_config_reports_five_different_mistakes_in_one_run(tmp_path: Path) -> None:
+    """The installed console script, as the systemd unit runs it before a start."""
+    path = tmp_path / "smime-milter.toml"
+    path.write_text(_FIVE_MISTAKES)
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("smime-milter")), "check-config", "--config",
+         str(path)], capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 1, result.stderr
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f'smime-milter: {path}:2: trust.revocaton: unknown key; did you mean "revocation"?',
+        f"smime-milter: {path}:3: trust.anchors: no such file: {tmp_path / 'missing-ca.pem'}",
+        f"smime-milter: {path}:6: verify.min_rsa_bits: expected int, got str",
+        f"smime-milter: {path}:9: policy.failed: invalid value 'explode' {_ACTIONS}",
+        f'smime-milter: {path}:11: verfy: unknown section; did you mean "verify"?',
+    ]

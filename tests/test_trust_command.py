@@ -9,12 +9,16 @@ may change smimeStatusAtDelivery), while removal leaves it alone.
 from __future__ import annotations
 
 import json
+import os
 import stat
+import subprocess
+import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from asn1crypto import x509 as asn1_x509
 from cryptography.hazmat.primitives import hashes
 
 from smime_milter.bootstrap import load_trust
@@ -437,3 +441,55 @@ def test_configured_directory_and_anchor_in_both_places(
     out = capsys.readouterr().out
     assert f"  warning: still trusted through trust.anchors ({bundle})" in out
     assert list(setup.anchors.iterdir()) == []
+
+
+# --- no library warnings on the admin's console ----------------------------------------
+
+SMIME_MILTER = Path(sys.executable).with_name("smime-milter")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _console(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    """The installed console script with every Python warning shown (as
+    ``-W always`` would): whatever is not kept out on purpose reaches stderr."""
+    return subprocess.run([str(SMIME_MILTER), *map(str, args)], capture_output=True,
+                          text=True, timeout=120, check=False,
+                          env={**os.environ, "PYTHONWARNINGS": "always"})
+
+
+@pytest.mark.process
+@pytest.mark.parametrize("json_output", [False, True], ids=["text", "json"])
+def test_trust_list_with_the_shipped_configuration_prints_no_warning(json_output: bool) -> None:
+    """Mozilla's e-mail roots include some with a serial number that is not
+    positive, which cryptography warns about once per root."""
+    result = _console("trust", "list", *(["--json"] if json_output else []),
+                      "--config", ROOT / "policy" / "smime-milter.toml")
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout
+
+
+def _zero_serial(pki: TestPki) -> bytes:
+    """The test root with serial number 0, as some old CAs were issued."""
+    cert = asn1_x509.Certificate.load(pki.root.cert_der)
+    cert["tbs_certificate"]["serial_number"] = 0
+    return cert.dump(force=True)
+
+
+@pytest.mark.process
+def test_an_anchor_with_a_serial_that_is_not_positive_is_a_listed_warning(
+        tmp_path: Path, pki: TestPki) -> None:
+    """Not a Python warning on stderr per code line, but a line of the
+    anchor's own in trust list (the admin can replace their anchor)."""
+    (tmp_path / "zero.der").write_bytes(_zero_serial(pki))
+    config = tmp_path / "smime-milter.toml"
+    config.write_text('[trust]\nanchors = ["zero.der"]\nanchor_directory = "anchors"\n'
+                      'system_anchors = "none"\n[store]\npath = "store"\n')
+    added = _console("trust", "add", tmp_path / "zero.der", "--config", config)
+    assert (added.returncode, added.stderr) == (0, "")
+    text = _console("trust", "list", "--config", config)
+    as_json = _console("trust", "list", "--json", "--config", config)
+    assert (text.returncode, text.stderr, as_json.returncode, as_json.stderr) == (0, "", 0, "")
+    warning = ("serial number is not positive (RFC 5280 forbids it; a future release of "
+               "the cryptography library will refuse this certificate)")
+    assert text.stdout.count(f"  warning: {warning}\n") == 2  # configured and managed
+    assert [warning in entry["warnings"] for entry in json.loads(as_json.stdout)] == [True, True]

@@ -11,12 +11,19 @@ one ``Problems``, a bad value reads as the key's default so parsing goes on,
 and the caller raises them all at once (``Problems.check``), so an admin sees
 every error of the file in one run. A check that depends on a bad value is
 skipped (``Reader.failed``) rather than reported as a follow-on error.
+
+An unknown key or section names the closest known one (``did you mean``), and
+with ``Problems(check_files=True)`` (``check-config``) a file a key names that
+does not exist is a problem at that key's line too, so the admin learns about
+every missing file of the file in the same run instead of one per start.
 """
 
 from __future__ import annotations
 
+import difflib
+import enum
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
@@ -26,9 +33,9 @@ from smime_milter.errors import SmimeMilterError
 from smime_milter.mail import parse_address
 
 __all__ = [
-    "ConfigError", "OneOf", "Problems", "Reader", "address_or_domain_list", "domain_list",
-    "line_of", "network_list", "one_of", "parse_size", "plain_address", "port_list",
-    "string_list"
+    "ConfigError", "OneOf", "Problems", "Reader", "address_or_domain_list", "did_you_mean",
+    "domain_list", "line_of", "network_list", "one_of", "parse_size", "plain_address",
+    "port_list", "string_list"
 ]
 
 
@@ -49,10 +56,12 @@ class ConfigError(SmimeMilterError, ValueError):
 
 
 class Problems:
-    """The problems found in one configuration file, in the order found."""
+    """The problems found in one configuration file, in the order found.
+    ``check_files``: a file a key names must exist (``Reader.existing``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, check_files: bool = False) -> None:
         self._found: list[tuple[int, str]] = []
+        self.check_files = check_files
 
     def add(self, line: int, message: str) -> None:
         """One problem at ``line`` (0: unknown); the same message once."""
@@ -68,6 +77,13 @@ class Problems:
         if self._found:
             ordered = sorted(self._found, key=lambda found: found[0] or float("inf"))
             raise ConfigError(*(message for _, message in ordered))
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """``; did you mean "x"?`` for the known name closest to a misspelt one,
+    else nothing."""
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f'; did you mean "{close[0]}"?' if close else ""
 
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
@@ -118,6 +134,12 @@ class Reader:
         self.path, self.text, self.table, self.data = path, text, table, dict(data)
         self.occurrence = occurrence
         self.bad: set[str] = set()
+        #: Every key a parser asked for, in order: the candidates of ``did you mean``.
+        self.known: list[str] = []
+
+    def _ask(self, key: str) -> None:
+        if key not in self.known:
+            self.known.append(key)
 
     def report(self, key: str, reason: str) -> None:
         """One problem with ``key`` (``""``: the table itself)."""
@@ -137,6 +159,7 @@ class Reader:
         return any(key in self.bad for key in keys)
 
     def take(self, key: str, kind: type, default: Any) -> Any:
+        self._ask(key)
         if key not in self.data:
             return default
         value = self.data.pop(key)
@@ -152,18 +175,37 @@ class Reader:
         """Relative file names are relative to the configuration file."""
         return self.path.parent if self.path else Path.cwd()
 
-    def paths(self, key: str, default: tuple[Path, ...]) -> tuple[Path, ...]:
+    def paths(self, key: str, default: tuple[Path, ...], *,
+              must_exist: bool = False) -> tuple[Path, ...]:
+        """A list of file names; ``must_exist``: files the configuration
+        reads, checked when ``problems.check_files`` is set."""
         value = self.take(key, list, None)
         if value is None:
             return default
         if not all(isinstance(item, str) and item for item in value):
             self.report(key, "expected a list of non-empty path strings")
             return default
-        return tuple(self._base() / item for item in value)
+        found = tuple(self._base() / item for item in value)
+        if must_exist and self.problems.check_files:
+            self.existing(key, found)
+        return found
 
-    def optional_path(self, key: str) -> Path | None:
+    def optional_path(self, key: str, *, must_exist: bool = False) -> Path | None:
         text = self.optional_str(key)
-        return None if text is None else self._base() / text
+        if text is None:
+            return None
+        found = self._base() / text
+        if must_exist and self.problems.check_files:
+            self.existing(key, (found,))
+        return found
+
+    def existing(self, key: str, paths: Iterable[Path]) -> bool:
+        """Reports each of ``paths`` that does not exist (``no such file``) at
+        ``key``'s line; True when all exist."""
+        missing = [path for path in paths if not path.exists()]
+        for path in missing:
+            self.report(key, f"no such file: {path}")
+        return not missing
 
     def choice(self, key: str, convert: Callable[[str], Any], default: Any) -> Any:
         value = self.take(key, str, None)
@@ -172,13 +214,18 @@ class Reader:
         try:
             return convert(value)
         except ValueError:
-            allowed = ""
+            choices: tuple[str, ...] = ()
             if isinstance(convert, OneOf):
-                allowed = " (allowed: " + ", ".join(f'"{a}"' for a in convert.allowed) + ")"
+                choices = convert.allowed
+            elif isinstance(convert, type) and issubclass(convert, enum.Enum):
+                choices = tuple(str(member.value) for member in convert)
+            allowed = (" (allowed: " + ", ".join(f'"{a}"' for a in choices) + ")"
+                       if choices else "")
             self.report(key, f"invalid value {value!r}{allowed}")
             return default
 
     def size(self, key: str, default: int) -> int:
+        self._ask(key)
         if key not in self.data:
             return default
         value = self.data.pop(key)
@@ -192,6 +239,7 @@ class Reader:
             return default
 
     def number(self, key: str, default: float, low: float, high: float) -> float:
+        self._ask(key)
         value = self.data.pop(key, default)
         if isinstance(value, bool) or not isinstance(value, int | float):
             self.report(key, f"expected a number, got {type(value).__name__}")
@@ -209,9 +257,9 @@ class Reader:
         return value
 
     def finish(self) -> None:
-        """Every key left over is unknown."""
+        """Every key left over is unknown; the closest known one is suggested."""
         for key in self.data:
-            self.report(key, "unknown key")
+            self.report(key, "unknown key" + did_you_mean(key, self.known))
         self.data.clear()
 
 

@@ -88,9 +88,9 @@ def read_advanced_section(problems: Problems, path: Path | None, text: str,
     if client_account is not None and not _ACCOUNT.fullmatch(client_account):
         reader.report("client_account", f"not an account name: {client_account!r}")
         client_account = None
-    keys = reader.optional_path("keys")
-    password_file = reader.optional_path("keys_password_file")
-    addressbook = reader.optional_path("addressbook")
+    keys = reader.optional_path("keys", must_exist=True)
+    password_file = reader.optional_path("keys_password_file", must_exist=True)
+    addressbook = reader.optional_path("addressbook", must_exist=True)
     learn = reader.take("learn", bool, defaults.learn)
     daemons = string_list(reader, "submission_daemons")
     clients = network_list(reader, "submission_clients")

@@ -1,10 +1,11 @@
-"""What several ``smime-milter`` commands share: the ``--config``/``--store``
-options of the commands that work on the store, ISO 8601 moments and the
-commands' clock."""
+"""What several ``smime-milter`` commands share: how a command presents
+itself in ``--help``, the ``--config``/``--store`` options of the commands
+that work on the store, ISO 8601 moments and the commands' clock."""
 
 from __future__ import annotations
 
 import argparse
+import textwrap
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -15,6 +16,33 @@ from smime_milter.config import DEFAULT_CONFIG, Config, load_config
 
 #: What ``add_subparsers`` returns: each command module adds its parsers to it.
 Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+#: Width of the wrapped descriptions (argparse's own text wraps near it too).
+HELP_WIDTH = 78
+
+
+def describe(text: str) -> str:
+    """Paragraphs (separated by a blank line) wrapped for ``--help``: the
+    raw formatter keeps them, so an example's layout stays as written."""
+    return "\n\n".join(textwrap.fill(" ".join(paragraph.split()), HELP_WIDTH)
+                       for paragraph in text.split("\n\n"))
+
+
+def examples(*lines: str) -> str:
+    """The ``example:`` block that ends a command's ``--help``."""
+    head = "example:" if len(lines) == 1 else "examples:"
+    return "\n".join([head, *(f"  {line}" for line in lines)])
+
+
+def add_command(commands: Commands, name: str, *, summary: str, description: str,
+                example: tuple[str, ...]) -> argparse.ArgumentParser:
+    """A command whose ``--help`` says what it does for the admin and how to
+    run it: ``summary`` in the list of commands, then ``description`` and
+    ``example`` (whole command lines) in its own help."""
+    return commands.add_parser(
+        name, help=summary, description=describe(description), epilog=examples(*example),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def parse_moment(text: str) -> datetime:

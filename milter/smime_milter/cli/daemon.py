@@ -7,14 +7,27 @@ from dataclasses import replace
 from pathlib import Path
 
 from smime_milter.bootstrap import build_runtime
-from smime_milter.cli.common import Commands, config_argument, service_config
+from smime_milter.cli.common import Commands, add_command, config_argument, service_config
 from smime_milter.config import Config, check_socket
 from smime_milter.mta import run
 
 
 def add_daemon_parser(commands: Commands) -> None:
     """Add ``run``."""
-    daemon = commands.add_parser("run", help="run the milter daemon")
+    daemon = add_command(
+        commands, "run", summary="run the milter daemon",
+        description="Run the milter until SIGTERM: Postfix or Sendmail hands it every "
+        "message; it verifies the S/MIME signatures as of the moment the message "
+        "arrived, stamps the message (Authentication-Results, SMIME-Status-At-Delivery), "
+        "applies the [policy] action and records the status in the store. The options "
+        "override the configuration file. Started as root, it opens the socket and then "
+        "becomes the service user for good. SIGUSR1 (systemctl reload) reads the "
+        "configuration and the trust anchors again.\n\n"
+        "The Debian package runs it as the smime-milter systemd service; run it by hand "
+        "for a try or from a source checkout.",
+        example=("smime-milter run --socket unix:/tmp/smime-milter.sock "
+                 "--store /tmp/smime-milter-store",),
+    )
     config_argument(daemon)
     daemon.add_argument("--socket", type=_socket_argument,
                         help="libmilter socket: unix:/path or inet:port@host")

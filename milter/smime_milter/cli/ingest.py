@@ -9,7 +9,13 @@ import sys
 from pathlib import Path
 
 from smime_milter.bootstrap import build_verifier
-from smime_milter.cli.common import Commands, clock, service_arguments, service_config
+from smime_milter.cli.common import (
+    Commands,
+    add_command,
+    clock,
+    service_arguments,
+    service_config,
+)
 from smime_milter.config import ConfigError
 from smime_milter.ingest import IngestResult, ingest_message, message_files
 from smime_milter.store import Store
@@ -17,9 +23,10 @@ from smime_milter.store import Store
 
 def add_ingest_parser(commands: Commands) -> None:
     """Add ``ingest``."""
-    ingest = commands.add_parser(
-        "ingest", help="fill the store (creating it if need be) from delivered messages "
-        "stamped by this milter",
+    ingest = add_command(
+        commands, "ingest", summary="fill the store (creating it if need be) from delivered "
+        "messages stamped by this milter",
+        example=("smime-milter ingest --authserv-id mx.example.org /var/mail/alice/Maildir",),
         description="Create or refresh store records from delivered messages (after the "
         "store was lost or must be rebuilt, or on a JMAP host fed from the mail store); "
         "unlike the other commands over the store it creates the store when it does not "

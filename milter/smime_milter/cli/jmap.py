@@ -14,7 +14,13 @@ from datetime import timedelta
 from typing import Any
 
 from smime_milter.bootstrap import build_refresher
-from smime_milter.cli.common import Commands, clock, service_arguments, service_config
+from smime_milter.cli.common import (
+    Commands,
+    add_command,
+    clock,
+    service_arguments,
+    service_config,
+)
 from smime_milter.config import ConfigError
 from smime_milter.jmap import JmapProtocol, RequestError, SmimeJmap, listen_argument, serve
 from smime_milter.store import Store, utc_date
@@ -30,6 +36,15 @@ def add_jmap_parsers(commands: Commands) -> None:
         commands, "jmap", run_jmap, "answer a JMAP Request (Email/get, Email/query, "
         "Email/changes) from the store: JSON on stdin, the Response on stdout; or, with "
         "--listen, serve the JMAP API over HTTP on a unix socket",
+        description="Give mail clients the S/MIME status the milter recorded (RFC 9219: "
+        "smimeStatus, smimeStatusAtDelivery, smimeErrors, smimeVerifiedAt). Without "
+        "--listen, one JMAP Request is read as JSON from stdin and its Response printed "
+        "(for a JMAP server that runs a command per request, and for trying it by hand); "
+        "with --listen the API is served over HTTP on a unix socket until SIGTERM (the "
+        "smime-milter-jmap systemd service). A status older than jmap.cache_lifetime is "
+        "re-validated when read.",
+        example=("smime-milter jmap --listen unix:/run/smime-milter/jmap.sock",
+                 "smime-milter jmap --read-only < request.json > response.json"),
     )
     jmap.add_argument("--listen", type=listen_argument, metavar="unix:/PATH", nargs="?",
                       const=_CONFIGURED,
@@ -43,10 +58,23 @@ def add_jmap_parsers(commands: Commands) -> None:
         commands, "refresh", run_refresh, "re-validate every stored status older than "
         "jmap.cache_lifetime or than the last trust-anchor change, or verified in the "
         "future (a clock that was ahead); run it periodically",
+        description="Re-validate, as of now, every stored smimeStatus that is older than "
+        "jmap.cache_lifetime, was computed before the last trust-anchor change, or claims "
+        "to have been verified in the future (a clock that was ahead), so that clients see "
+        "revocations, expiries and anchor changes without waiting for a read to do it. Run "
+        "it periodically (the Debian package's timer does); it prints how many records it "
+        "re-validated.",
+        example=("smime-milter refresh",),
     )
     prune = _store_command(
         commands, "prune", run_prune, "delete the records of messages received more than "
         "store.retention_days (or --older-than) days ago; Email/changes reports them destroyed",
+        description="Delete the store records of messages received more than "
+        "store.retention_days days ago (or --older-than DAYS), to keep the store as "
+        "small as your retention policy allows; Email/changes reports them as destroyed. "
+        "With retention_days = 0 (the default) and no --older-than nothing is deleted. "
+        "Try --dry-run first.",
+        example=("smime-milter prune --older-than 400 --dry-run",),
     )
     prune.add_argument("--older-than", type=_days_argument, metavar="DAYS",
                        help="instead of store.retention_days")
@@ -55,12 +83,13 @@ def add_jmap_parsers(commands: Commands) -> None:
 
 
 def _store_command(commands: Commands, name: str, handler: Callable[[argparse.Namespace], int],
-                   text: str) -> argparse.ArgumentParser:
+                   text: str, *, description: str,
+                   example: tuple[str, ...]) -> argparse.ArgumentParser:
     """A command over the store: ``--config`` and ``--store``."""
-    command = commands.add_parser(
-        name, help=text, description=f"{text[0].upper()}{text[1:]}. The store must exist "
-        "(the milter creates it): a missing one is an error (exit status 1).",
-    )
+    command = add_command(commands, name, summary=text,
+                          description=f"{description} The store must exist (the milter "
+                          "creates it): a missing one is an error (exit status 1).",
+                          example=example)
     service_arguments(command)
     command.set_defaults(handler=handler)
     return command

@@ -8,6 +8,7 @@ import json
 import sys
 from typing import Any
 
+from smime_milter.cli.common import Commands, add_command
 from smime_milter.release import IpmsHeading, MixerError, from_x400, headers_from_message, to_x400
 
 PROG = "smime-milter mixer"
@@ -18,15 +19,18 @@ BAD_INPUT = 2
 _HEADING_KEYS = frozenset({"originator", "authorizingUsers", "mmhsExtensions"})
 
 
-def add_mixer_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_mixer_parser(commands: Commands) -> None:
     """Add the ``mixer`` subcommand to the ``smime-milter`` command line."""
-    mixer = commands.add_parser(
-        "mixer", help="map From, Sender and MMHS-Authorizing-Users to and from the X.400 "
-        "IPMS heading (RFC 2156 as updated by draft-melnikov-mmhs-authorizing-users)",
+    mixer = add_command(
+        commands, "mixer", summary="map From, Sender and MMHS-Authorizing-Users to and from "
+        "the X.400 IPMS heading (RFC 2156 as updated by draft-melnikov-mmhs-authorizing-users)",
         description="Map the originator fields between RFC 5322 and X.400 (MIXER, RFC 2156, "
         "with the section 5 update of draft-melnikov-mmhs-authorizing-users). Addresses stay "
         "RFC 5322 mailboxes: translating them to O/R addresses is up to the gateway. "
         f"Input that cannot be mapped gives exit status {BAD_INPUT}.",
+        example=("smime-milter mixer --to-x400 < message.eml",
+                 "echo '{\"originator\": \"alice@example.org\", \"authorizingUsers\": "
+                 "[\"bob@example.org\"]}' | smime-milter mixer --from-x400"),
     )
     direction = mixer.add_mutually_exclusive_group(required=True)
     direction.add_argument(

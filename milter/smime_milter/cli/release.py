@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from smime_milter.bootstrap import build_verifier
+from smime_milter.cli.common import Commands, add_command
 from smime_milter.cms import SigningError, SigningIdentity
 from smime_milter.config import Config, check_submit
 from smime_milter.release import (
@@ -24,18 +25,22 @@ from smime_milter.store import Store
 
 
 def add_release_parsers(
-    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    commands: Commands,
     service_arguments: Callable[[argparse.ArgumentParser], None],
     service_config: Callable[[argparse.Namespace], Config],
 ) -> None:
     """Add ``authorize`` and ``release``. The CLI owns the shared options:
     ``service_arguments`` adds ``--config``/``--store`` and ``service_config``
     turns them into a Config."""
-    auth = commands.add_parser(
-        "authorize", help="countersign a held message as an authorizing user",
+    auth = add_command(
+        commands, "authorize", summary="countersign a held message as an authorizing user",
         description="Read a message on stdin, verify it, add your countersignature (or "
         "your signature when the originator did not sign) and list you in "
-        "MMHS-Authorizing-Users; write the authorized message on stdout.",
+        "MMHS-Authorizing-Users; write the authorized message on stdout. This is the "
+        "release officer's step of draft-and-release ([[release.rules]]): the authorized "
+        "message is then handed to smime-milter release.",
+        example=("smime-milter authorize --key officer.key --cert officer.pem "
+                 "< held.eml > authorized.eml",),
     )
     auth.add_argument("--key", type=Path, required=True, help="your private key (PEM or DER)")
     auth.add_argument("--cert", type=Path, required=True, help="your certificate")
@@ -45,8 +50,11 @@ def add_release_parsers(
     service_arguments(auth)
     auth.set_defaults(handler=lambda args: run_authorize(args, service_config(args)))
 
-    release = commands.add_parser(
-        "release", help="re-submit an authorized message to its original recipients",
+    release = add_command(
+        commands, "release", summary="re-submit an authorized message to its original "
+        "recipients",
+        example=("smime-milter release --dry-run authorized.eml",
+                 "smime-milter release authorized.eml"),
         description="Re-submit an authorized message to the envelope recipients recorded "
         "when the milter held it back, through [release] submit, so it passes the milter "
         "again. FILE is the authorized message (its SMIME-Status-At-Delivery names the "

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from smime_milter.bootstrap import build_revalidator, load_trust, load_trust_with_sources
-from smime_milter.cli.common import Commands, service_arguments, service_config
+from smime_milter.cli.common import Commands, add_command, service_arguments, service_config
 from smime_milter.config import Config
 from smime_milter.revalidate import AtDeliveryChange, apply_anchor_change
 from smime_milter.store import Store, utc_date
@@ -24,27 +24,53 @@ _RELOAD_REMINDER = (
 
 def add_trust_parser(commands: Commands) -> None:
     """Add ``trust`` with its ``add``, ``remove`` and ``list`` subcommands."""
-    trust = commands.add_parser(
-        "trust", help="manage the trust anchors of trust.anchor_directory",
+    trust = add_command(
+        commands, "trust", summary="manage the trust anchors of trust.anchor_directory",
+        description="Decide which certification authorities the milter trusts for "
+        "S/MIME: Mozilla's e-mail roots (trust.system_anchors), the files of "
+        "trust.anchors, and the managed anchors in trust.anchor_directory, which these "
+        "commands add and remove. A running milter and JMAP service pick a change up "
+        "within 5 seconds.",
+        example=("smime-milter trust list", "smime-milter trust add our-ca.pem"),
     )
-    trust_commands = trust.add_subparsers(dest="trust_command", required=True)
-    trust_add = trust_commands.add_parser(
-        "add", help="trust the certificates of PEM/DER files; re-assesses "
+    trust_commands = trust.add_subparsers(dest="trust_command", required=True,
+                                          metavar="COMMAND", title="commands")
+    trust_add = add_command(
+        trust_commands, "add", summary="trust the certificates of PEM/DER files; re-assesses "
         "smimeStatusAtDelivery of stored records whose chain failed",
+        description="Trust the CA certificates of PEM or DER files as managed anchors: "
+        "each is copied into trust.anchor_directory as <sha256>.pem (a certificate that "
+        "is no self-signed CA is added with a warning). Stored statuses verified before "
+        "become stale and are re-validated when read, and smimeStatusAtDelivery of stored "
+        "messages whose chain failed is re-assessed, as RFC 9219 allows for an added "
+        "anchor. Nothing changes when a file cannot be read.",
+        example=("smime-milter trust add /tmp/our-ca.pem",),
     )
     trust_add.add_argument("files", nargs="+", type=Path, metavar="PEM")
     service_arguments(trust_add)
     trust_add.set_defaults(handler=run_trust_add)
-    trust_remove = trust_commands.add_parser(
-        "remove", help="stop trusting managed anchors, named by certificate file, SHA-256 "
-        "fingerprint or file name in the anchor directory",
+    trust_remove = add_command(
+        trust_commands, "remove", summary="stop trusting managed anchors, named by "
+        "certificate file, SHA-256 fingerprint or file name in the anchor directory",
+        description="Stop trusting managed anchors (those of trust.anchor_directory), "
+        "each named by a certificate file, its SHA-256 fingerprint (as trust list prints "
+        "it) or its file name in the anchor directory. Stored statuses become stale and "
+        "are re-validated when read; smimeStatusAtDelivery stays as it was (RFC 9219). "
+        "Anchors of trust.anchors and the system anchors are changed in the "
+        "configuration instead.",
+        example=("smime-milter trust remove /tmp/our-ca.pem",),
     )
     trust_remove.add_argument("anchors", nargs="+", metavar="WHAT")
     service_arguments(trust_remove)
     trust_remove.set_defaults(handler=run_trust_remove)
-    trust_list = trust_commands.add_parser(
-        "list", help="list the trust anchors: the system ones (Mozilla's e-mail roots), "
-        "the configured and the managed ones",
+    trust_list = add_command(
+        trust_commands, "list", summary="list the trust anchors: the system ones (Mozilla's "
+        "e-mail roots), the configured and the managed ones",
+        description="List every trust anchor the milter uses, with its SHA-256 "
+        "fingerprint, subject, expiry, where it comes from (system: Mozilla's e-mail "
+        "roots, trust.anchors, or managed) and warnings such as an expired or non-CA "
+        "certificate. --json prints the same as a JSON array for scripts.",
+        example=("smime-milter trust list --managed", "smime-milter trust list --json"),
     )
     trust_list.add_argument("--json", action="store_true", help="a JSON array of anchors")
     trust_list.add_argument("--managed", action="store_true",

@@ -22,7 +22,7 @@ from smime_milter.advanced import AdvancedConfig, read_advanced_section
 from smime_milter.cms import AlgorithmPolicy
 from smime_milter.policy import Policy, read_policy_section
 from smime_milter.release import ReleaseConfig, read_release_section
-from smime_milter.settings import ConfigError, Problems, Reader, line_of, one_of
+from smime_milter.settings import ConfigError, Problems, Reader, did_you_mean, line_of, one_of
 from smime_milter.trust import TrustConfig, read_trust_section
 from smime_milter.verify import VerifyPolicy
 
@@ -141,21 +141,24 @@ _TABLES = (
 )
 
 
-def parse_config(text: str, path: Path | None = None) -> Config:
+def parse_config(text: str, path: Path | None = None, *, check_files: bool = False) -> Config:
     """Parse TOML text into a Config (``path`` is used for messages and
     relative file names); raises one ``ConfigError`` naming every problem
-    (a TOML syntax error stops there: it is the only one)."""
+    (a TOML syntax error stops there: it is the only one). ``check_files``:
+    a file a key names that does not exist is a problem at that key
+    (``check-config``; the daemon finds out when it loads the file)."""
     where = str(path) if path else "<config>"
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{where}: {exc}") from exc
-    problems = Problems()
+    problems = Problems(check_files=check_files)
     tables: dict[str, dict[str, Any]] = {}
     for table, value in data.items():
         if table not in _TABLES:
             line = line_of(text, table, "") or line_of(text, "", table)
-            problems.add(line, f"{where}:{line}: {table}: unknown section")
+            problems.add(line, f"{where}:{line}: {table}: unknown section"
+                               + did_you_mean(table, _TABLES))
         elif not isinstance(value, dict):
             line = line_of(text, "", table)
             problems.add(line, f"{where}:{line}: {table}: expected a table")
@@ -179,7 +182,7 @@ def parse_config(text: str, path: Path | None = None) -> Config:
     verify.finish()
 
     decrypt = Reader(problems, path, text, "decrypt", tables.get("decrypt", {}))
-    keys = tuple(DecryptKeyConfig(p) for p in decrypt.paths("keys", ()))
+    keys = tuple(DecryptKeyConfig(p) for p in decrypt.paths("keys", (), must_exist=True))
     decrypt.finish()
 
     def reader(table: str) -> Reader:
@@ -328,9 +331,10 @@ def _check_authserv_id(value: str) -> str:
     return value
 
 
-def load_config(path: Path) -> Config:
+def load_config(path: Path, *, check_files: bool = False) -> Config:
+    """The configuration file at ``path`` (see ``parse_config``)."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read configuration: {exc}") from exc
-    return parse_config(text, path)
+    return parse_config(text, path, check_files=check_files)

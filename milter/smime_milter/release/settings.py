@@ -119,6 +119,9 @@ def _release_rule(reader: Reader, index: int) -> ReleaseRule:
 
 def _certificate_digests(reader: Reader, key: str) -> tuple[bytes, ...]:
     paths = reader.paths(key, ())
+    # Read now, whoever loads the file: a missing file is always a problem.
+    if not reader.existing(key, paths):
+        return ()
     try:
         digests = tuple(cert.sha256 for cert in load_certificates(paths))
     except TrustStoreError as exc:

@@ -20,7 +20,6 @@ import hashlib
 import os
 import re
 import tempfile
-import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,7 +29,6 @@ from asn1crypto import pem
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.utils import CryptographyDeprecationWarning
 
 from smime_milter.cms import files
 from smime_milter.errors import SmimeMilterError
@@ -159,6 +157,16 @@ def _warnings(cert: x509.Certificate, now: datetime) -> tuple[str, ...]:
     return tuple(found)
 
 
+def _serial_warning(parsed: _Cert, system: bool) -> tuple[str, ...]:
+    """The admin's own anchor with a serial number that is not positive:
+    cryptography only warns now and will refuse it one day. A system anchor
+    is Mozilla's to replace, so it gets no such line."""
+    if system or asn1_x509.Certificate.load(parsed.der).serial_number > 0:
+        return ()
+    return ("serial number is not positive (RFC 5280 forbids it; a future release of "
+            "the cryptography library will refuse this certificate)",)
+
+
 def _entry(parsed: _Cert, path: Path, source: Path, managed: bool, now: datetime,
            already_present: bool = False, extra: Sequence[str] = (),
            system: bool = False) -> AnchorEntry:
@@ -169,7 +177,7 @@ def _entry(parsed: _Cert, path: Path, source: Path, managed: bool, now: datetime
         path=path,
         source=source,
         managed=managed,
-        warnings=(*_warnings(parsed.cert, now), *extra),
+        warnings=(*_warnings(parsed.cert, now), *_serial_warning(parsed, system), *extra),
         already_present=already_present,
         system=system,
     )
@@ -211,16 +219,14 @@ def list_anchors(trust: TrustConfig, *, managed_only: bool = False,
     if not managed_only:
         system = read_system_anchors(trust)
         if system is not None:
-            with warnings.catch_warnings():
-                # A few of Mozilla's older roots have a non-positive serial
-                # number, which cryptography only warns about; nothing for
-                # the admin to act on.
-                warnings.simplefilter("ignore", CryptographyDeprecationWarning)
-                entries.extend(
-                    _entry(_parse(der, str(system.source)), system.source, system.source,
-                           False, now, system=True)
-                    for der in system.certificates
-                )
+            # A few of Mozilla's older roots have a serial number that is not
+            # positive: cryptography warns about it, and the CLI keeps that
+            # warning off the console (cli/main.py); nothing to act on here.
+            entries.extend(
+                _entry(_parse(der, str(system.source)), system.source, system.source,
+                       False, now, system=True)
+                for der in system.certificates
+            )
         for source in trust.anchors:
             for file, certs in _index(source, managed=False):
                 entries.extend(_entry(cert, file, source, False, now) for cert in certs)

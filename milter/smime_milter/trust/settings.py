@@ -60,13 +60,13 @@ def read_trust_section(problems: Problems, path: Path | None, text: str,
     reader = Reader(problems, path, text, "trust", data)
     defaults = TrustConfig()
     config = TrustConfig(
-        anchors=reader.paths("anchors", defaults.anchors),
-        intermediates=reader.paths("intermediates", ()),
-        crls=reader.paths("crls", ()),
+        anchors=reader.paths("anchors", defaults.anchors, must_exist=True),
+        intermediates=reader.paths("intermediates", (), must_exist=True),
+        crls=reader.paths("crls", (), must_exist=True),
         anchor_directory=reader.optional_path("anchor_directory") or defaults.anchor_directory,
         system_anchors=reader.choice("system_anchors", one_of(SYSTEM_ANCHOR_CHOICES),
                                      defaults.system_anchors),
-        nss_module=reader.optional_path("nss_module"),
+        nss_module=reader.optional_path("nss_module", must_exist=True),
     )
     revocation = reader.choice("revocation", RevocationMode, RevocationMode.SOFT)
     reader.finish()
