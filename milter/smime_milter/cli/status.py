@@ -9,15 +9,21 @@ import sys
 from datetime import UTC, datetime, timedelta
 
 from smime_milter.bootstrap import load_trust_with_sources
-from smime_milter.cli.common import Commands, config_argument, service_config
+from smime_milter.cli.common import Commands, add_command, config_argument, service_config
 from smime_milter.mta import check_health
 
 
 def add_status_parser(commands: Commands) -> None:
     """Add ``status``."""
-    status = commands.add_parser(
-        "status", help="check the running milter: socket, store, trust anchors, CRLs, "
-        "last message, workers; exit 1 when a check fails",
+    status = add_command(
+        commands, "status", summary="check the running milter: socket, store, trust anchors, "
+        "CRLs, last message, workers; exit 1 when a check fails",
+        description="Check, as the monitoring system would, that the milter is serving: its "
+        "socket answers, the store opens and the service user can write it, the trust "
+        "anchors load, no configured CRL is past its nextUpdate, and (with [metrics] listen) "
+        "its verification workers are alive. One line per check (ok, FAIL or unknown); exit "
+        "status 0 when every check passed, 1 when one failed.",
+        example=("smime-milter status", "smime-milter status --json --max-idle 30"),
     )
     config_argument(status)
     status.add_argument("--json", action="store_true", help="one JSON object")
