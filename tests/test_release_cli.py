@@ -5,12 +5,15 @@ and resubmit.strip_fields byte for byte."""
 from __future__ import annotations
 
 import io
+import os
+import pwd
 import re
 import socketserver
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,7 +31,7 @@ from smime_milter.release.authorize import authorize
 from smime_milter.release.resubmit import DROPPED_FIELDS, strip_fields
 from smime_milter.release.rules import ReleaseDecision, assess
 from smime_milter.stamp.fields import status_header
-from smime_milter.store import Record, Store
+from smime_milter.store import Record, Store, StoreError
 from tests.support.daemon import SMIME_MILTER
 from tests.support.pki import Identity, TestPki, make_leaf
 from tests.support.smime import multipart_signed, text_entity
@@ -170,6 +173,33 @@ def world(tmp_path_factory: pytest.TempPathFactory, anchors: Path, live_pki: Tes
                                    verifier).message,
         plain_record_id=plain_record_id,
     )
+
+
+@dataclass(frozen=True)
+class Held:
+    """A record of its own, held in the store, and the authorized copy naming it:
+    every test that really releases gets one, as a record is released once."""
+
+    record_id: str
+    authorized: bytes
+
+
+@pytest.fixture
+def fresh(world: World) -> Held:
+    record_id = new_record_id()
+    with Store.open(world.store) as store:
+        store.put_sync(held_record(record_id))
+    # The stamp is outside the signed content: renaming the record keeps the
+    # signatures valid.
+    return Held(record_id, world.authorized.replace(world.record_id.encode(),
+                                                    record_id.encode()))
+
+
+def stored(world: World, record_id: str) -> Record:
+    with Store.open(world.store, readonly=True) as store:
+        record = store.get(record_id)
+    assert record is not None
+    return record
 
 
 @dataclass
@@ -435,7 +465,8 @@ def smtp_sink() -> Iterator[SmtpSink]:
 
 
 def assert_clean_resubmission(world: World, sent: bytes) -> None:
-    """Trace and our stamps gone, every other byte as the officer authorized it."""
+    """Trace and our stamps gone, every other byte as the officer authorized it
+    (the stamp, which names the record, is among what is gone)."""
     names = field_names(sent)
     for name in OWN_AND_TRACE:
         assert name.lower() not in names, name
@@ -450,16 +481,16 @@ def assert_clean_resubmission(world: World, sent: bytes) -> None:
 
 
 def test_release_over_smtp(
-    world: World, tmp_path: Path, smtp_sink: SmtpSink, cli: Cli
+    world: World, fresh: Held, tmp_path: Path, smtp_sink: SmtpSink, cli: Cli
 ) -> None:
     path = tmp_path / "authorized.eml"
-    path.write_bytes(world.authorized)
+    path.write_bytes(fresh.authorized)
     result = cli("release", path, "--config", world.config_path,
                  "--submit", f"smtp:127.0.0.1:{smtp_sink.port}")
     assert result.rc == 0, result.err
     assert result.out.decode() == (
-        f"released record {world.record_id} (released by {RELEASER} (1 of 1 authorizations))"
-        " to <rel1@example.org>, <rel2@example.org>\n")
+        f"released record {fresh.record_id} (released by {RELEASER} (1 of 1 authorizations))"
+        " to <rel1@example.org>, <rel2@example.org>; queue id 4SINK\n")
     [transaction] = smtp_sink.transactions
     assert transaction.sender == SENDER
     assert transaction.recipients == list(RECIPIENTS)
@@ -471,34 +502,102 @@ def test_release_over_smtp(
 
 
 def test_release_over_smtp_reports_refused_recipients(
-    world: World, smtp_sink: SmtpSink, cli: Cli
+    world: World, fresh: Held, smtp_sink: SmtpSink, cli: Cli
 ) -> None:
     smtp_sink.refuse.add(RECIPIENTS[1])
-    result = cli("release", world.record_id, "--config", world.config_path,
-                 "--submit", f"smtp:127.0.0.1:{smtp_sink.port}", stdin=world.authorized)
+    result = cli("release", fresh.record_id, "--config", world.config_path,
+                 "--submit", f"smtp:127.0.0.1:{smtp_sink.port}", stdin=fresh.authorized)
     assert result.rc == 1
     assert f"refused some recipients: {RECIPIENTS[1]} (550)" in result.err
+    # The first recipient got it: the release stands, with its queue id.
+    [entry] = stored(world, fresh.record_id).resubmissions
+    assert entry.queue_id == "4SINK"
 
 
 def test_release_over_smtp_without_a_server(
-    world: World, smtp_sink: SmtpSink, cli: Cli
+    world: World, fresh: Held, smtp_sink: SmtpSink, cli: Cli
 ) -> None:
     port = smtp_sink.port
     smtp_sink.shutdown()
     smtp_sink.server_close()
-    result = cli("release", world.record_id, "--config", world.config_path,
-                 "--submit", f"smtp:127.0.0.1:{port}", stdin=world.authorized)
+    result = cli("release", fresh.record_id, "--config", world.config_path,
+                 "--submit", f"smtp:127.0.0.1:{port}", stdin=fresh.authorized)
     assert result.rc == 1
     assert result.err.startswith(f"smime-milter release: SMTP to 127.0.0.1:{port} failed: ")
+    # Nothing went out: the release recorded before sending is withdrawn.
+    assert stored(world, fresh.record_id).resubmissions == ()
 
 
 def test_not_released_message_is_never_submitted(
-    world: World, smtp_sink: SmtpSink, cli: Cli
+    world: World, fresh: Held, smtp_sink: SmtpSink, cli: Cli
 ) -> None:
-    result = cli("release", world.record_id, "--config", world.config_path,
+    result = cli("release", fresh.record_id, "--config", world.config_path,
                  "--submit", f"smtp:127.0.0.1:{smtp_sink.port}", stdin=world.held)
     assert result.rc == 1
     assert smtp_sink.transactions == [] and smtp_sink.commands == []
+    assert stored(world, fresh.record_id).resubmissions == ()
+
+
+# --------------------------------------------------------------------------- releasing once
+
+
+def test_a_second_release_is_refused_naming_the_first(
+    world: World, fresh: Held, smtp_sink: SmtpSink, cli: Cli
+) -> None:
+    submit = f"smtp:127.0.0.1:{smtp_sink.port}"
+    before = datetime.now(UTC).replace(microsecond=0)
+    first = cli("release", fresh.record_id, "--config", world.config_path, "--submit", submit,
+                stdin=fresh.authorized)
+    assert first.rc == 0, first.err
+    [entry] = stored(world, fresh.record_id).resubmissions
+    assert entry.queue_id == "4SINK"
+    assert before <= entry.at <= datetime.now(UTC)
+    assert entry.by == pwd.getpwuid(os.getuid()).pw_name or entry.by.startswith(
+        f"{os.environ.get('SUDO_USER')} (as ")
+    when = entry.at.strftime("%Y-%m-%dT%H:%M:%SZ")
+    refusal = (f"smime-milter release: record {fresh.record_id} was already released by "
+               f"{entry.by} at {when} (queue id 4SINK); --force releases it again")
+
+    second = cli("release", fresh.record_id, "--config", world.config_path, "--submit", submit,
+                 stdin=fresh.authorized)
+    assert (second.rc, second.out, second.err) == (1, b"", refusal + "\n")
+    dry = cli("release", fresh.record_id, "--dry-run", "--config", world.config_path,
+              stdin=fresh.authorized)
+    assert (dry.rc, dry.err) == (1, refusal + "\n")
+    assert len(smtp_sink.transactions) == 1
+
+    forced = cli("release", fresh.record_id, "--force", "--config", world.config_path,
+                 "--submit", submit, stdin=fresh.authorized)
+    assert forced.rc == 0, forced.err
+    assert len(smtp_sink.transactions) == 2
+    assert [e.queue_id for e in stored(world, fresh.record_id).resubmissions] == ["4SINK"] * 2
+
+
+def test_a_release_that_cannot_be_recorded_sends_nothing(
+    world: World, fresh: Held, smtp_sink: SmtpSink, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object, **kwargs: object) -> Future[None]:
+        raise StoreError("disk-full", f"{world.store}: no space left")
+    monkeypatch.setattr(Store, "claim_resubmission", broken)
+    result = cli("release", fresh.record_id, "--config", world.config_path,
+                 "--submit", f"smtp:127.0.0.1:{smtp_sink.port}", stdin=fresh.authorized)
+    assert (result.rc, result.out) == (1, b"")
+    assert result.err == (f"smime-milter release: cannot record the release of record "
+                          f"{fresh.record_id} in the store ({world.store}: no space left): "
+                          "nothing was sent\n")
+    assert smtp_sink.transactions == []
+
+
+def test_a_release_of_a_missing_store_sends_nothing(
+    world: World, tmp_path: Path, smtp_sink: SmtpSink, cli: Cli
+) -> None:
+    config = write_config(tmp_path, world.anchors, tmp_path / "nostore",
+                          f"smtp:127.0.0.1:{smtp_sink.port}")
+    result = cli("release", world.record_id, "--config", config, stdin=world.authorized)
+    assert result.rc == 1
+    assert result.err == (f"smime-milter release: no store at {tmp_path / 'nostore'}: "
+                          "nothing was sent\n")
+    assert not (tmp_path / "nostore").exists() and smtp_sink.commands == []
 
 
 # --------------------------------------------------------------------------- release via sendmail
@@ -520,30 +619,33 @@ def fake_sendmail(directory: Path, exit_code: int = 0) -> Path:
 
 @pytest.mark.process
 def test_release_via_sendmail(
-    world: World, tmp_path: Path, cli: Cli
+    world: World, fresh: Held, tmp_path: Path, cli: Cli
 ) -> None:
     script = fake_sendmail(tmp_path)
     path = tmp_path / "authorized.eml"
-    path.write_bytes(world.authorized)
+    path.write_bytes(fresh.authorized)
     result = cli("release", path, "--config", world.config_path, "--submit", f"sendmail:{script}")
     assert result.rc == 0, result.err
+    assert result.out.decode().endswith("; queue id unknown\n")
     assert (tmp_path / "argv").read_text().splitlines() == ["-i", "-f", SENDER, "--",
                                                             *RECIPIENTS]
     assert_clean_resubmission(world, (tmp_path / "stdin").read_bytes())
+    [entry] = stored(world, fresh.record_id).resubmissions
+    assert entry.queue_id is None
 
 
 @pytest.mark.process
 def test_release_via_the_configured_sendmail_as_a_process(
-    world: World, tmp_path: Path
+    world: World, fresh: Held, tmp_path: Path
 ) -> None:
     """The installed entry point, with ``[release] submit`` from the file."""
     script = fake_sendmail(tmp_path)
     config = world.config_with(f"sendmail:{script}")
-    result = subprocess.run([str(SMIME_MILTER), "release", world.record_id, "--config",
-                             str(config)], input=world.authorized, capture_output=True,
+    result = subprocess.run([str(SMIME_MILTER), "release", fresh.record_id, "--config",
+                             str(config)], input=fresh.authorized, capture_output=True,
                             timeout=120, check=False)
     assert result.returncode == 0, result.stderr.decode()
-    assert result.stdout.decode().startswith(f"released record {world.record_id} ")
+    assert result.stdout.decode().startswith(f"released record {fresh.record_id} ")
     assert (tmp_path / "argv").read_text().splitlines() == ["-i", "-f", SENDER, "--",
                                                             *RECIPIENTS]
     assert_clean_resubmission(world, (tmp_path / "stdin").read_bytes())
@@ -551,20 +653,23 @@ def test_release_via_the_configured_sendmail_as_a_process(
 
 @pytest.mark.process
 def test_release_via_a_failing_sendmail(
-    world: World, tmp_path: Path, cli: Cli
+    world: World, fresh: Held, tmp_path: Path, cli: Cli
 ) -> None:
     script = fake_sendmail(tmp_path, exit_code=75)
-    result = cli("release", world.record_id, "--config", world.config_path,
-                 "--submit", f"sendmail:{script}", stdin=world.authorized)
+    result = cli("release", fresh.record_id, "--config", world.config_path,
+                 "--submit", f"sendmail:{script}", stdin=fresh.authorized)
     assert result.rc == 1
     assert result.err.strip() == (f"smime-milter release: {script} exited with 75: "
                                   "sendmail: fatal: queue file write error")
+    assert stored(world, fresh.record_id).resubmissions == ()
 
 
 @pytest.mark.process
-def test_release_via_a_missing_sendmail(world: World, tmp_path: Path, cli: Cli) -> None:
-    result = cli("release", world.record_id, "--config", world.config_path,
-                 "--submit", f"sendmail:{tmp_path}/nope", stdin=world.authorized)
+def test_release_via_a_missing_sendmail(
+    world: World, fresh: Held, tmp_path: Path, cli: Cli
+) -> None:
+    result = cli("release", fresh.record_id, "--config", world.config_path,
+                 "--submit", f"sendmail:{tmp_path}/nope", stdin=fresh.authorized)
     assert result.rc == 1
     assert result.err.startswith(f"smime-milter release: {tmp_path}/nope: ")
 

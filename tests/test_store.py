@@ -34,6 +34,7 @@ from smime_milter.store import (
     Changes,
     LearnedCertificate,
     Record,
+    Resubmitted,
     Store,
     StoreError,
 )
@@ -999,3 +1000,29 @@ def test_corrupt_learned_entry(path: Path) -> None:
     with Store.open(path, readonly=True) as reader, pytest.raises(StoreError) as caught:
         reader.learned_certificates("alice@example.org")
     assert caught.value.reason == "corrupt"
+
+
+def test_a_release_is_claimed_once_kept_on_disk_and_not_a_jmap_change(path: Path) -> None:
+    """``resubmissions``, the optional member ``smime-milter release`` keeps."""
+    first = Resubmitted(by="officer", at=RECEIVED + timedelta(hours=1))
+    second = Resubmitted(by="deputy", at=RECEIVED + timedelta(hours=2))
+    with Store.open(path) as opened:
+        opened.put_sync(record(record_id="rheld"))
+        state = opened.state()
+        assert opened.claim_resubmission("rheld", first).result() is None
+        # Claimed: a second release is refused and told about the first.
+        assert opened.claim_resubmission("rheld", second).result() == first
+        done = replace(first, queue_id="4QUEUED")
+        assert opened.amend_resubmission("rheld", first, done).result()
+        assert opened.claim_resubmission("rheld", second).result() == done
+        assert opened.claim_resubmission("rheld", second, force=True).result() is None
+        assert opened.amend_resubmission("rheld", second, None).result()  # withdrawn
+        assert opened.get("rheld").resubmissions == (done,)  # type: ignore[union-attr]
+        assert opened.state() == state  # not an Email/changes update
+        with pytest.raises(StoreError) as missing:
+            opened.claim_resubmission("rnone", first).result()
+        assert missing.value.reason == "missing"
+    with raw_env(path) as env, env.begin() as txn:
+        doc = json.loads(txn.get(b"rheld", db=raw_db(env, txn, "records")))
+    assert doc["resubmissions"] == [
+        {"by": "officer", "at": "2026-06-01T13:30:05Z", "queueId": "4QUEUED"}]

@@ -15,6 +15,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,8 @@ from cryptography.hazmat.primitives import hashes
 from smime_milter.bootstrap import load_trust
 from smime_milter.cli.main import main
 from smime_milter.config.reader import Config, load_config
-from smime_milter.model import Status
+from smime_milter.model import Status, Verdict, new_record_id
+from smime_milter.stamp import fields as stamp
 from smime_milter.store import Record, Store
 from smime_milter.verify.engine import Verifier
 from tests.support import smime
@@ -86,14 +88,17 @@ def _messages(pki: TestPki) -> dict[str, bytes]:
     }
 
 
-def _deliver(setup: Setup, pki: TestPki) -> dict[str, Record]:
+def _deliver(setup: Setup, pki: TestPki, ids: dict[str, str] | None = None
+             ) -> dict[str, Record]:
     """Verifies the messages at NOW with the configured anchors and stores the
-    records the milter would have written; the store knows that anchor set."""
+    records the milter would have written (under ``ids[name]`` when given);
+    the store knows that anchor set."""
     trust = load_trust(setup.config)
     verifier = Verifier(trust, setup.config.verify, clock=lambda: NOW)
     records = {}
     with Store.open(setup.store, map_size=1 << 24) as store:
-        for record_id, message in _messages(pki).items():
+        for name, message in _messages(pki).items():
+            record_id = (ids or {}).get(name, name)
             verdict = verifier.verify(message, at=NOW)
             record = Record.from_verdict(
                 verdict, record_id=record_id, received_at=NOW,
@@ -101,7 +106,7 @@ def _deliver(setup: Setup, pki: TestPki) -> dict[str, Record]:
                 envelope_recipients=["bob@example.com"], message_id=None, queue_id=None,
             )
             store.put_sync(record)
-            records[record_id] = record
+            records[name] = record
         store.record_trust(trust.generation, NOW).result()
     return records
 
@@ -493,3 +498,74 @@ def test_an_anchor_with_a_serial_that_is_not_positive_is_a_listed_warning(
                "the cryptography library will refuse this certificate)")
     assert text.stdout.count(f"  warning: {warning}\n") == 2  # configured and managed
     assert [warning in entry["warnings"] for entry in json.loads(as_json.stdout)] == [True, True]
+
+
+# --------------------------------------------------------------------------- trust add = ingest
+
+
+AUTHSERV = "mx.example.org"
+
+
+def _as_delivered(message: bytes, verdict: Verdict, record_id: str) -> bytes:
+    """The copy a Maildir holds: delivery fields, the milter's stamp (made by
+    the real stamp functions from the delivery verdict), our MTA's Received."""
+    fields = [
+        ("Return-Path", "<untrusted@example.com>"), ("X-Original-To", "bob@example.com"),
+        ("Delivered-To", "bob@example.com"),
+        (stamp.AR_HEADER, stamp.authentication_results(AUTHSERV, verdict)),
+        (stamp.STATUS_HEADER, stamp.status_header(verdict.status, record_id)),
+        ("Received", f"from client.example.net (client.example.net [192.0.2.7])\n\tby "
+                     f"{AUTHSERV} (Postfix) with ESMTPS id 4Xyz12AbCd\n\tfor "
+                     f"<bob@example.com>; {format_datetime(NOW)}"),
+    ]
+    head = "".join(f"{name}: {value}\n" for name, value in fields).encode()
+    return (head + message).replace(b"\r\n", b"\n")
+
+
+def test_ingest_into_a_fresh_store_agrees_with_trust_add(
+    tmp_path: Path, pki: TestPki, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 16: after ``trust add`` the store said signed/verified at delivery
+    while a store rebuilt by ``ingest`` kept the stamp's signed/failed."""
+    setup = _setup(tmp_path, pki)
+    ids = {name: new_record_id() for name in _messages(pki)}
+    records = _deliver(setup, pki, ids)
+    maildir = tmp_path / "Maildir"
+    for sub in ("cur", "new", "tmp"):
+        (maildir / sub).mkdir(parents=True)
+    trust = load_trust(setup.config)
+    verifier = Verifier(trust, setup.config.verify, clock=lambda: NOW)
+    for name, message in _messages(pki).items():
+        verdict = verifier.verify(message, at=NOW)
+        assert verdict.status is records[name].status_at_delivery
+        copy = _as_delivered(message, verdict, ids[name])
+        (maildir / "new" / f"{name}.mx:2,").write_bytes(copy)
+
+    # A: the store the milter wrote, after `trust add` of the other root.
+    assert setup.run("trust", "add", setup.other_root) == 0
+    with _read(setup) as store:
+        after_trust_add = store.get_many(ids.values())
+
+    # B: a fresh store rebuilt from the delivered mail, the root now trusted.
+    capsys.readouterr()
+    fresh = tmp_path / "rebuilt"
+    assert main(["ingest", str(maildir), "--authserv-id", AUTHSERV, "--store", str(fresh),
+                 "--config", str(setup.config_path)]) == 0
+    out = capsys.readouterr().out
+    assert (f"record {ids['rchain']}: smimeStatusAtDelivery signed/failed -> "
+            "signed/verified\n") in out
+    with Store.open(fresh, map_size=1 << 24) as store:
+        rebuilt = store.get_many(ids.values())
+
+    assert set(rebuilt) == set(after_trust_add) == set(ids.values())
+    for name, record_id in ids.items():
+        a, b = after_trust_add[record_id], rebuilt[record_id]
+        assert b.status_at_delivery == a.status_at_delivery, name
+        assert (b.errors_at_delivery is None) == (a.errors_at_delivery is None), name
+    assert rebuilt[ids["rchain"]].status_at_delivery is Status.SIGNED_VERIFIED
+    assert rebuilt[ids["rchain"]].errors_at_delivery is None
+    # Failures for another reason stay failed on both paths.
+    for name in ("rtampered", "rmismatch"):
+        assert after_trust_add[ids[name]].status_at_delivery is Status.SIGNED_FAILED
+        assert rebuilt[ids[name]].status_at_delivery is Status.SIGNED_FAILED
+    assert rebuilt[ids["rgood"]].status_at_delivery is Status.SIGNED_VERIFIED

@@ -41,7 +41,11 @@ only through the message that names it.
 What a record gets
 ------------------
 * ``smimeStatusAtDelivery`` is the stamp's status: it is what was decided at
-  delivery, with the trust anchors, CRLs and keys of that moment.
+  delivery, with the trust anchors, CRLs and keys of that moment. (The
+  ``ingest`` command then applies ``trust add``'s rule to the records it
+  created, ``revalidate.reassess_records``: a failure an anchor added since
+  delivery resolves becomes verified, so a rebuilt store agrees with one
+  that saw the ``trust add``.)
 * ``receivedAt`` is the existing record's when there is one; otherwise the
   date of the ``Received`` field directly below our Authentication-Results
   (the one our MTA added while the milter ran); failing that, the topmost

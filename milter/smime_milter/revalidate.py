@@ -329,46 +329,58 @@ def apply_anchor_change(
 
 
 def reassess_at_delivery(store: Store, revalidator: Revalidator) -> list[AtDeliveryChange]:
-    """After trust anchors were *added*: re-evaluates, as of its receivedAt,
-    every record whose at-delivery status failed on a signer's chain, and
-    writes back the ones whose status changed (RFC 9219 §4.1: smimeStatusAtDelivery
-    changes only when anchors are added)."""
+    """After trust anchors were *added*: applies :func:`reassess_records` to
+    every record (RFC 9219 §4.1: smimeStatusAtDelivery changes only when
+    anchors are added)."""
     changes: list[AtDeliveryChange] = []
     batch: list[str] = []
-
-    def flush() -> None:
-        candidates = [
-            view.record_id
-            for view in store.views(batch).values()
-            if view.status_at_delivery is not None and view.status_at_delivery.is_failed
-        ]
-        pending = []
-        for record in store.get_many(candidates).values():
-            if all(signer.chain_ok for signer in record.signers if signer.certificate):
-                continue  # no chain failed: a new anchor changes nothing
-            new = revalidator.assess(record, record.received_at)
-            old = Assessment(record.status_at_delivery, record.errors_at_delivery)
-            if new is None or new.status == old.status:
-                # Still failed for another reason: the at-delivery errors are
-                # not a JMAP property, so rewriting them would only make
-                # clients refetch (an Email/changes update) for nothing.
-                continue
-            changes.append(AtDeliveryChange(record.record_id, old, new))
-            pending.append(store.update(
-                record.record_id, status_at_delivery=new.status, errors_at_delivery=new.errors
-            ))
-            log.info(
-                "record %s: smimeStatusAtDelivery %s -> %s after a trust anchor was added",
-                record.record_id, old.status, new.status,
-            )
-        for future in pending:
-            _written_unless_deleted(future)
-        batch.clear()
-
     for record_id in store.record_ids():
         batch.append(record_id)
         if len(batch) >= _BATCH:
-            flush()
+            changes.extend(reassess_records(store, revalidator, batch))
+            batch = []
     if batch:
-        flush()
+        changes.extend(reassess_records(store, revalidator, batch))
+    return changes
+
+
+def reassess_records(
+    store: Store, revalidator: Revalidator, ids: Iterable[str]
+) -> list[AtDeliveryChange]:
+    """The at-delivery rule of ``trust add`` and ``ingest``: a record whose
+    at-delivery status failed is evaluated again as of its receivedAt with
+    the revalidator's anchors, and written back when the status changes.
+
+    Only the chain part can change: the signature, the From binding and the
+    message errors are facts of the message that the evaluation keeps, so a
+    failure for one of those stays a failure, and only one that an anchor
+    unknown then caused (an untrusted chain) can turn verified. Both commands
+    use this one function, so a store rebuilt by ``ingest`` gives the answer
+    ``trust add`` gave to the store it replaces."""
+    changes: list[AtDeliveryChange] = []
+    ids = list(ids)
+    candidates = [
+        view.record_id
+        for view in store.views(ids).values()
+        if view.status_at_delivery is not None and view.status_at_delivery.is_failed
+    ]
+    pending = []
+    for record in store.get_many(candidates).values():
+        new = revalidator.assess(record, record.received_at)
+        old = Assessment(record.status_at_delivery, record.errors_at_delivery)
+        if new is None or new.status == old.status:
+            # Still failed for another reason: the at-delivery errors are
+            # not a JMAP property, so rewriting them would only make
+            # clients refetch (an Email/changes update) for nothing.
+            continue
+        changes.append(AtDeliveryChange(record.record_id, old, new))
+        pending.append(store.update(
+            record.record_id, status_at_delivery=new.status, errors_at_delivery=new.errors
+        ))
+        log.info(
+            "record %s: smimeStatusAtDelivery %s -> %s with the current trust anchors",
+            record.record_id, old.status, new.status,
+        )
+    for future in pending:
+        _written_unless_deleted(future)
     return changes

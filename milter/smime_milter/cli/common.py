@@ -1,6 +1,7 @@
 """What several ``smime-milter`` commands share: how a command presents
 itself in ``--help``, the ``--config``/``--store`` options of the commands
-that work on the store, ISO 8601 moments and the commands' clock."""
+that work on the store, ISO 8601 moments, the commands' clock, and how an
+at-delivery change is told."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import TypeAlias
 
 from smime_milter.config import DEFAULT_CONFIG, Config, load_config
+from smime_milter.revalidate import AtDeliveryChange
 
 #: What ``add_subparsers`` returns: each command module adds its parsers to it.
 Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
@@ -89,3 +91,17 @@ def clock(args: argparse.Namespace) -> Callable[[], datetime]:
     """
     chosen: Callable[[], datetime] | None = getattr(args, "clock", None)
     return chosen or wall_clock
+
+
+def _status_text(status: object) -> str:
+    return "null" if status is None else str(status)
+
+
+def at_delivery_line(change: AtDeliveryChange) -> str:
+    """One line for a record whose smimeStatusAtDelivery the current anchors
+    changed (``trust add`` and ``ingest`` print the same)."""
+    line = (f"record {change.record_id}: smimeStatusAtDelivery "
+            f"{_status_text(change.old.status)} -> {_status_text(change.new.status)}")
+    if change.new.errors:
+        line += f" ({'; '.join(change.new.errors)})"
+    return line

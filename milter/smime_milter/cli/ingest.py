@@ -8,17 +8,24 @@ import json
 import sys
 from pathlib import Path
 
-from smime_milter.bootstrap import build_verifier
+from smime_milter.bootstrap import build_revalidator, build_verifier, load_trust
 from smime_milter.cli.common import (
     Commands,
     add_command,
+    at_delivery_line,
     clock,
     service_arguments,
     service_config,
 )
 from smime_milter.config import ConfigError
 from smime_milter.ingest import IngestResult, ingest_message, message_files
+from smime_milter.revalidate import AtDeliveryChange, reassess_records
 from smime_milter.store import Store
+
+#: Created records re-assessed together: the stamp tells what was decided with
+#: the anchors of that day, and what `trust add` would have changed since
+#: changes here too.
+_BATCH = 512
 
 
 def add_ingest_parser(commands: Commands) -> None:
@@ -36,7 +43,10 @@ def add_ingest_parser(commands: Commands) -> None:
         "are walked as Maildirs (new/, cur/ and folders) or as directories of message "
         "files. Exit status 0 when every file could be read, 1 otherwise: messages "
         "skipped for lack of a trusted stamp (sent mail, mail from before the milter, "
-        "forgeries) are not failures.",
+        "forgeries) are not failures. A created record whose stamp says the signature "
+        "failed at delivery is evaluated again as of its delivery with the current trust "
+        "anchors, as `trust add` does: a chain an anchor added since then validates turns "
+        "it verified.",
     )
     ingest.add_argument("paths", nargs="+", type=Path, metavar="FILE_OR_MAILDIR")
     service_arguments(ingest)
@@ -70,8 +80,12 @@ def run_ingest(args: argparse.Namespace) -> int:
     if not authserv_id:
         raise ConfigError("ingest trusts only stamps with the milter's authserv-id and does "
                           "not guess it: give --authserv-id or set milter.authserv_id")
-    verifier = build_verifier(config)
+    trust = load_trust(config)
+    verifier = build_verifier(config, trust=trust)
     now = clock(args)()
+    revalidator = build_revalidator(config, trust)
+    created: list[str] = []
+    changes: list[AtDeliveryChange] = []
     counts = dict.fromkeys(("created", "refreshed", "unchanged", "skipped", "unreadable"), 0)
     with Store.open(config.store.path, map_size=config.store.map_size,
                     max_map_size=config.store.max_map_size) as store:
@@ -94,12 +108,20 @@ def run_ingest(args: argparse.Namespace) -> int:
             result = ingest_message(raw, authserv_id=authserv_id, verifier=verifier,
                                     store=store, now=now)
             counts[result.action] += 1
+            if result.action == "created" and result.record_id is not None:
+                created.append(result.record_id)
+            if len(created) >= _BATCH:
+                changes += reassess_records(store, revalidator, created)
+                created = []
             if args.json:
                 print(json.dumps({"file": name, "action": result.action,
                                   "record": result.record_id, "reason": result.reason},
                                  ensure_ascii=False))
             else:
                 print(_ingest_line(name, result))
+        changes += reassess_records(store, revalidator, created)
+    for change in changes:
+        print(at_delivery_line(change), file=sys.stderr if args.json else sys.stdout)
     print(f"ingest: {sum(counts.values())} file(s): "
           + ", ".join(f"{count} {action}" for action, count in counts.items()),
           file=sys.stderr)

@@ -4,8 +4,11 @@ the draft-and-release flow, as thin command-line wrappers."""
 from __future__ import annotations
 
 import argparse
+import os
+import pwd
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 from smime_milter.bootstrap import build_verifier
@@ -19,9 +22,9 @@ from smime_milter.release import (
     looks_like_record_id,
     prepare,
     record_id_of,
-    submit,
+    release,
 )
-from smime_milter.store import Store
+from smime_milter.store import Store, StoreError
 
 
 def add_release_parsers(
@@ -58,13 +61,17 @@ def add_release_parsers(
         description="Re-submit an authorized message to the envelope recipients recorded "
         "when the milter held it back, through [release] submit, so it passes the milter "
         "again. FILE is the authorized message (its SMIME-Status-At-Delivery names the "
-        "record); with a RECORD id the message is read from stdin.",
+        "record); with a RECORD id the message is read from stdin. The release is recorded "
+        "in the record before the message is sent (who, when, the MTA's queue id), and a "
+        "record released before is refused: that would deliver the message twice.",
     )
     release.add_argument("target", metavar="RECORD_OR_FILE")
     release.add_argument("--submit", type=_submit_argument,
                          help="sendmail:/path or smtp:host:port (default: [release] submit)")
     release.add_argument("--dry-run", action="store_true",
                          help="check and print what would be sent, send nothing")
+    release.add_argument("--force", action="store_true",
+                         help="release even though the record was released before")
     service_arguments(release)
     release.set_defaults(handler=lambda args: run_release(args, service_config(args)))
 
@@ -94,31 +101,56 @@ def run_authorize(args: argparse.Namespace, config: Config) -> int:
 
 def run_release(args: argparse.Namespace, config: Config) -> int:
     target = Path(args.target)
+    path = config.store.path
     try:
         if looks_like_record_id(args.target) and not target.exists():
             record_id, message = args.target, sys.stdin.buffer.read()
         else:
             message = _read(target)
             record_id = record_id_of(message)
-        store = Store.open(config.store.path, readonly=True)
-        try:
-            record = store.get(record_id)
-        finally:
-            store.close()
-        resubmission = prepare(message, record, record_id, config.release.rules,
-                               build_verifier(config),
-                               casefold_local_part=config.verify.casefold_local_part)
-        if args.dry_run:
-            print(f"would release record {record_id} from <{resubmission.sender}> to "
-                  + ", ".join(f"<{r}>" for r in resubmission.recipients))
-            return 0
-        submit(resubmission, args.submit or config.release.submit)
+        # A writable open would create a missing store: the milter owns that.
+        if not args.dry_run and not (path / "data.mdb").is_file():
+            raise ReleaseError(f"no store at {path}: nothing was sent")
+        store = Store.open(path, readonly=True) if args.dry_run else _writable(config)
+        with store:
+            resubmission = prepare(message, store.get(record_id), record_id,
+                                   config.release.rules, build_verifier(config),
+                                   casefold_local_part=config.verify.casefold_local_part,
+                                   force=args.force)
+            if args.dry_run:
+                print(f"would release record {record_id} from <{resubmission.sender}> to "
+                      + ", ".join(f"<{r}>" for r in resubmission.recipients))
+                return 0
+            done = release(store, resubmission, args.submit or config.release.submit,
+                           by=_login_name(), now=datetime.now(UTC), force=args.force)
     except ReleaseError as exc:
         print(f"smime-milter release: {exc}", file=sys.stderr)
         return 1
     print(f"released record {record_id} ({resubmission.decision.summary}) to "
-          + ", ".join(f"<{r}>" for r in resubmission.recipients))
+          + ", ".join(f"<{r}>" for r in resubmission.recipients)
+          + f"; queue id {done.queue_id or 'unknown'}")
     return 0
+
+
+def _writable(config: Config) -> Store:
+    """The store, opened to record the release: failing that, nothing is sent."""
+    try:
+        return Store.open(config.store.path, map_size=config.store.map_size,
+                          max_map_size=config.store.max_map_size)
+    except StoreError as exc:
+        raise ReleaseError(f"cannot record the release in the store ({exc}): nothing was "
+                           "sent; run release as the service's user") from exc
+
+
+def _login_name() -> str:
+    """Who releases: the login name, and the sudo user behind it."""
+    uid = os.getuid()
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        name = str(uid)
+    sudo = os.environ.get("SUDO_USER")
+    return f"{sudo} (as {name})" if sudo and sudo != name else name
 
 
 def _read(path: Path) -> bytes:

@@ -10,9 +10,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from smime_milter.bootstrap import build_revalidator, load_trust, load_trust_with_sources
-from smime_milter.cli.common import Commands, add_command, service_arguments, service_config
+from smime_milter.cli.common import (
+    Commands,
+    add_command,
+    at_delivery_line,
+    service_arguments,
+    service_config,
+)
 from smime_milter.config import Config
-from smime_milter.revalidate import AtDeliveryChange, apply_anchor_change
+from smime_milter.revalidate import apply_anchor_change
 from smime_milter.store import Store, utc_date
 from smime_milter.trust import AnchorEntry, TrustStore, add_anchors, list_anchors, remove_anchors
 
@@ -88,18 +94,6 @@ def _print_warnings(entry: AnchorEntry) -> None:
         print(f"  warning: {warning}")
 
 
-def _status_text(status: object) -> str:
-    return "null" if status is None else str(status)
-
-
-def _at_delivery_line(change: AtDeliveryChange) -> str:
-    line = (f"record {change.record_id}: smimeStatusAtDelivery "
-            f"{_status_text(change.old.status)} -> {_status_text(change.new.status)}")
-    if change.new.errors:
-        line += f" ({'; '.join(change.new.errors)})"
-    return line
-
-
 def _directory_failure(config: Config, exc: OSError) -> int:
     """Report a file of the anchor directory that could not be written or removed."""
     print(f"smime-milter: {exc.filename or config.trust.anchor_directory}: "
@@ -128,7 +122,7 @@ def _update_store(config: Config, trust: TrustStore, *, added: bool) -> None:
               "change the status at delivery (RFC 9219 §4.1)")
         return
     for line in change.at_delivery:
-        print(_at_delivery_line(line))
+        print(at_delivery_line(line))
     print(f"smimeStatusAtDelivery changed for {len(change.at_delivery)} record(s)")
 
 

@@ -12,10 +12,13 @@ from smime_milter.release.mixer import (
     to_x400,
 )
 from smime_milter.release.resubmit import (
+    AlreadyReleased,
+    PartlyRefused,
     ReleaseError,
     looks_like_record_id,
     prepare,
     record_id_of,
+    release,
     submit,
 )
 from smime_milter.release.rules import (
@@ -39,8 +42,9 @@ from smime_milter.release.settings import (
 
 __all__ = [
     "DEFAULT_SUBMIT", "HOLD", "ORIGINAL_RECIPIENTS_HEADER", "RELEASE_STATUS_HEADER",
-    "AuthorizeError", "Diversion", "IpmsHeading", "MessageContext", "MixerError",
-    "ReleaseConfig", "ReleaseError", "ReleaseRule", "assess", "authorize", "check_submit",
-    "divert", "from_x400", "headers_from_message", "looks_like_record_id", "prepare",
-    "read_release_section", "record_id_of", "select_rule", "status_stamp", "submit", "to_x400"
+    "AlreadyReleased", "AuthorizeError", "Diversion", "IpmsHeading", "MessageContext",
+    "MixerError", "PartlyRefused", "ReleaseConfig", "ReleaseError", "ReleaseRule", "assess",
+    "authorize", "check_submit", "divert", "from_x400", "headers_from_message",
+    "looks_like_record_id", "prepare", "read_release_section", "record_id_of", "release",
+    "select_rule", "status_stamp", "submit", "to_x400"
 ]

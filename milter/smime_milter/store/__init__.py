@@ -19,6 +19,7 @@ from smime_milter.store.records import (
     Changes,
     LearnedCertificate,
     Record,
+    Resubmitted,
     StatusView,
     StoreError,
     TrustEpoch,
@@ -26,6 +27,6 @@ from smime_milter.store.records import (
 
 __all__ = [
     "INDEXES", "MAX_LEARNED_PER_ADDRESS", "SCHEMA_VERSION", "UNSET", "CannotCalculateChanges",
-    "Changes", "LearnedCertificate", "Record", "StatusView", "Store", "StoreError",
+    "Changes", "LearnedCertificate", "Record", "Resubmitted", "StatusView", "Store", "StoreError",
     "TrustEpoch", "utc_date"
 ]

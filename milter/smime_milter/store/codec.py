@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from smime_milter.model import ReleaseDecision, SignerResult, Status, is_record_id
-from smime_milter.store.records import Record, StatusView, utc
+from smime_milter.store.records import Record, Resubmitted, StatusView, utc
 
 __all__ = [
     "INDEXES",
@@ -32,6 +32,8 @@ __all__ = [
     "learned_prefix",
     "record_json",
     "record_value",
+    "resubmission_json",
+    "resubmission_value",
     "status_entry",
     "status_json",
     "texts_or_none",
@@ -181,6 +183,16 @@ def _release_value(doc: dict[str, Any]) -> ReleaseDecision:
     )
 
 
+def resubmission_json(entry: Resubmitted) -> dict[str, Any]:
+    return {"by": _text(entry.by), "at": utc_date(entry.at),
+            "queueId": _text_or_none(entry.queue_id)}
+
+
+def resubmission_value(doc: dict[str, Any]) -> Resubmitted:
+    return Resubmitted(by=doc["by"], at=datetime.fromisoformat(doc["at"]),
+                       queue_id=doc["queueId"])
+
+
 def record_json(record: Record, certs: CertRefs, crls: CertRefs) -> dict[str, Any]:
     """Every field but ``changeState``, which the writer assigns."""
     return {
@@ -206,6 +218,8 @@ def record_json(record: Record, certs: CertRefs, crls: CertRefs) -> dict[str, An
         # Optional members (absent in records written before draft-and-release).
         **({"release": _release_json(record.release)} if record.release else {}),
         **({"divertedTo": _text(record.diverted_to)} if record.diverted_to else {}),
+        **({"resubmissions": [resubmission_json(entry) for entry in record.resubmissions]}
+           if record.resubmissions else {}),
     }
 
 
@@ -257,6 +271,7 @@ def record_value(
         message_errors=tuple(doc["messageErrors"]),
         release=_release_value(doc["release"]) if "release" in doc else None,
         diverted_to=doc.get("divertedTo"),
+        resubmissions=tuple(map(resubmission_value, doc.get("resubmissions", ()))),
     )
 
 

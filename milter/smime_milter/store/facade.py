@@ -43,6 +43,7 @@ from smime_milter.store.codec import (
     id_key,
     learned_prefix,
     record_value,
+    resubmission_json,
     status_json,
     texts_or_none,
     utc_date,
@@ -61,12 +62,22 @@ from smime_milter.store.records import (
     Changes,
     LearnedCertificate,
     Record,
+    Resubmitted,
     StatusView,
     StoreError,
     TrustEpoch,
     utc,
 )
-from smime_milter.store.writer import Delete, Op, Put, SetTrust, Update, Writer
+from smime_milter.store.writer import (
+    AmendResubmission,
+    ClaimResubmission,
+    Delete,
+    Op,
+    Put,
+    SetTrust,
+    Update,
+    Writer,
+)
 
 # Besides Store and UNSET, names that moved out of this module and stay
 # importable from it for its older importers; new code imports them from
@@ -251,6 +262,25 @@ class Store:
         if errors_at_delivery is not UNSET:
             patch["smimeErrorsAtDelivery"] = texts_or_none(errors_at_delivery)
         return self._submit(Update(record_id, patch))
+
+    def claim_resubmission(
+        self, record_id: str, entry: Resubmitted, *, force: bool = False
+    ) -> Future[Resubmitted | None]:
+        """Records that ``record_id`` is being released (before the message
+        goes out). Resolves to None when recorded, or, when the record was
+        released before and ``force`` is off, to that latest earlier release
+        (and records nothing). An unknown id fails with StoreError("missing")."""
+        return self._submit(ClaimResubmission(record_id, resubmission_json(entry), force))
+
+    def amend_resubmission(
+        self, record_id: str, claimed: Resubmitted, new: Resubmitted | None
+    ) -> Future[bool]:
+        """Replaces a release :meth:`claim_resubmission` recorded with ``new``
+        (say, with the queue id now known) or withdraws it (None: nothing was
+        submitted after all); resolves to whether it was still there."""
+        return self._submit(AmendResubmission(
+            record_id, resubmission_json(claimed),
+            None if new is None else resubmission_json(new)))
 
     def delete(self, record_ids: Iterable[str]) -> Future[tuple[str, ...]]:
         """Queues the deletion of the records ``record_ids``; resolves to the

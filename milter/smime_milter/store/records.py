@@ -19,6 +19,7 @@ __all__ = [
     "Changes",
     "LearnedCertificate",
     "Record",
+    "Resubmitted",
     "StatusView",
     "StoreError",
     "TrustEpoch",
@@ -46,6 +47,22 @@ class CannotCalculateChanges(StoreError):
 
 
 # --------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True, slots=True)
+class Resubmitted:
+    """One ``smime-milter release`` of a held message: kept so that a second
+    release is refused instead of delivering the message twice."""
+
+    #: Who ran the release (login name).
+    by: str
+    #: When it was recorded (before the message was handed to the MTA).
+    at: datetime
+    #: The MTA's queue id of the resubmission, when the MTA told it.
+    queue_id: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "at", utc(self.at))
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +99,8 @@ class Record:
     #: Where an unreleased message went instead of ``envelope_recipients``
     #: (a release-officer address, or "hold"); None when it was not diverted.
     diverted_to: str | None = None
+    #: Releases of a held message (``smime-milter release``), oldest first.
+    resubmissions: tuple[Resubmitted, ...] = ()
 
     @property
     def revalidatable(self) -> bool:

@@ -39,14 +39,23 @@ from smime_milter.store.codec import (
     learned_entries,
     learned_order,
     record_json,
+    resubmission_value,
     status_entry,
     with_change_state,
 )
 from smime_milter.store.environment import Database, Env, translate
 from smime_milter.store.migrations import writer_dbs
-from smime_milter.store.records import CannotCalculateChanges, Record, StoreError, utc
+from smime_milter.store.records import (
+    CannotCalculateChanges,
+    Record,
+    Resubmitted,
+    StoreError,
+    utc,
+)
 
 __all__ = [
+    "AmendResubmission",
+    "ClaimResubmission",
     "Delete",
     "Op",
     "Put",
@@ -179,11 +188,7 @@ class Update(Op):
         self.patch = patch
 
     def apply(self, batch: _Batch) -> bool:
-        key = id_key(self.record_id)
-        old = None if key is None else batch.txn.get(key, db=batch.dbs["records"])
-        if old is None:
-            raise StoreError("missing", f"no record {self.record_id!r}")
-        old_doc = json.loads(old)
+        old_doc = _stored_doc(batch, self.record_id)
         doc = {**old_doc, **self.patch}
         if doc == old_doc:
             return False
@@ -192,6 +197,56 @@ class Update(Op):
             doc["changeState"] = batch.log(UPDATED, self.record_id)
         batch.write_record(self.record_id, doc, json_bytes(doc), old_doc)
         return logged
+
+
+class ClaimResubmission(Op):
+    """Appends a release to a record's ``resubmissions``, unless it has one and
+    ``force`` is off: then resolves to the latest earlier one and writes
+    nothing. Check and write are one transaction, so of two releases racing
+    only one passes. Not a JMAP change: no change-log entry."""
+
+    def __init__(self, record_id: str, entry: dict[str, Any], force: bool) -> None:
+        super().__init__()
+        self.record_id = record_id
+        self.entry = entry
+        self.force = force
+
+    def apply(self, batch: _Batch) -> dict[str, Any] | None:
+        old_doc = _stored_doc(batch, self.record_id)
+        earlier: list[dict[str, Any]] = old_doc.get("resubmissions", [])
+        if earlier and not self.force:
+            return earlier[-1]
+        doc = {**old_doc, "resubmissions": [*earlier, self.entry]}
+        batch.write_record(self.record_id, doc, json_bytes(doc), old_doc)
+        return None
+
+    def result(self, applied: Any, state: int) -> Resubmitted | None:
+        return None if applied is None else resubmission_value(applied)
+
+
+class AmendResubmission(Op):
+    """Replaces a release :class:`ClaimResubmission` wrote with ``new`` (the
+    queue id learnt from the MTA) or, with None, withdraws it (nothing was
+    submitted). Resolves to whether the entry was still there."""
+
+    def __init__(self, record_id: str, old: dict[str, Any], new: dict[str, Any] | None) -> None:
+        super().__init__()
+        self.record_id = record_id
+        self.old = old
+        self.new = new
+
+    def apply(self, batch: _Batch) -> bool:
+        old_doc = _stored_doc(batch, self.record_id)
+        entries: list[dict[str, Any]] = list(old_doc.get("resubmissions", []))
+        if self.old not in entries:
+            return False
+        at = len(entries) - 1 - entries[::-1].index(self.old)
+        entries[at: at + 1] = [] if self.new is None else [self.new]
+        doc = {key: value for key, value in old_doc.items() if key != "resubmissions"}
+        if entries:
+            doc["resubmissions"] = entries
+        batch.write_record(self.record_id, doc, json_bytes(doc), old_doc)
+        return True
 
 
 class Delete(Op):
@@ -356,6 +411,16 @@ def _apply(op: Op, batch: _Batch) -> Any:
         if exc.reason != "missing":
             raise
         return exc
+
+
+def _stored_doc(batch: _Batch, record_id: str) -> dict[str, Any]:
+    """The stored JSON object of a record; StoreError("missing") when there is none."""
+    key = id_key(record_id)
+    old = None if key is None else batch.txn.get(key, db=batch.dbs["records"])
+    if old is None:
+        raise StoreError("missing", f"no record {record_id!r}")
+    doc: dict[str, Any] = json.loads(old)
+    return doc
 
 
 def _learn(txn: lmdb.Transaction[bytes], db: Database, entry: LearnedEntry) -> None:
