@@ -13,7 +13,7 @@ import pytest
 from smime_milter.config.reader import Config
 from smime_milter.mta import MilterMetrics, Runtime
 from smime_milter.mta.app import RuntimeHolder, SmimeMilter
-from smime_milter.mta.pool import VerifyFailure
+from smime_milter.mta.verifying import VerifyFailure
 from smime_milter.store import StoreError
 from tests.support.milterapp import Connection, FakeStore, FakeVerifier
 from tests.support.pki import TestPki

@@ -11,7 +11,7 @@ from smime_milter.config import Config
 from smime_milter.model import Status, Verdict
 from smime_milter.mta import Envelope, Runtime, examine, plan
 from smime_milter.mta.intake import MessageBuffer
-from smime_milter.mta.pool import Job, VerifyFailure
+from smime_milter.mta.verifying import Job, VerifyFailure
 from smime_milter.policy import Action, Actions, Outcome, Policy
 from smime_milter.release import ReleaseConfig, ReleaseRule
 from smime_milter.stamp.fields import parse_status_header

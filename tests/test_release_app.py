@@ -14,7 +14,7 @@ from smime_milter.config.reader import Config, MilterConfig, ReleaseConfig
 from smime_milter.model import Status
 from smime_milter.mta import Runtime
 from smime_milter.mta.app import RuntimeHolder, SmimeMilter
-from smime_milter.mta.pool import VerifyFailure
+from smime_milter.mta.verifying import VerifyFailure
 from smime_milter.policy import Action, Actions, Policy
 from smime_milter.release.authorize import authorize
 from smime_milter.release.rules import ReleaseRule

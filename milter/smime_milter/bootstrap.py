@@ -9,7 +9,6 @@ tools call these builders, so every process reads a config file the same way.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from smime_milter.advanced import AddressBook, Advanced, SigningKeys, compose
 from smime_milter.cms import load_decryption_key
 from smime_milter.config import DEFAULT_CONFIG, Config, ConfigError, load_config
 from smime_milter.jmap import SmimeJmap
-from smime_milter.mta import Runtime, VerifierPool, hostname
+from smime_milter.mta import InProcessVerifier, Runtime, hostname
 from smime_milter.revalidate import Refresher, Revalidator
 from smime_milter.store import Store
 from smime_milter.trust import ChainValidator, LoadedTrust, TrustStore, load_trust_store
@@ -109,47 +108,12 @@ def build_verifier(config: Config, extra_keys: Sequence[Path] = (),
     return Verifier(trust, config.verify, keys)
 
 
-@dataclass(frozen=True, slots=True)
-class VerifierFactory:
-    """Builds a Verifier in a pool worker process: picklable, and holding only
-    the settings a verifier needs (the policy is the daemon's business)."""
-
-    config: Config
-
-    def __call__(self) -> Verifier:
-        return build_verifier(self.config)
-
-
-def verifier_factory(config: Config) -> VerifierFactory:
-    """What each verification worker of ``config``'s pool builds its verifier from."""
-    return VerifierFactory(Config(source=config.source, trust=config.trust,
-                                  verify=config.verify, decrypt_keys=config.decrypt_keys))
-
-
-def build_pool(config: Config) -> VerifierPool:
-    """The verification worker processes, checked to have started."""
-    pool = VerifierPool(verifier_factory(config), config.milter.workers)
-    try:
-        pool.check()
-    except Exception:
-        pool.close()
-        raise
-    return pool
-
-
 def build_runtime(config: Config, store: Store) -> Runtime:
     """Everything one configuration of the milter daemon serves with."""
-    # Load anchors and keys here first: a bad file is then one clear error, not a
-    # traceback from every worker's initializer.
     trust = load_trust_with_sources(config)
-    build_verifier(config, trust=trust.store)
-    pool = build_pool(config)
-    try:
-        advanced = build_advanced(config, store)
-    except Exception:
-        pool.close()
-        raise
-    return Runtime(config=config, verifier=pool, store=store, hostname=hostname(),
+    verifier = InProcessVerifier(build_verifier(config, trust=trust.store))
+    advanced = build_advanced(config, store)
+    return Runtime(config=config, verifier=verifier, store=store, hostname=hostname(),
                    advanced=advanced, trust_anchors=trust.sources)
 
 

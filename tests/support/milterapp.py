@@ -13,7 +13,7 @@ import Milter
 
 from smime_milter.model import Verdict
 from smime_milter.mta.app import SmimeMilter
-from smime_milter.mta.pool import Job
+from smime_milter.mta.verifying import Job
 from smime_milter.store import Record
 from smime_milter.verify.engine import Verifier
 

@@ -34,7 +34,7 @@ def add_daemon_parser(commands: Commands) -> None:
     daemon.add_argument("--store", type=Path, metavar="DIR", help="LMDB store directory")
     daemon.add_argument("--trust-anchors", type=Path, action="append", default=[],
                         metavar="PATH", help="trust anchor PEM file or directory (repeatable)")
-    daemon.add_argument("--workers", type=int, help="verification processes (0: one per CPU)")
+    daemon.add_argument("--workers", type=int, help="milter processes (0: one per CPU)")
     daemon.add_argument("--user", metavar="NAME",
                         help="started as root, become this user (default: milter.user, "
                         "else smime-milter; only 'root' written out keeps root)")

@@ -1,5 +1,6 @@
 """The milter: pymilter callbacks, the pipeline that decides and plans header
-edits, the verifier pool, the daemon, its metrics and health checks."""
+edits, in-process verification under a watchdog, the pre-forking daemon, its
+metrics and health checks."""
 
 from __future__ import annotations
 
@@ -8,11 +9,11 @@ from smime_milter.mta.daemon import run
 from smime_milter.mta.health import Check, Health, check_health
 from smime_milter.mta.metrics import MetricsError, MilterMetrics, scrape
 from smime_milter.mta.pipeline import Envelope, Examination, Runtime, examine, plan
-from smime_milter.mta.pool import VerifierPool, VerifyFailure
 from smime_milter.mta.privileges import StartupError
+from smime_milter.mta.verifying import InProcessVerifier, Job, VerifyFailure
 
 __all__ = [
-    "Check", "Envelope", "Examination", "Health", "MetricsError", "MilterMetrics", "Runtime",
-    "StartupError", "VerifierPool", "VerifyFailure", "check_health", "examine", "hostname",
-    "plan", "run", "scrape",
+    "Check", "Envelope", "Examination", "Health", "InProcessVerifier", "Job", "MetricsError",
+    "MilterMetrics", "Runtime", "StartupError", "VerifyFailure", "check_health", "examine",
+    "hostname", "plan", "run", "scrape",
 ]

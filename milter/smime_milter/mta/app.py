@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -34,7 +35,7 @@ from smime_milter.mta.handling import Plan, forged_headers, reply_text
 from smime_milter.mta.intake import MessageBuffer
 from smime_milter.mta.metrics import MilterMetrics
 from smime_milter.mta.pipeline import Examination, Runtime
-from smime_milter.mta.pool import Job, PoolClosed
+from smime_milter.mta.verifying import Job
 from smime_milter.policy import Action, Outcome
 
 log = logging.getLogger("smime_milter")
@@ -53,6 +54,34 @@ def client_text(hostname: str, address: str | None) -> str:
     if not hostname or (hostname.startswith("[") and hostname.endswith("]")):
         hostname = "unknown"
     return f"{hostname}[{address or ''}]"
+
+class InFlight:
+    """Messages between end of data and the reply, so a stopping milter
+    process can let them finish (libmilter does not wait for its threads)."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._idle = threading.Condition()
+
+    def __enter__(self) -> None:
+        with self._idle:
+            self._count += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._idle:
+            self._count -= 1
+            if not self._count:
+                self._idle.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Whether every message in progress finished within ``timeout``."""
+        with self._idle:
+            return self._idle.wait_for(lambda: not self._count, timeout)
+
+
+#: This process's messages at end of data.
+in_flight = InFlight()
+
 
 class RuntimeHolder:
     """The current Runtime (a plain attribute: reads and writes are atomic)."""
@@ -154,6 +183,10 @@ class SmimeMilter(milterapi.Base):
         return milterapi.CONTINUE
 
     def eom(self) -> int:
+        with in_flight:
+            return self._end_of_message()
+
+    def _end_of_message(self) -> int:
         started = time.monotonic()
         runtime = self.holder.current
         queue_id = self.getsymval("i") or "NOQUEUE"
@@ -299,23 +332,10 @@ class SmimeMilter(milterapi.Base):
     def _verify(self, runtime: Runtime, job: Job) -> Verdict:
         started = time.monotonic()
         try:
-            return self._verify_on_current_pool(runtime, job)
+            return runtime.verifier.verify(job, runtime.config.milter.verify_timeout)
         finally:
             if self.metrics is not None:
                 self.metrics.verify_seconds.observe(time.monotonic() - started)
-
-    def _verify_on_current_pool(self, runtime: Runtime, job: Job) -> Verdict:
-        timeout = runtime.config.milter.verify_timeout
-        verifier = runtime.verifier
-        while True:
-            try:
-                return verifier.verify(job, timeout)
-            except PoolClosed:
-                # A reload swapped the pool between our picking it and submitting;
-                # follow it to the current one (reloads may come back to back).
-                if self.holder.current.verifier is verifier:
-                    raise
-                verifier = self.holder.current.verifier
 
     def _apply(self, plan: Plan, transformed: Transformed | None = None) -> None:
         # Any failure here raises and eom tempfails: the MTA then discards every

@@ -4,36 +4,35 @@ Start-up order matters, and no process of the daemon keeps root:
 
 1. the user and the socket's group are looked up (an unknown one stops the
    start before anything is created);
-2. the socket is opened as root (its directory may be root's) and given its
-   group and mode;
+2. the socket is opened as root (its directory may be root's), given its
+   group and mode, and made non-blocking (several processes accept on it);
 3. still as root, the store and spool directories are prepared for the
    service user (mta/privileges.py says what is created and given to it);
 4. privileges are dropped for good, and the store and spool directories are
-   checked as the user;
-5. multiprocessing's helper processes (resource tracker, forkserver) start,
-   as the user, from the main thread while it is still the only thread;
-6. signals are blocked, before any thread exists (so only libmilter's signal
-   thread and our reload thread ever receive them);
-7. the store, the worker pool (forked by the forkserver, so as the user too)
-   and the threads start, the metrics endpoint's (``[metrics] listen``,
-   opened as the user) among them.
+   checked as the user; the store is created or upgraded once, here;
+5. signals are blocked, before any thread or process exists;
+6. the supervisor forks the milter processes (mta/prefork.py) and waits
+   until every one has opened the store and built its verifier; then the
+   metrics endpoint's (``[metrics] listen``, opened as the user) starts.
 
-Signals: SIGUSR1 (``systemctl reload``) re-reads the configuration and
-trust anchors without dropping a connection; SIGTERM, SIGINT and SIGHUP stop
-libmilter gracefully (libmilter itself treats HUP as stop, so reload uses
-USR1 rather than fighting it for the signal). All of them are blocked in
-every thread and taken by sigwait, in our signal thread or libmilter's.
+Signals (to the supervisor, the main PID): SIGUSR1 (``systemctl reload``)
+re-reads the configuration and trust anchors in every process without
+dropping a connection; SIGTERM, SIGINT and SIGHUP stop the processes
+gracefully (libmilter itself treats HUP as stop, so reload uses USR1 rather
+than fighting it for the signal).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
+import socket
 import stat
+import tempfile
 import threading
 from collections.abc import Callable
-from multiprocessing import forkserver, resource_tracker
 from pathlib import Path
 
 import Milter
@@ -41,19 +40,22 @@ import Milter
 import milter as libmilter
 from smime_milter.config import Config, configure_logging
 from smime_milter.mta import privileges
-from smime_milter.mta.app import RuntimeHolder, SmimeMilter
-from smime_milter.mta.metrics import MetricsError, MetricsServer, MilterMetrics, instrument, serve
-from smime_milter.mta.pipeline import Runtime
-from smime_milter.mta.pool import VerifierPool
+from smime_milter.mta.app import SmimeMilter
+from smime_milter.mta.metrics import (
+    MetricsError,
+    MetricsServer,
+    SupervisorMetrics,
+    serve,
+    share_between_processes,
+)
+from smime_milter.mta.prefork import STOP_SIGNALS, Supervisor, log_trust_anchors, serving
 from smime_milter.mta.privileges import ServiceUser, StartupError
+from smime_milter.mta.worker import RELOAD_SIGNAL, MakeRuntime
 from smime_milter.store import Store
-from smime_milter.trust import trust_files
 
 log = logging.getLogger("smime_milter")
 
 MILTER_NAME = "smime-milter"
-STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
-RELOAD_SIGNAL = signal.SIGUSR1
 #: Postfix's queue directory, where the default socket's directory lives.
 POSTFIX_QUEUE = Path("/var/spool/postfix")
 #: Pending connections the kernel queues while every libmilter thread is busy.
@@ -151,124 +153,56 @@ def _become_service_user(config: Config, user: ServiceUser | None) -> None:
         privileges.check_directory("spool directory", spool)
 
 
-#: Builds a complete Runtime (verifier pool, advanced features) for a
-#: configuration over the open store; the composition root supplies it.
-MakeRuntime = Callable[[Config, Store], Runtime]
+def _prepare_store(config: Config) -> None:
+    """Create or upgrade the store once, before any milter process opens it,
+    so a store that cannot be used stops the start with one clear line."""
+    store = Store.open(config.store.path, map_size=config.store.map_size,
+                       max_map_size=config.store.max_map_size)
+    store.close()
 
 
-#: Seconds between looks at the trust files' modification times.
-TRUST_CHECK_INTERVAL = 5.0
-
-
-def _start_multiprocessing_helpers() -> None:
-    """Start multiprocessing's helper processes now, from the main thread,
-    after the privileges are dropped (the workers the forkserver forks are
-    then the service user's too) and before the stop signals are blocked.
-
-    Python's resource tracker *unblocks* SIGINT and SIGTERM in whichever thread
-    first starts it; started later from the pool's manager thread, that thread
-    would take a stop signal with its default action and kill the daemon in the
-    middle of a message. Started here, before the main thread blocks them (and
-    before any other thread exists), the unblocking changes nothing, and the
-    forkserver and its workers inherit an unblocked signal mask.
-    """
-    resource_tracker.ensure_running()
-    forkserver.ensure_running()
-
-
-def _signal_loop(holder: RuntimeHolder, load: Callable[[], Config], store: Store,
-                 make_runtime: MakeRuntime) -> None:
-    """Wait for our signals. Stop signals stop libmilter (its own signal thread
-    may take them first, with the same effect); SIGUSR1 reloads. Between
-    signals, every TRUST_CHECK_INTERVAL seconds, an edited trust anchor,
-    intermediate or CRL file (``smime-milter trust add``, a CRL fetch job)
-    reloads too, so the milter and the JMAP API judge with the same anchors."""
-    watched = trust_files(holder.current.config.trust)
-    while True:
-        info = signal.sigtimedwait(STOP_SIGNALS | {RELOAD_SIGNAL}, TRUST_CHECK_INTERVAL)
-        if info is None:
-            current = trust_files(holder.current.config.trust)
-            if current == watched:
-                continue
-            watched = current
-            log.info("trust anchor, intermediate or CRL files changed: reloading")
-            _reload(holder, load, store, make_runtime)
-            continue
-        if info.si_signo in STOP_SIGNALS:
-            log.info("%s received, finishing open connections",
-                     signal.Signals(info.si_signo).name)
-            libmilter.stop()
-            return
-        _reload(holder, load, store, make_runtime)
-        watched = trust_files(holder.current.config.trust)
-
-
-def _reload(holder: RuntimeHolder, load: Callable[[], Config], store: Store,
-            make_runtime: MakeRuntime) -> None:
-    """Build a complete new Runtime before swapping it in, so a bad edit keeps
-    the running configuration and no message sees half of each."""
-    old = holder.current
+def _open_descriptors() -> set[int]:
     try:
-        config = load()
-        if config.store != old.config.store or config.milter.socket != old.config.milter.socket:
-            log.warning("reload: store and socket changes take effect after a restart")
-        runtime = make_runtime(config, store)
-    except Exception as exc:
-        # One record per problem of a bad configuration, each complete.
-        for line in str(exc).splitlines() or [""]:
-            log.error("reload failed, keeping the running configuration: %s", line)
-        _count_reload("failed")
-        return
-    holder.current = runtime
-    _count_reload("ok")
-    if config.metrics != old.config.metrics:
-        log.warning("reload: [metrics] changes take effect after a restart")
-    configure_logging(config.milter)
-    log.info("reloaded: %s", _serving(runtime))
-    _log_trust_anchors(runtime)
-    # Messages still verifying on the old pool finish there.
-    threading.Thread(target=_close_pool, args=(old,), daemon=True).start()
+        return {int(name) for name in os.listdir("/proc/self/fd")}
+    except OSError:
+        return set()
 
 
-def _serving(runtime: Runtime) -> str:
-    """What the start-up and reload lines say the daemon now serves with."""
-    config = runtime.config
-    source = config.source if config.source is not None else "built-in defaults"
-    anchors = runtime.trust_anchors
-    count = f", {anchors.total} trust anchors" if anchors is not None else ""
-    workers = getattr(runtime.verifier, "workers", None)
-    pool = f", {workers} workers" if workers is not None else ""
-    return f"config {source}, store {config.store.path}{pool}{count}"
+def _make_nonblocking(before: set[int]) -> None:
+    """Make libmilter's listening socket (the one new listening descriptor)
+    non-blocking: every milter process waits for it with select() and then
+    accepts; a process that lost the race must get EAGAIN, not sleep in
+    accept() through a stop request."""
+    for fd in sorted(_open_descriptors() - before):
+        try:
+            probe = socket.socket(fileno=fd)
+        except OSError:
+            continue
+        try:
+            listening = probe.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+        except OSError:
+            listening = 0
+        finally:
+            probe.detach()
+        if listening:
+            os.set_blocking(fd, False)
+            return
+    log.warning("could not find the listening socket to make it non-blocking; "
+                "a stop may wait for the next connection")
 
 
-def _count_reload(result: str) -> None:
-    if SmimeMilter.metrics is not None:
-        SmimeMilter.metrics.reloads.labels(result).inc()
+def _metrics_directory(config: Config) -> Path | None:
+    """A private, empty directory for the processes' metric files (the
+    service user's; under $RUNTIME_DIRECTORY when systemd gives one)."""
+    if config.metrics.listen is None:
+        return None
+    base = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0] or None
+    return Path(tempfile.mkdtemp(prefix="smime-milter-metrics-", dir=base))
 
 
-def _instrumented(make_runtime: MakeRuntime, metrics: MilterMetrics) -> MakeRuntime:
-    """``make_runtime`` whose Runtimes report to ``metrics`` (at start and on reload)."""
-    def make(config: Config, store: Store) -> Runtime:
-        return instrument(make_runtime(config, store), metrics)
-    return make
-
-
-def _watch(metrics: MilterMetrics, holder: RuntimeHolder, store: Store, config: Config) -> None:
-    """The gauges read at each scrape: store size and worker health."""
-    metrics.watch_store(store.stats, config.store.max_map_size)
-
-    def configured() -> int:
-        return int(getattr(holder.current.verifier, "workers", 0))
-
-    def alive() -> int:
-        verifier = holder.current.verifier
-        return verifier.alive() if isinstance(verifier, VerifierPool) else 0
-    metrics.watch_workers(configured, alive)
-
-
-def _serve_metrics(config: Config, metrics: MilterMetrics) -> MetricsServer | None:
+def _serve_metrics(config: Config, metrics: SupervisorMetrics | None) -> MetricsServer | None:
     listen = config.metrics.listen
-    if listen is None:
+    if listen is None or metrics is None:
         return None
     try:
         server = serve(listen, metrics)
@@ -278,61 +212,72 @@ def _serve_metrics(config: Config, metrics: MilterMetrics) -> MetricsServer | No
     return server
 
 
-def _log_trust_anchors(runtime: Runtime) -> None:
-    """One line saying how many anchors came from where, so an admin sees
-    which roots the milter trusts for e-mail after every start and reload."""
-    if runtime.trust_anchors is not None:
-        log.info("trust anchors: %s", runtime.trust_anchors.describe())
-
-
-def _close_pool(runtime: Runtime) -> None:
-    verifier = runtime.verifier
-    if isinstance(verifier, VerifierPool):
-        verifier.close()
+def _watch(metrics: SupervisorMetrics, supervisor: Supervisor, config: Config,
+           fork_lock: threading.Lock) -> None:
+    """The gauges read at each scrape: processes, and the store's size (opened
+    read-only for the scrape, never while a process is being forked)."""
+    def stats() -> dict[str, object]:
+        with fork_lock:
+            store = Store.open(config.store.path, readonly=True, create=False)
+            try:
+                return store.stats()
+            finally:
+                store.close()
+    metrics.watch_store(stats, config.store.max_map_size)
+    metrics.watch_workers(lambda: supervisor.workers, supervisor.alive)
 
 
 def run(config: Config, load: Callable[[], Config], make_runtime: MakeRuntime) -> int:
-    """Serve until libmilter is told to stop; returns the exit status. ``load``
-    re-reads the configuration on reload, ``make_runtime`` builds what serves it."""
+    """Serve until told to stop; returns the exit status. ``load`` re-reads the
+    configuration on reload, ``make_runtime`` builds what a process serves with."""
     configure_logging(config.milter)
     user = privileges.service_user(config.milter.user)
     group = privileges.group_id(config.milter.socket_group, "milter.socket_group")
+    before = _open_descriptors()
     socket_path = _open_socket(config, user, group)
+    _make_nonblocking(before)
+    metrics_dir: Path | None = None
+    fork_lock = threading.Lock()
     try:
         _become_service_user(config, user)
-        _start_multiprocessing_helpers()
+        _prepare_store(config)
         signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS | {RELOAD_SIGNAL})
-        store = Store.open(config.store.path, map_size=config.store.map_size,
-                           max_map_size=config.store.max_map_size)
+        metrics_dir = _metrics_directory(config)
+        if metrics_dir is not None:
+            share_between_processes(metrics_dir)
+        metrics = SupervisorMetrics(metrics_dir) if metrics_dir is not None else None
+        supervisor = Supervisor(config, load, make_runtime, socket_path, metrics, fork_lock)
+        described = supervisor.start()
     except BaseException:
         _remove_socket(socket_path)
+        _remove_tree(metrics_dir)
         raise
-    metrics = MilterMetrics()
-    make_runtime = _instrumented(make_runtime, metrics)
     metrics_server: MetricsServer | None = None
     try:
-        holder = RuntimeHolder(make_runtime(config, store))
-        SmimeMilter.holder = holder
-        SmimeMilter.metrics = metrics
-        _watch(metrics, holder, store, config)
+        if metrics is not None:
+            _watch(metrics, supervisor, config, fork_lock)
         try:
             metrics_server = _serve_metrics(config, metrics)
         except BaseException:
-            _close_pool(holder.current)
+            supervisor.stop()
             raise
-        threading.Thread(target=_signal_loop, args=(holder, load, store, make_runtime), daemon=True,
-                         name="signals").start()
-        log.info("listening on %s (%s)", config.milter.socket, _serving(holder.current))
-        _log_trust_anchors(holder.current)
-        libmilter.main()
+        log.info("listening on %s (%s)", config.milter.socket,
+                 serving(config, supervisor.workers, described))
+        log_trust_anchors(described)
+        status = supervisor.serve()
         log.info("stopping")
-        _close_pool(holder.current)
+        supervisor.stop()
     finally:
         if metrics_server is not None:
             metrics_server.close()
-        store.close()
         _remove_socket(socket_path)
-    return 0
+        _remove_tree(metrics_dir)
+    return status
+
+
+def _remove_tree(path: Path | None) -> None:
+    if path is not None:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _remove_socket(path: Path | None) -> None:

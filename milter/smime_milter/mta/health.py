@@ -236,7 +236,7 @@ def _workers(config: Config) -> Check:
     configured = int(samples.get('smime_milter_workers{state="configured"}', 0))
     restarts = int(samples.get("smime_milter_worker_restarts_total", 0))
     facts = {"alive": alive, "configured": configured, "restarts": restarts}
-    detail = f"{alive} of {configured} verification workers alive, {restarts} restarted"
+    detail = f"{alive} of {configured} milter processes alive, {restarts} restarted"
     return Check("workers", OK if configured and alive >= configured else FAIL, detail, facts)
 
 

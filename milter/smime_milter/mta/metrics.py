@@ -1,14 +1,15 @@
 """The daemon's Prometheus metrics, and the endpoint that serves them.
 
-The counters and histograms live in the daemon (one :class:`MilterMetrics`,
-kept across reloads) because that is where a message's fate is known: the
-verification itself runs in worker processes, so its latency is measured
-around the pool call, as the connection thread waits for it. The exposition
-is prometheus_client's, from a registry of our own (not the library's global
-one, so nothing another import registers leaks into ours). The endpoint is
-off unless ``[metrics] listen`` names one: ``inet``/``inet6`` through
-prometheus_client's ``start_http_server``, a unix socket through a small
-``http.server`` on AF_UNIX.
+Each milter process counts the messages it handles (:class:`MilterMetrics`,
+kept across reloads) because that is where a message's fate is known; the
+supervisor serves them all, summed through prometheus_client's multiprocess
+mode, with its own counters and the gauges read at scrape time
+(:class:`SupervisorMetrics`). The exposition is prometheus_client's, from a
+registry of our own (not the library's global one, so nothing another import
+registers leaks into ours). The endpoint is off unless ``[metrics] listen``
+names one: ``inet``/``inet6`` through prometheus_client's
+``start_http_server``, a unix socket through a small ``http.server`` on
+AF_UNIX.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ import socket
 import socketserver
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from http.server import BaseHTTPRequestHandler
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import (
@@ -34,13 +36,16 @@ from prometheus_client import (
     Histogram,
     generate_latest,
     start_http_server,
+    values,
 )
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
 
 from smime_milter.config import metrics_address
 from smime_milter.errors import SmimeMilterError
 from smime_milter.mta.pipeline import RecordSink, Runtime
-from smime_milter.mta.pool import VerifierPool
 from smime_milter.store import Record
 
 #: Seconds: from a cached verification (a few ms) to the verify timeout.
@@ -55,7 +60,13 @@ class MetricsError(SmimeMilterError, RuntimeError):
 
 
 class MilterMetrics:
-    """Every metric the daemon exposes (names documented in README.rst, Monitoring)."""
+    """What one milter process counts (names documented in README.rst, Monitoring).
+
+    Under the pre-forked daemon these live in every milter process and reach
+    the endpoint through prometheus_client's multiprocess mode (a file per
+    process in a private directory, see :func:`share_between_processes`);
+    the supervisor adds its own (:class:`SupervisorMetrics`).
+    """
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -66,33 +77,18 @@ class MilterMetrics:
             "smime-advanced request refused) and the action taken",
             ["status", "action"], registry=registry)
         self.verify_seconds = Histogram(
-            "smime_milter_verify_seconds", "Verification time per message, waiting for a "
-            "worker included", buckets=LATENCY_BUCKETS, registry=registry)
+            "smime_milter_verify_seconds", "Verification time per message",
+            buckets=LATENCY_BUCKETS, registry=registry)
         self.eom_seconds = Histogram(
             "smime_milter_end_of_message_seconds", "Time from end of data to the reply",
             buckets=LATENCY_BUCKETS, registry=registry)
         self.store_commit_seconds = Histogram(
             "smime_milter_store_commit_seconds", "Time until a message's record was committed",
             buckets=LATENCY_BUCKETS, registry=registry)
-        self.worker_restarts = Counter(
-            "smime_milter_worker_restarts", "Verification workers replaced after they died "
-            "or hung", registry=registry)
-        self.reloads = Counter(
-            "smime_milter_reloads", "Reloads of configuration and trust anchors, by result",
-            ["result"], registry=registry)
         self.last_message = Gauge(
             "smime_milter_last_message_timestamp_seconds",
-            "When the last message reached end of data (Unix time)", registry=registry)
-        self.workers = Gauge(
-            "smime_milter_workers", "Verification workers: configured, and alive now",
-            ["state"], registry=registry)
-        self.store_bytes = Gauge(
-            "smime_milter_store_bytes", "The LMDB store: used bytes, current map size, and "
-            "max_map_size (writes fail beyond it)", ["kind"], registry=registry)
-        self.store_records = Gauge(
-            "smime_milter_store_records", "Records in the store", registry=registry)
-        for result in ("ok", "failed"):
-            self.reloads.labels(result)
+            "When the last message reached end of data (Unix time)", registry=registry,
+            multiprocess_mode="max")
 
     def message(self, status: str, action: str, seconds: float) -> None:
         """One message's fate, counted where its summary line is logged."""
@@ -100,29 +96,92 @@ class MilterMetrics:
         self.eom_seconds.observe(seconds)
         self.last_message.set(time.time())
 
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def share_between_processes(directory: Path) -> None:
+    """From now on, every metric value this process and its forked children
+    create lives in a file under ``directory`` (prometheus_client's
+    multiprocess mode, made for pre-forked servers). Called by the supervisor
+    before it forks, with an empty directory of its own."""
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+    values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
+
+
+class SupervisorMetrics:
+    """The endpoint's registry: every milter process's counters (from the
+    multiprocess directory, when there is one), the supervisor's own reloads
+    and restarts, and gauges read at each scrape (processes, store size)."""
+
+    def __init__(self, directory: Path | None) -> None:
+        self.registry = CollectorRegistry()
+        per_process = self.registry if directory is None else None
+        if directory is not None:
+            MultiProcessCollector(self.registry, str(directory))  # type: ignore[no-untyped-call]
+        self.reloads = Counter(
+            "smime_milter_reloads", "Reloads of configuration and trust anchors, by result",
+            ["result"], registry=per_process)
+        self.worker_restarts = Counter(
+            "smime_milter_worker_restarts", "Milter processes replaced after they died "
+            "or hung", registry=per_process)
+        for result in ("ok", "failed"):
+            self.reloads.labels(result)
+        self._gauges = _ScrapeTimeGauges()
+        self.registry.register(self._gauges)
+
     def watch_store(self, stats: Callable[[], Mapping[str, Any]], max_map_size: int) -> None:
         """Store size, read at each scrape."""
-        self.store_bytes.labels("used").set_function(_reading(stats, "used_bytes"))
-        self.store_bytes.labels("map").set_function(_reading(stats, "map_size"))
-        self.store_bytes.labels("max_map").set(max_map_size)
-        self.store_records.set_function(_reading(stats, "entries"))
+        self._gauges.stats = stats
+        self._gauges.max_map_size = max_map_size
 
     def watch_workers(self, configured: Callable[[], int], alive: Callable[[], int]) -> None:
-        """Worker health, read at each scrape (the pool changes on reload)."""
-        self.workers.labels("configured").set_function(configured)
-        self.workers.labels("alive").set_function(alive)
+        """How many milter processes should run and how many do, at each scrape."""
+        self._gauges.configured = configured
+        self._gauges.alive = alive
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
 
-def _reading(stats: Callable[[], Mapping[str, Any]], key: str) -> Callable[[], float]:
-    def read() -> float:
+class _ScrapeTimeGauges(Collector):
+    """Gauges computed when scraped (the multiprocess mode has no callback gauges)."""
+
+    def __init__(self) -> None:
+        self.stats: Callable[[], Mapping[str, Any]] | None = None
+        self.max_map_size = 0
+        self.configured: Callable[[], int] | None = None
+        self.alive: Callable[[], int] | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        if self.configured is not None and self.alive is not None:
+            workers = GaugeMetricFamily("smime_milter_workers", "Milter processes: "
+                                        "configured, and alive now", labels=["state"])
+            workers.add_metric(["configured"], float(self.configured()))
+            workers.add_metric(["alive"], float(self.alive()))
+            yield workers
+        if self.stats is None:
+            return
         try:
-            return float(stats()[key])
-        except Exception:  # a scrape must not fail for one unreadable value
-            return math.nan
-    return read
+            stats: Mapping[str, Any] = self.stats()
+        except Exception:  # a scrape must not fail for one unreadable store
+            stats = {}
+        size = GaugeMetricFamily("smime_milter_store_bytes", "The LMDB store: used bytes, "
+                                 "current map size, and max_map_size (writes fail beyond it)",
+                                 labels=["kind"])
+        size.add_metric(["used"], _number(stats, "used_bytes"))
+        size.add_metric(["map"], _number(stats, "map_size"))
+        size.add_metric(["max_map"], float(self.max_map_size))
+        yield size
+        yield GaugeMetricFamily("smime_milter_store_records", "Records in the store",
+                                value=_number(stats, "entries"))
+
+
+def _number(stats: Mapping[str, Any], key: str) -> float:
+    try:
+        return float(stats[key])
+    except (KeyError, TypeError, ValueError):
+        return math.nan
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,10 +200,8 @@ class _TimedSink:
 
 
 def instrument(runtime: Runtime, metrics: MilterMetrics) -> Runtime:
-    """``runtime`` with its store commits timed and its pool's worker
-    restarts counted (done for every Runtime the daemon builds, reloads too)."""
-    if isinstance(runtime.verifier, VerifierPool):
-        runtime.verifier.on_replace = metrics.worker_restarts.inc
+    """``runtime`` with its store commits timed (done for every Runtime a
+    milter process builds, reloads too)."""
     return replace(runtime, store=_TimedSink(runtime.store, metrics.store_commit_seconds))
 
 
@@ -154,7 +211,7 @@ def instrument(runtime: Runtime, metrics: MilterMetrics) -> Runtime:
 class _Handler(BaseHTTPRequestHandler):
     """GET anything: the exposition (a unix socket has one user, the scraper)."""
 
-    metrics: MilterMetrics
+    metrics: MilterMetrics | SupervisorMetrics
 
     def do_GET(self) -> None:
         body = self.metrics.exposition()
@@ -190,7 +247,7 @@ class MetricsServer:
                 os.unlink(self._path)
 
 
-def serve(listen: str, metrics: MilterMetrics) -> MetricsServer:
+def serve(listen: str, metrics: MilterMetrics | SupervisorMetrics) -> MetricsServer:
     """Serve ``metrics`` on ``listen`` (a ``[metrics] listen`` value) from a
     daemon thread; MetricsError when the address cannot be bound."""
     address = metrics_address(listen)
@@ -204,7 +261,8 @@ def serve(listen: str, metrics: MilterMetrics) -> MetricsServer:
     return MetricsServer(listen, server.shutdown, None)
 
 
-def _serve_unix(listen: str, path: str, metrics: MilterMetrics) -> MetricsServer:
+def _serve_unix(listen: str, path: str, metrics: MilterMetrics | SupervisorMetrics
+                ) -> MetricsServer:
     with contextlib.suppress(FileNotFoundError):
         if socket_is_stale(path):
             os.unlink(path)

@@ -23,7 +23,7 @@ from smime_milter.mail import mime
 from smime_milter.model import ReleaseDecision, Verdict, new_record_id
 from smime_milter.mta.handling import Plan, plan_delivery
 from smime_milter.mta.intake import MessageBuffer
-from smime_milter.mta.pool import Job, VerifyFailure
+from smime_milter.mta.verifying import Job, VerifyFailure
 from smime_milter.policy import Action, Decision, Outcome, decide, outcome_of
 from smime_milter.release import MessageContext, ReleaseRule, assess, divert, select_rule
 from smime_milter.store import Record, StoreError
@@ -164,7 +164,7 @@ def release_context(envelope: Envelope, headers: list[tuple[str, str]]) -> Messa
 
 
 def job_of(buffer: MessageBuffer, at: datetime) -> Job:
-    """A spooled message goes to the worker by path, not through the pipe."""
+    """A spooled message is verified from its file, never read whole into memory."""
     path = buffer.spool_path
     if path is not None:
         return Job(at=at, path=path)
