@@ -23,10 +23,12 @@ import os
 import pwd
 import shlex
 import shutil
+import signal
 import stat
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -218,6 +220,23 @@ def test_daemon_runs_as_the_service_user_and_verifies(
         for pid, command in processes.items():
             assert _status_ids(pid, "Uid") == [entry.pw_uid] * 4, (pid, command)
             assert _status_ids(pid, "Gid") == [entry.pw_gid] * 4, (pid, command)
+
+        # A milter process that retires (as after a verification past its time
+        # limit) leaves the socket to the others: libmilter, not root, would
+        # unlink it at the end of its loop.
+        victim = min(pid for pid in processes if pid != daemon.process.pid)
+        os.kill(victim, signal.SIGUSR2)
+        deadline = time.monotonic() + 60
+        while victim in _descendants(daemon.process.pid):
+            assert time.monotonic() < deadline, daemon.log_text()
+            time.sleep(0.1)
+        assert daemon.socket.exists(), daemon.log_text()
+        [again] = run_session(daemon.postfix_socket,
+                              [message(data, "alice@example.com", ["bob@example.org"])],
+                              tmp_path / "again", connect_macros={"j": "mta.example.net"},
+                              probe_names=(AR,))
+        assert "smime=pass" in again.value(AR), again.value(AR)
+        assert f"milter process {victim} retires" in daemon.log_text()
     finally:
         status = daemon.stop()
     log = daemon.log_text()

@@ -55,32 +55,32 @@ def client_text(hostname: str, address: str | None) -> str:
         hostname = "unknown"
     return f"{hostname}[{address or ''}]"
 
-class InFlight:
-    """Messages between end of data and the reply, so a stopping milter
-    process can let them finish (libmilter does not wait for its threads)."""
+class OpenConnections:
+    """The MTA connections this process serves, so a retiring milter process
+    can let them finish (libmilter does not wait for its threads)."""
 
     def __init__(self) -> None:
-        self._count = 0
+        self._open: set[int] = set()
         self._idle = threading.Condition()
 
-    def __enter__(self) -> None:
+    def opened(self, connection: object) -> None:
         with self._idle:
-            self._count += 1
+            self._open.add(id(connection))
 
-    def __exit__(self, *exc: object) -> None:
+    def closed(self, connection: object) -> None:
         with self._idle:
-            self._count -= 1
-            if not self._count:
+            self._open.discard(id(connection))
+            if not self._open:
                 self._idle.notify_all()
 
     def wait_idle(self, timeout: float) -> bool:
-        """Whether every message in progress finished within ``timeout``."""
+        """Whether every connection closed within ``timeout`` seconds."""
         with self._idle:
-            return self._idle.wait_for(lambda: not self._count, timeout)
+            return self._idle.wait_for(lambda: not self._open, timeout)
 
 
-#: This process's messages at end of data.
-in_flight = InFlight()
+#: This process's open MTA connections.
+connections = OpenConnections()
 
 
 class RuntimeHolder:
@@ -138,6 +138,7 @@ class SmimeMilter(milterapi.Base):
 
     @milterapi.noreply
     def connect(self, hostname: str, family: int, hostaddr: object) -> int:
+        connections.opened(self)
         address = hostaddr[0] if isinstance(hostaddr, tuple) and hostaddr else None
         self.client_address = str(address) if address else None
         self.client = client_text(hostname, self.client_address)
@@ -183,10 +184,6 @@ class SmimeMilter(milterapi.Base):
         return milterapi.CONTINUE
 
     def eom(self) -> int:
-        with in_flight:
-            return self._end_of_message()
-
-    def _end_of_message(self) -> int:
         started = time.monotonic()
         runtime = self.holder.current
         queue_id = self.getsymval("i") or "NOQUEUE"
@@ -222,6 +219,7 @@ class SmimeMilter(milterapi.Base):
 
     def close(self) -> int:
         self._reset()
+        connections.closed(self)
         return milterapi.CONTINUE
 
     # -- work --------------------------------------------------------------

@@ -50,7 +50,7 @@ from smime_milter.mta.metrics import (
 )
 from smime_milter.mta.prefork import STOP_SIGNALS, Supervisor, log_trust_anchors, serving
 from smime_milter.mta.privileges import ServiceUser, StartupError
-from smime_milter.mta.worker import RELOAD_SIGNAL, MakeRuntime
+from smime_milter.mta.worker import RELOAD_SIGNAL, RETIRE_SIGNAL, MakeRuntime
 from smime_milter.store import Store
 
 log = logging.getLogger("smime_milter")
@@ -168,12 +168,12 @@ def _open_descriptors() -> set[int]:
         return set()
 
 
-def _make_nonblocking(before: set[int]) -> None:
-    """Make libmilter's listening socket (the one new listening descriptor)
-    non-blocking: every milter process waits for it with select() and then
-    accepts; a process that lost the race must get EAGAIN, not sleep in
-    accept() through a stop request."""
-    for fd in sorted(_open_descriptors() - before):
+def _make_nonblocking() -> int | None:
+    """Make libmilter's listening socket (the process's only listening
+    descriptor at this point) non-blocking, and return it: every milter
+    process waits for it with select() and then accepts; a process that lost
+    the race must get EAGAIN, not sleep in accept() through a stop request."""
+    for fd in sorted(_open_descriptors()):
         try:
             probe = socket.socket(fileno=fd)
         except OSError:
@@ -186,9 +186,10 @@ def _make_nonblocking(before: set[int]) -> None:
             probe.detach()
         if listening:
             os.set_blocking(fd, False)
-            return
+            return fd
     log.warning("could not find the listening socket to make it non-blocking; "
                 "a stop may wait for the next connection")
+    return None
 
 
 def _metrics_directory(config: Config) -> Path | None:
@@ -233,20 +234,20 @@ def run(config: Config, load: Callable[[], Config], make_runtime: MakeRuntime) -
     configure_logging(config.milter)
     user = privileges.service_user(config.milter.user)
     group = privileges.group_id(config.milter.socket_group, "milter.socket_group")
-    before = _open_descriptors()
     socket_path = _open_socket(config, user, group)
-    _make_nonblocking(before)
+    listen_fd = _make_nonblocking()
     metrics_dir: Path | None = None
     fork_lock = threading.Lock()
     try:
         _become_service_user(config, user)
         _prepare_store(config)
-        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS | {RELOAD_SIGNAL})
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS | {RELOAD_SIGNAL, RETIRE_SIGNAL})
         metrics_dir = _metrics_directory(config)
         if metrics_dir is not None:
             share_between_processes(metrics_dir)
         metrics = SupervisorMetrics(metrics_dir) if metrics_dir is not None else None
-        supervisor = Supervisor(config, load, make_runtime, socket_path, metrics, fork_lock)
+        supervisor = Supervisor(config, load, make_runtime, socket_path, listen_fd, metrics,
+                                fork_lock)
         described = supervisor.start()
     except BaseException:
         _remove_socket(socket_path)

@@ -13,8 +13,10 @@ The supervisor itself serves no mail. It
   others serve, and one whose heartbeat stopped: its watchdog thread cannot
   run, so a verification is stuck in code that holds the interpreter (a
   message stuck in Python code is failed by the process's own watchdog);
-* forwards stop requests and waits for the processes to finish the
-  messages already at end of data;
+* starts a successor at once for a process that retires (after one of its
+  verifications ran past the time limit, see mta/worker.py);
+* at stop, asks every process to retire and waits for their MTA
+  connections to finish;
 * drives reload: it re-reads the configuration (a broken one is refused
   before any process sees it), asks every process to reload, and logs the
   outcome once; the trust files are watched here too;
@@ -43,7 +45,7 @@ from smime_milter.config import Config, configure_logging
 from smime_milter.mta import worker
 from smime_milter.mta.metrics import SupervisorMetrics
 from smime_milter.mta.privileges import StartupError
-from smime_milter.mta.worker import HEARTBEAT, RELOAD_SIGNAL, MakeRuntime, Slot
+from smime_milter.mta.worker import HEARTBEAT, RELOAD_SIGNAL, RETIRE_SIGNAL, MakeRuntime, Slot
 from smime_milter.trust import trust_files
 
 __all__ = ["RELOAD_SIGNAL", "STOP_SIGNALS", "TRUST_CHECK_INTERVAL", "Supervisor",
@@ -60,9 +62,9 @@ TRUST_CHECK_INTERVAL = 5.0
 START_TIMEOUT = 120.0
 #: Seconds of silence, beyond the verification time limit, after which a
 #: process's watchdog is considered stuck and the process replaced.
-HEARTBEAT_GRACE = 30.0
+HEARTBEAT_GRACE = 10.0
 #: Seconds the processes get to stop: libmilter's accept loop looks at its
-#: stop flag every 5 s, then the messages at end of data finish.
+#: stop flag every 5 s, then the open connections finish.
 STOP_TIMEOUT = 5.0 + worker.DRAIN_SECONDS + 10.0
 #: Longest pause between attempts to replace a process that keeps failing.
 MAX_BACKOFF = 30.0
@@ -73,8 +75,11 @@ class _Process:
     index: int
     pid: int
     report: int
-    started: float
+    #: Its place in the heartbeat page.
+    beat: int
     ready: bool = False
+    #: Stopped accepting; its successor is (being) started.
+    retiring: bool = False
     pending: bytes = b""
     #: The reload this process has not answered yet (None: none pending).
     reload: int | None = None
@@ -91,28 +96,32 @@ class Supervisor:
     """The parent of the milter processes (see the module's docstring)."""
 
     def __init__(self, config: Config, load: Callable[[], Config], make_runtime: MakeRuntime,
-                 socket_path: Path | None, metrics: SupervisorMetrics | None,
-                 fork_lock: threading.Lock) -> None:
+                 socket_path: Path | None, listen_fd: int | None,
+                 metrics: SupervisorMetrics | None, fork_lock: threading.Lock) -> None:
         self.config = config
         self._load = load
         self._make_runtime = make_runtime
         self._socket_path = socket_path
         self._socket_inode = _inode(socket_path)
+        self._listen_fd = listen_fd
         self._metrics = metrics
         #: Held while forking, so a scrape thread never has the store open then.
         self._fork_lock = fork_lock
         self.workers = config.milter.workers or os.cpu_count() or 1
-        self._heartbeats = mmap.mmap(-1, max(mmap.PAGESIZE, HEARTBEAT.size * self.workers))
+        #: Room for every process and as many retiring ones.
+        self._beats = 2 * self.workers
+        self._heartbeats = mmap.mmap(-1, max(mmap.PAGESIZE, HEARTBEAT.size * self._beats))
         self._processes: dict[int, _Process] = {}
         self._failures = 0
         self._next_attempt = 0.0
         self._reload: _Reload | None = None
         self._reloads = 0
+        self._stopping = False
         self.restarts = 0
 
     def alive(self) -> int:
-        """Milter processes running now (started or ready)."""
-        return len(self._processes)
+        """Milter processes serving now (started or ready, not retiring)."""
+        return sum(not process.retiring for process in self._processes.values())
 
     # -- start -----------------------------------------------------------------
 
@@ -134,17 +143,25 @@ class Supervisor:
                     raise StartupError(str(event.get("error", "")))
                 if event["event"] == "ready" and not description:
                     description = event
-            for pid, status in self._reap():
+            for process, status in self._reap():
                 self._kill_all()
-                raise StartupError(f"milter process {pid} exited while starting "
+                raise StartupError(f"milter process {process.pid} exited while starting "
                                    f"({_exit_text(status)})")
         return description
 
-    def _fork(self, index: int) -> None:
+    def _fork(self, index: int) -> bool:
+        """Start the process for ``index``; False when every heartbeat place is
+        taken (too many retiring processes: try again at the next tick)."""
+        taken = {process.beat for process in self._processes.values()}
+        free = [beat for beat in range(self._beats) if beat not in taken]
+        if not free:
+            return False
+        beat = free[0]
         read_end, write_end = os.pipe()
         os.set_blocking(read_end, False)
-        slot = Slot(index, write_end, self._heartbeats, self._metrics is not None)
-        HEARTBEAT.pack_into(self._heartbeats, index * HEARTBEAT.size, time.monotonic())
+        slot = Slot(index, write_end, self._heartbeats, beat, self._metrics is not None,
+                    self._listen_fd)
+        HEARTBEAT.pack_into(self._heartbeats, beat * HEARTBEAT.size, time.monotonic())
         with self._fork_lock:
             pid = os.fork()
         if pid == 0:  # the milter process; it never returns from here
@@ -160,7 +177,8 @@ class Supervisor:
                 logging.shutdown()
                 os._exit(status)
         os.close(write_end)
-        self._processes[pid] = _Process(index, pid, read_end, time.monotonic())
+        self._processes[pid] = _Process(index, pid, read_end, beat)
+        return True
 
     # -- serve -----------------------------------------------------------------
 
@@ -179,8 +197,8 @@ class Supervisor:
                 watched = trust_files(self.config.trust)
             for event in self._read_reports(0):
                 self._on_report(event)
-            for pid, status in self._reap():
-                self._on_exit(pid, status)
+            for process, status in self._reap():
+                self._on_exit(process, status)
             self._check_heartbeats()
             self._replace_missing()
             if not self._socket_present():
@@ -294,13 +312,25 @@ class Supervisor:
                     os.kill(process.pid, RELOAD_SIGNAL)
         elif kind == "error":
             log.error("milter process %s cannot start: %s", pid, event.get("error"))
+        elif kind == "retiring" and process is not None:
+            process.retiring = True
+            if self._stopping:
+                return
+            log.warning("milter process %s retires (%s); starting a new one", pid,
+                        event.get("reason"))
+            self.restarts += 1
+            if self._metrics is not None:
+                self._metrics.worker_restarts.inc()
+            if process.reload is not None:  # its answer will not come
+                process.reload = None
+                self._finish_reload()
         elif (kind in ("reloaded", "reload-failed") and process is not None
               and self._reload is not None and process.reload == self._reload.number):
             self._reload.answers[process.pid] = event
             process.reload = None
             self._finish_reload()
 
-    def _reap(self) -> list[tuple[int, int]]:
+    def _reap(self) -> list[tuple[_Process, int]]:
         exited = []
         while self._processes:
             try:
@@ -313,11 +343,19 @@ class Supervisor:
             if process is not None:
                 with contextlib.suppress(OSError):
                     os.close(process.report)
-                exited.append((pid, status))
+                exited.append((process, status))
         return exited
 
-    def _on_exit(self, pid: int, status: int) -> None:
-        log.error("milter process %s exited (%s); starting a new one", pid, _exit_text(status))
+    def _on_exit(self, process: _Process, status: int) -> None:
+        if process.retiring and os.WIFEXITED(status) and not os.WEXITSTATUS(status):
+            log.info("milter process %s finished its connections and exited", process.pid)
+            return
+        if process.retiring:
+            log.warning("milter process %s exited while retiring (%s)", process.pid,
+                        _exit_text(status))
+            return
+        log.error("milter process %s exited (%s); starting a new one", process.pid,
+                  _exit_text(status))
         self._failures += 1
         self.restarts += 1
         if self._metrics is not None:
@@ -329,10 +367,10 @@ class Supervisor:
     def _replace_missing(self) -> None:
         if time.monotonic() < self._next_attempt:
             return
-        running = {p.index for p in self._processes.values()}
+        running = {p.index for p in self._processes.values() if not p.retiring}
         for index in range(self.workers):
-            if index not in running:
-                self._fork(index)
+            if index not in running and not self._fork(index):
+                return
 
     def _check_heartbeats(self) -> None:
         """Kill a ready process whose watchdog has not run for longer than a
@@ -340,19 +378,20 @@ class Supervisor:
         limit = self.config.milter.verify_timeout + HEARTBEAT_GRACE
         now = time.monotonic()
         for process in list(self._processes.values()):
-            (beat,) = HEARTBEAT.unpack_from(self._heartbeats, process.index * HEARTBEAT.size)
+            (beat,) = HEARTBEAT.unpack_from(self._heartbeats, process.beat * HEARTBEAT.size)
             if process.ready and now - beat > limit:
                 log.error("milter process %s unresponsive for %.0fs (a verification stuck "
                           "outside the interpreter?): killing it", process.pid, now - beat)
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(process.pid, signal.SIGKILL)
-                HEARTBEAT.pack_into(self._heartbeats, process.index * HEARTBEAT.size, now)
+                HEARTBEAT.pack_into(self._heartbeats, process.beat * HEARTBEAT.size, now)
 
     # -- stop ------------------------------------------------------------------
 
     def stop(self) -> None:
-        """Ask every process to stop, wait for them, kill what is left."""
-        self._signal_all(signal.SIGTERM)
+        """Ask every process to retire, wait for them, kill what is left."""
+        self._stopping = True
+        self._signal_all(RETIRE_SIGNAL)
         deadline = time.monotonic() + STOP_TIMEOUT
         while self._processes and time.monotonic() < deadline:
             self._reap()

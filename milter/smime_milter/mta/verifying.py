@@ -8,6 +8,7 @@ without buying parallelism the pre-forked processes do not already have.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -41,11 +42,14 @@ class _Verifies(Protocol):
 class InProcessVerifier:
     """A Verifier behind the watchdog: a message that takes longer than
     ``timeout`` seconds fails with VerifyFailure (the error action, tempfail
-    by default) and the connection's thread is free again."""
+    by default) and the connection's thread is free again; ``on_time_limit``
+    then learns why (the milter process retires)."""
 
-    def __init__(self, verifier: _Verifies, watchdog: Watchdog | None = None) -> None:
+    def __init__(self, verifier: _Verifies, watchdog: Watchdog | None = None,
+                 on_time_limit: Callable[[str], object] | None = None) -> None:
         self.verifier = verifier
         self.watchdog = watchdog
+        self.on_time_limit = on_time_limit
 
     def verify(self, job: Job, timeout: float) -> Verdict:
         if self.watchdog is None:
@@ -54,7 +58,10 @@ class InProcessVerifier:
             with self.watchdog.limit(timeout):
                 return self._verify(job)
         except TimeLimit:
-            raise VerifyFailure(f"verification took longer than {timeout:g}s") from None
+            reason = f"verification took longer than {timeout:g}s"
+            if self.on_time_limit is not None:
+                self.on_time_limit(reason)
+            raise VerifyFailure(reason) from None
 
     def _verify(self, job: Job) -> Verdict:
         if job.message is not None:

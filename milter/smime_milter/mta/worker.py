@@ -5,9 +5,16 @@ The supervisor (mta/prefork.py) forks it with the socket already open and
 the signals blocked. It opens the store only now (an LMDB environment must
 never cross a fork), builds its Runtime and tells the supervisor over a pipe
 that it is ready, or why it cannot start. Afterwards it answers reload
-requests (SIGUSR1, sent by the supervisor) with the result, and stops like
-any libmilter program: SIGTERM makes libmilter stop accepting, and the
-messages already at end of data are finished before the process exits.
+requests (SIGUSR1, sent by the supervisor) with the result.
+
+It retires when the supervisor asks (SIGUSR2, at the daemon's stop) or on
+its own after a verification ran past its time limit (the thread was
+interrupted wherever it was; a process that may hold a half-updated cache or
+a lock is better replaced than trusted): it stops accepting, lets its open
+connections finish, and exits, while the supervisor starts its successor.
+Retiring never removes the shared socket: libmilter's stop unlinks a unix
+socket in a process that is not root, so the listening descriptor is first
+replaced by /dev/null in this process (the others keep the socket).
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from dataclasses import dataclass, replace
 
 import milter as libmilter
 from smime_milter.config import Config, configure_logging
-from smime_milter.mta.app import RuntimeHolder, SmimeMilter, in_flight
+from smime_milter.mta.app import RuntimeHolder, SmimeMilter, connections
 from smime_milter.mta.metrics import MilterMetrics, instrument
 from smime_milter.mta.pipeline import Runtime
 from smime_milter.mta.verifying import InProcessVerifier
@@ -38,9 +45,10 @@ __all__ = ["HEARTBEAT", "RELOAD_SIGNAL", "MakeRuntime", "Slot", "serve"]
 log = logging.getLogger("smime_milter")
 
 RELOAD_SIGNAL = signal.SIGUSR1
+RETIRE_SIGNAL = signal.SIGUSR2
 #: How a heartbeat is stored in the shared page: CLOCK_MONOTONIC seconds.
 HEARTBEAT = struct.Struct("d")
-#: Seconds the messages already at end of data get to finish at stop.
+#: Seconds the open MTA connections get to finish when a process retires.
 DRAIN_SECONDS = 30.0
 
 #: Builds a complete Runtime for a configuration over the open store; the
@@ -56,8 +64,12 @@ class Slot:
     index: int
     report_fd: int
     heartbeats: mmap.mmap
+    #: This process's place in ``heartbeats``.
+    beat: int
     #: Whether the metrics endpoint is on (then this process counts).
     metrics: bool
+    #: libmilter's listening descriptor (None: not found, see mta/daemon.py).
+    listen_fd: int | None
 
 
 def describe(runtime: Runtime) -> dict[str, object]:
@@ -73,7 +85,8 @@ def serve(config: Config, load: Callable[[], Config], make_runtime: MakeRuntime,
     report = _Reporter(slot.report_fd)
     watchdog = Watchdog(heartbeat=lambda: _beat(slot)).start()
     metrics = MilterMetrics() if slot.metrics else None
-    make = _guarded(make_runtime, watchdog, metrics)
+    retirement = _Retirement(slot.listen_fd, report)
+    make = _guarded(make_runtime, watchdog, metrics, retirement.retire)
     try:
         store = Store.open(config.store.path, map_size=config.store.map_size,
                            max_map_size=config.store.max_map_size)
@@ -88,42 +101,71 @@ def serve(config: Config, load: Callable[[], Config], make_runtime: MakeRuntime,
             return 1
         SmimeMilter.holder = holder
         SmimeMilter.metrics = metrics
-        threading.Thread(target=_reloads, args=(holder, load, store, make, report),
-                         name="reload", daemon=True).start()
+        threading.Thread(target=_signals, args=(holder, load, store, make, report, retirement),
+                         name="signals", daemon=True).start()
         report.send("ready", **describe(holder.current))
         libmilter.main()
-        if not in_flight.wait_idle(DRAIN_SECONDS):
-            log.warning("stopping with messages still at end of data after %.0fs",
-                        DRAIN_SECONDS)
+        if not connections.wait_idle(DRAIN_SECONDS):
+            log.warning("milter process %d exits with MTA connections still open after %.0fs",
+                        os.getpid(), DRAIN_SECONDS)
     finally:
         watchdog.stop()
         store.close()
     return 0
 
 
-def _guarded(make_runtime: MakeRuntime, watchdog: Watchdog,
-             metrics: MilterMetrics | None) -> MakeRuntime:
+def _guarded(make_runtime: MakeRuntime, watchdog: Watchdog, metrics: MilterMetrics | None,
+             retire: Callable[[str], None]) -> MakeRuntime:
     """``make_runtime`` whose verification is bounded by this process's
-    watchdog and (with the endpoint on) whose commits are timed."""
+    watchdog (retiring the process when it fires) and, with the endpoint on,
+    whose commits are timed."""
     def make(config: Config, store: Store) -> Runtime:
         runtime = make_runtime(config, store)
         verifier = runtime.verifier
         if isinstance(verifier, InProcessVerifier):
-            runtime = replace(runtime, verifier=InProcessVerifier(verifier.verifier, watchdog))
+            guarded = InProcessVerifier(verifier.verifier, watchdog, on_time_limit=retire)
+            runtime = replace(runtime, verifier=guarded)
         return instrument(runtime, metrics) if metrics is not None else runtime
     return make
 
 
 def _beat(slot: Slot) -> None:
-    HEARTBEAT.pack_into(slot.heartbeats, slot.index * HEARTBEAT.size, time.monotonic())
+    HEARTBEAT.pack_into(slot.heartbeats, slot.beat * HEARTBEAT.size, time.monotonic())
 
 
-def _reloads(holder: RuntimeHolder, load: Callable[[], Config], store: Store,
-             make: MakeRuntime, report: _Reporter) -> None:
-    """Answer each SIGUSR1 with a complete new Runtime swapped in, or with the
-    reason the running one stays (the supervisor logs either once)."""
+class _Retirement:
+    """Stop accepting (once), without removing the shared socket."""
+
+    def __init__(self, listen_fd: int | None, report: _Reporter) -> None:
+        self._listen_fd = listen_fd
+        self._report = report
+        self._lock = threading.Lock()
+        self._done = False
+
+    def retire(self, reason: str) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self._done = True
+        self._report.send("retiring", reason=reason)
+        if self._listen_fd is not None:
+            # smfi_stop closes the listening descriptor at once and unlinks the
+            # socket's path if the descriptor is a socket; /dev/null is not.
+            null = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(null, self._listen_fd)
+            os.close(null)
+        libmilter.stop()
+
+
+def _signals(holder: RuntimeHolder, load: Callable[[], Config], store: Store,
+             make: MakeRuntime, report: _Reporter, retirement: _Retirement) -> None:
+    """SIGUSR2: retire. SIGUSR1: reload, answered with a complete new Runtime
+    swapped in, or with the reason the running one stays (the supervisor logs
+    either once)."""
     while True:
-        signal.sigwait({RELOAD_SIGNAL})
+        if signal.sigwait({RELOAD_SIGNAL, RETIRE_SIGNAL}) == RETIRE_SIGNAL:
+            retirement.retire("asked to by the supervisor")
+            continue
         try:
             config = load()
             runtime = make(config, store)
