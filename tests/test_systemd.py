@@ -82,6 +82,8 @@ def test_reload_sends_usr1_and_stop_sends_a_stop_signal() -> None:
     assert daemon.RELOAD_SIGNAL == signal.SIGUSR1
     assert signal.SIGHUP in daemon.STOP_SIGNALS and signal.SIGHUP != daemon.RELOAD_SIGNAL
     assert signal.Signals[service("KillSignal")] in daemon.STOP_SIGNALS
+    # Only the supervisor gets the stop signal; it retires its milter processes.
+    assert service("KillMode") == "mixed"
     assert service("Restart") == "on-failure"
 
 
