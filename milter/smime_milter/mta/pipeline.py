@@ -193,10 +193,11 @@ def _recorded(
         message_id=_first_header(buffer, "message-id"),
         queue_id=envelope.queue_id,
     )
-    record = replace(
-        record, release=release,
-        diverted_to=rule.divert_to if rule and release and not release.released else None,
-    )
+    if rule is not None:
+        record = replace(
+            record, release=release,
+            diverted_to=rule.divert_to if release and not release.released else None,
+        )
     try:
         runtime.store.put_sync(record)
     except (StoreError, TimeoutError) as exc:

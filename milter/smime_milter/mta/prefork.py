@@ -189,7 +189,7 @@ class Supervisor:
         while True:
             info = signal.sigtimedwait(STOP_SIGNALS | {RELOAD_SIGNAL}, TICK)
             if info is not None and info.si_signo in STOP_SIGNALS:
-                log.info("%s received, finishing messages at end of data",
+                log.info("%s received, stopping the milter processes after their connections",
                          signal.Signals(info.si_signo).name)
                 return 0
             if info is not None:
