@@ -187,18 +187,19 @@ def test_check_config_prints_every_error(tmp_path: Path) -> None:
 def test_a_failed_reload_logs_every_error(caplog: pytest.LogCaptureFixture) -> None:
     """The running daemon keeps its configuration and logs one complete
     record per problem (a multi-line record reads badly in syslog)."""
-    from types import SimpleNamespace
+    import threading
 
-    from smime_milter.mta import daemon
+    from smime_milter.mta.prefork import Supervisor
 
     def load() -> Config:
         raise ConfigError("c.toml:2: milter.bogus: unknown key", "c.toml:5: policy.x: unknown key")
 
-    old = SimpleNamespace(config=Config())
-    holder = SimpleNamespace(current=old)
+    running = Config()
+    supervisor = Supervisor(running, load, None, None, None, None,  # type: ignore[arg-type]
+                            threading.Lock())
     with caplog.at_level("ERROR"):
-        daemon._reload(holder, load, None, None)  # type: ignore[arg-type]
-    assert holder.current is old
+        supervisor.reload()
+    assert supervisor.config is running
     assert [r.getMessage() for r in caplog.records] == [
         "reload failed, keeping the running configuration: c.toml:2: milter.bogus: unknown key",
         "reload failed, keeping the running configuration: c.toml:5: policy.x: unknown key",
