@@ -5,8 +5,15 @@ simplest way to prove that a test Postfix really talks to its milter.  It subscr
 the same stages a content filter needs (envelope, headers, body), so Postfix streams the
 whole message to it, and accepts everything at end of message.
 
-Run it as ``python -m tests.support.nullmilter unix:/path/sock`` (libmilter socket syntax:
-``unix:/path`` or ``inet:port@host``), or from Python with :func:`null_milter`;
+With ``--add-headers`` it is the fair do-nothing baseline for smime-milter: it takes the
+same protocol steps (connect too, every step before end of message without a reply, as
+smime-milter's callbacks are ``@noreply``) and at end of message inserts two header
+fields at the top, as many and about as long as smime-milter's stamp; the edits cost
+Postfix a queue-file update and the milter two more requests.
+
+Run it as ``python -m tests.support.nullmilter [--add-headers] unix:/path/sock``
+(libmilter socket syntax: ``unix:/path`` or ``inet:port@host``), or from Python with
+:func:`null_milter` (:func:`null_milter_process` also gives its process);
 :func:`running_milter` does the same for any milter command.
 """
 
@@ -21,6 +28,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import Milter
@@ -28,6 +36,13 @@ import Milter
 from tests.support import activity
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+#: What ``--add-headers`` appends at end of message: two fields about as long as the
+#: Authentication-Results and SMIME-Status-At-Delivery fields of smime-milter's stamp.
+ADDED_HEADERS = (
+    ("X-Null-Milter-Results", "mx.test.example; null=pass header.from=sender@example.com"),
+    ("X-Null-Milter-Status", "none; at=2025-01-01T00:00:00Z; mx.test.example"),
+)
 
 
 class NullMilter(Milter.Base):
@@ -50,6 +65,50 @@ class NullMilter(Milter.Base):
 
     def eom(self) -> int:
         return Milter.ACCEPT
+
+
+class HeaderAddingMilter(Milter.Base):
+    """Does nothing in the protocol steps smime-milter takes, without replies as it does,
+    and inserts :data:`ADDED_HEADERS` at the top at end of message."""
+
+    @Milter.noreply
+    def connect(self, hostname: str, family: int, hostaddr: object) -> int:
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    def envfrom(self, mailfrom: str, *params: str) -> int:
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    def envrcpt(self, to: str, *params: str) -> int:
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    @Milter.decode("bytes")
+    def header(self, name: str, value: bytes) -> int:
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    def eoh(self) -> int:
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    def body(self, chunk: bytes) -> int:
+        return Milter.CONTINUE
+
+    def eom(self) -> int:
+        for index, (name, value) in enumerate(ADDED_HEADERS):
+            self.addheader(name, value, index)
+        return Milter.ACCEPT
+
+
+@dataclass(frozen=True)
+class RunningMilter:
+    """A milter started by :func:`milter_process`: its socket in Postfix syntax and its
+    process (benchmarks read its CPU time from /proc)."""
+
+    socket: str
+    process: subprocess.Popen[bytes]
 
 
 def postfix_socket(libmilter_socket: str) -> str:
@@ -91,6 +150,18 @@ def running_milter(
     Returns once the socket accepts connections, so Postfix can use it at once.  libmilter
     notices SIGTERM only between 5-second polls; pass SIGKILL when a clean exit is moot.
     """
+    with milter_process(command, libmilter_socket, timeout, stop_signal) as milter:
+        yield milter.socket
+
+
+@contextlib.contextmanager
+def milter_process(
+    command: list[str],
+    libmilter_socket: str,
+    timeout: float = 15.0,
+    stop_signal: signal.Signals = signal.SIGTERM,
+) -> Iterator[RunningMilter]:
+    """:func:`running_milter` that also yields the process."""
     activity.note("daemon")
     process = subprocess.Popen(command, cwd=REPO_ROOT, stdin=subprocess.DEVNULL)
     try:
@@ -101,7 +172,7 @@ def running_milter(
             if time.monotonic() > deadline:
                 raise TimeoutError(f"milter {command} did not open {libmilter_socket}")
             time.sleep(0.01)
-        yield postfix_socket(libmilter_socket)
+        yield RunningMilter(postfix_socket(libmilter_socket), process)
     finally:
         process.send_signal(stop_signal)
         try:
@@ -111,19 +182,41 @@ def running_milter(
             process.wait()
 
 
-def null_milter(libmilter_socket: str) -> contextlib.AbstractContextManager[str]:
-    """:func:`running_milter` for :class:`NullMilter`; it keeps no state, so SIGKILL ends it."""
-    command = [sys.executable, "-m", "tests.support.nullmilter", libmilter_socket]
+def _command(libmilter_socket: str, add_headers: bool) -> list[str]:
+    options = ["--add-headers"] if add_headers else []
+    return [sys.executable, "-m", "tests.support.nullmilter", *options, libmilter_socket]
+
+
+def null_milter(
+    libmilter_socket: str, add_headers: bool = False
+) -> contextlib.AbstractContextManager[str]:
+    """:func:`running_milter` for :class:`NullMilter` (*add_headers*:
+    :class:`HeaderAddingMilter`); it keeps no state, so SIGKILL ends it."""
+    command = _command(libmilter_socket, add_headers)
     return running_milter(command, libmilter_socket, stop_signal=signal.SIGKILL)
+
+
+def null_milter_process(
+    libmilter_socket: str, add_headers: bool = False
+) -> contextlib.AbstractContextManager[RunningMilter]:
+    """:func:`null_milter` that also yields the process."""
+    command = _command(libmilter_socket, add_headers)
+    return milter_process(command, libmilter_socket, stop_signal=signal.SIGKILL)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("socket", help="libmilter socket: unix:/path or inet:port@host")
+    parser.add_argument("--add-headers", action="store_true",
+                        help="insert two header fields at end of message")
     args = parser.parse_args(argv)
     os.umask(0o111)  # socket mode 0666: Postfix's smtpd connects as user "postfix"
-    Milter.factory = NullMilter
-    Milter.set_flags(0)  # no modifications requested
+    if args.add_headers:
+        Milter.factory = HeaderAddingMilter
+        Milter.set_flags(Milter.ADDHDRS)
+    else:
+        Milter.factory = NullMilter
+        Milter.set_flags(0)  # no modifications requested
     Milter.runmilter("nullmilter", args.socket)
 
 
