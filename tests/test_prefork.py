@@ -253,14 +253,16 @@ def test_concurrent_connections_of_one_process_all_verify(live_pki: TestPki,
         barrier = threading.Barrier(8)
         statuses: list[str] = []
 
-        def verify(data: bytes, verifier: InProcessVerifier) -> None:
+        def verify(data: bytes, verifier: InProcessVerifier, barrier: threading.Barrier,
+                   statuses: list[str]) -> None:
             barrier.wait(30)
             for _ in range(5):
                 verdict = verifier.verify(Job(at=datetime.now(UTC), message=data), 60.0)
                 statuses.append(verdict.status.value if verdict.status else "none")
 
         assert isinstance(runtime.verifier, InProcessVerifier)
-        threads = [threading.Thread(target=verify, args=(data, runtime.verifier))
+        threads = [threading.Thread(target=verify,
+                                    args=(data, runtime.verifier, barrier, statuses))
                    for data in messages]
         for thread in threads:
             thread.start()
