@@ -4,10 +4,17 @@ Each milter process verifies its own messages (mta/prefork.py forks one per
 CPU): on a machine where the MTA keeps every core busy, a pool of worker
 processes only added pickling, pipes and hand-offs (about 0.6 ms per message)
 without buying parallelism the pre-forked processes do not already have.
+
+Within one process, verifications run one at a time. The GIL would
+serialise them anyway, and the parsers are not thread-safe: asn1crypto
+parses lazily, filling in shared objects (trust anchors, cached
+certificates) as they are read, and two threads reading one object at once
+saw half-filled structures ("No field numbered 2 is present").
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -39,6 +46,11 @@ class _Verifies(Protocol):
     def verify(self, message: bytes, at: datetime | None = None) -> Verdict: ...
 
 
+#: One verification at a time in this process (see the module's docstring);
+#: process-wide because parsed certificates are cached across reloads too.
+_ONE_AT_A_TIME = threading.Lock()
+
+
 class InProcessVerifier:
     """A Verifier behind the watchdog: a message that takes longer than
     ``timeout`` seconds fails with VerifyFailure (the error action, tempfail
@@ -52,10 +64,16 @@ class InProcessVerifier:
         self.on_time_limit = on_time_limit
 
     def verify(self, job: Job, timeout: float) -> Verdict:
-        if self.watchdog is None:
-            return self._verify(job)
+        with _ONE_AT_A_TIME:
+            if self.watchdog is None:
+                return self._verify(job)
+            return self._limited(job, timeout, self.watchdog)
+
+    def _limited(self, job: Job, timeout: float, watchdog: Watchdog) -> Verdict:
+        # The deadline covers the verification, not the wait for the lock: a
+        # message queued behind a slow one gets its full time.
         try:
-            with self.watchdog.limit(timeout):
+            with watchdog.limit(timeout):
                 return self._verify(job)
         except TimeLimit:
             reason = f"verification took longer than {timeout:g}s"

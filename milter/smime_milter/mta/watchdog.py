@@ -38,8 +38,10 @@ class TimeLimit(BaseException):
 
 @dataclass(slots=True)
 class _Entry:
+    started: float
     deadline: float
     fired: bool = False
+    slow: bool = False
 
 
 def _raise_in(thread_id: int, exc: type[BaseException] | None) -> int:
@@ -51,11 +53,17 @@ def _raise_in(thread_id: int, exc: type[BaseException] | None) -> int:
 class Watchdog:
     """Deadlines of the verifications running in this process."""
 
-    def __init__(self, heartbeat: Callable[[], object] | None = None, tick: float = TICK) -> None:
+    def __init__(self, heartbeat: Callable[[], object] | None = None, tick: float = TICK,
+                 slow_after: float | None = None,
+                 on_slow: Callable[[str], object] | None = None) -> None:
         self._lock = threading.Lock()
         self._running: dict[int, _Entry] = {}
         self._heartbeat = heartbeat
         self._tick = tick
+        #: A verification running this long is reported once to ``on_slow``
+        #: (the milter process then stops taking new connections).
+        self._slow_after = slow_after
+        self._on_slow = on_slow
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -78,8 +86,9 @@ class Watchdog:
         watchdog fires with, so it can never surface in the caller's code.
         """
         ident = threading.get_ident()
+        now = time.monotonic()
         with self._lock:
-            self._running[ident] = _Entry(time.monotonic() + seconds)
+            self._running[ident] = _Entry(now, now + seconds)
         try:
             yield
         finally:
@@ -93,8 +102,15 @@ class Watchdog:
             if self._heartbeat is not None:
                 self._heartbeat()
             now = time.monotonic()
+            slow = None
             with self._lock:
                 for ident, entry in self._running.items():
                     if not entry.fired and now >= entry.deadline:
                         entry.fired = True
                         _raise_in(ident, TimeLimit)
+                    elif (self._slow_after is not None and not entry.slow
+                          and now - entry.started >= self._slow_after):
+                        entry.slow = True
+                        slow = now - entry.started
+            if slow is not None and self._on_slow is not None:
+                self._on_slow(f"a verification has run for {slow:.0f}s")

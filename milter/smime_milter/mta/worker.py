@@ -50,6 +50,10 @@ RETIRE_SIGNAL = signal.SIGUSR2
 HEARTBEAT = struct.Struct("d")
 #: Seconds the open MTA connections get to finish when a process retires.
 DRAIN_SECONDS = 30.0
+#: Seconds of one verification after which the process retires: the messages
+#: of its other connections wait behind it (verifications in one process run
+#: one at a time, see mta/verifying.py). A 50 MB message takes about 1 s.
+SLOW_SECONDS = 10.0
 
 #: Builds a complete Runtime for a configuration over the open store; the
 #: composition root supplies it.
@@ -83,9 +87,12 @@ def serve(config: Config, load: Callable[[], Config], make_runtime: MakeRuntime,
           slot: Slot) -> int:
     """The milter process's life; returns its exit status."""
     report = _Reporter(slot.report_fd)
-    watchdog = Watchdog(heartbeat=lambda: _beat(slot)).start()
-    metrics = MilterMetrics() if slot.metrics else None
     retirement = _Retirement(slot.listen_fd, report)
+    # A verification that takes this long makes the process stop taking new
+    # connections (a successor takes them), since the ones behind it wait.
+    watchdog = Watchdog(heartbeat=lambda: _beat(slot), slow_after=SLOW_SECONDS,
+                        on_slow=retirement.retire).start()
+    metrics = MilterMetrics() if slot.metrics else None
     make = _guarded(make_runtime, watchdog, metrics, retirement.retire)
     try:
         store = Store.open(config.store.path, map_size=config.store.map_size,
