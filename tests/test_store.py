@@ -878,13 +878,13 @@ def test_commit_mode_has_no_sync_thread(path: Path) -> None:
 def test_close_flushes_what_the_interval_has_not(path: Path, monkeypatch: pytest.MonkeyPatch
                                                   ) -> None:
     flushed: list[str] = []
-    flush = store_writer.Syncer._flush
+    sync = store_writer.Syncer._sync
 
     def counting(self: store_writer.Syncer) -> None:
         flushed.append(threading.current_thread().name)
-        flush(self)
+        sync(self)
 
-    monkeypatch.setattr(store_writer.Syncer, "_flush", counting)
+    monkeypatch.setattr(store_writer.Syncer, "_sync", counting)
     opened = Store.open(path, sync="interval")
     opened.put_sync(record())
     assert flushed == []  # well within the first second

@@ -13,7 +13,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeAlias
 
@@ -177,11 +177,16 @@ class Env:
         with self._submit_lock:
             self.closed = True
 
-    def close(self) -> None:
-        """Closes LMDB once no transaction of this process is in flight."""
+    def close(self, last: Callable[[], None] | None = None) -> None:
+        """Closes LMDB once no transaction of this process is in flight,
+        after running ``last`` (the final flush) when given."""
         with self.lock.exclusive():
             self.released = True
-            self.env.close()
+            try:
+                if last is not None:
+                    last()
+            finally:
+                self.env.close()
 
 
 def _check_exists(path: str) -> None:

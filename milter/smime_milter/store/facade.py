@@ -168,16 +168,16 @@ class _Opened:
         """Stops accepting work, lets the writer finish its queue, flushes
         what the sync thread has not flushed yet, closes LMDB."""
         self.env.stop_accepting()
+        syncer = None if self.committer is None else self.committer.syncer
         try:
             with self._writer_lock:
                 writer = self._writer
             if writer is not None:
                 writer.stop()
-            syncer = None if self.committer is None else self.committer.syncer
             if syncer is not None:
                 syncer.stop()
         finally:
-            self.env.close()
+            self.env.close(None if syncer is None else syncer.final_flush)
 
 
 _REGISTRY: dict[str, _Opened] = {}

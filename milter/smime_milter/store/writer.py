@@ -389,8 +389,8 @@ class Syncer:
     """Flushes an environment opened without sync (MDB_NOSYNC) to the disk:
     a background thread at most every ``interval`` seconds when something
     was committed since the last flush, :meth:`sync_now` for a commit that
-    must be durable before its caller answers, and a last flush at
-    :meth:`stop`. One fsync covers every commit before it, of any process."""
+    must be durable before its caller answers, and a last flush when the
+    store closes (:meth:`final_flush`). One fsync covers every commit before it, of any process."""
 
     def __init__(self, env: Env, interval: float = 1.0) -> None:
         self._env = env
@@ -418,11 +418,16 @@ class Syncer:
             raise translate(exc, f"syncing {self._env.path}") from exc
 
     def stop(self) -> None:
-        """Ends the thread after a last flush of what is pending."""
+        """Ends the thread; the last flush is :meth:`final_flush`."""
         self._stopping.set()
         self._thread.join()
+
+    def final_flush(self) -> None:
+        """Flushes what is pending; run by :meth:`Env.close` under its
+        exclusive lock, so no commit can come after it."""
         if self._dirty:
-            self.sync_now()
+            self._dirty = False
+            self._sync()
 
     def _run(self) -> None:
         while not self._stopping.wait(self._interval):
@@ -441,7 +446,10 @@ class Syncer:
 
     def _flush(self) -> None:
         with self._env.lock.shared():
-            self._env.env.sync(True)
+            self._sync()
+
+    def _sync(self) -> None:
+        self._env.env.sync(True)
         self.syncs += 1
 
 
