@@ -7,21 +7,31 @@ unsigned) and prints records/s for:
 
 1. **async** - T threads each queue their share with ``put()`` and wait for all
    futures at the end: the writer's best case, large batches;
-2. **sync** - T threads each call ``put_sync()`` per record, as milter threads
-   do (a thread waits for its commit before the next message): batches are at
-   most T records;
+2. **the milter's record write**, each in a fresh store, with 1 and with T
+   threads, and with 2 processes of T/2 threads each (a pre-forked milter),
+   as records/s and CPU milliseconds per record (the process's CPU time over
+   every thread, the sync thread included):
+
+   * ``writer+fsync``: ``put(record).result()``, the writer thread's path that
+     ``put_sync`` took before it committed in the caller's thread (a
+     hand-off, a batch of at most T, an fsync per commit);
+   * ``commit``: ``put_sync`` in ``sync="commit"`` mode (in the caller's
+     thread, an fsync per commit);
+   * ``interval``: ``put_sync`` in ``sync="interval"`` mode (no fsync per
+     commit; a flush at most every second);
 3. reads: ``get`` from one thread and from T threads, ``get_many`` of 100,
    ``in_index`` of 100, and one ``changes_since("0")`` over the whole log.
 
 Usage: .venv/bin/python bench/bench_store.py [--records N] [--threads T] [--dir DIR]
-Every commit is fsynced, so the numbers depend on the file system of ``--dir``
-(default: the system temporary directory). This is a measurement, not a test:
-it asserts nothing and only reports.
+The fsyncs make the numbers depend on the file system of ``--dir`` (default:
+the system temporary directory). This is a measurement, not a test: it
+asserts nothing and only reports.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import platform
 import random
@@ -36,6 +46,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO / "milter") not in sys.path:  # smime_milter without installing
@@ -139,12 +150,78 @@ def bench_async(store: Store, records: Sequence[Record], threads: int) -> float:
     return time.perf_counter() - start
 
 
-def bench_sync(store: Store, records: Sequence[Record], threads: int) -> float:
+def bench_sync(store: Store, records: Sequence[Record], threads: int,
+               queued: bool = False) -> float:
     def work(share: Sequence[Record]) -> None:
         for record in share:
             store.put_sync(record)
 
-    return run_threads(work, split(records, threads))
+    def work_queued(share: Sequence[Record]) -> None:
+        for record in share:
+            store.put(record).result()
+
+    return run_threads(work_queued if queued else work, split(records, threads))
+
+
+#: The write paths of the milter's record compared: label, Store.open's sync,
+#: whether through the writer thread (``put().result()``).
+PATHS = (("writer+fsync", "commit", True), ("commit", "commit", False),
+         ("interval", "interval", False))
+
+
+def write_run(folder: Path, records: Sequence[Record], threads: int, sync: str,
+              queued: bool) -> tuple[float, float, int]:
+    """Seconds, CPU seconds of this process and commits for ``records`` put
+    by ``threads`` threads into the store in ``folder`` (closed after, so
+    interval mode's last flush is counted)."""
+    cpu = time.process_time()
+    with Store.open(folder, sync=sync) as store:
+        seconds = bench_sync(store, records, threads, queued)
+        commits = store.stats()["commits"]
+    return seconds, time.process_time() - cpu, commits
+
+
+def _child(folder: Path, records: Sequence[Record], threads: int, sync: str, queued: bool,
+           start: Any, out: Any) -> None:
+    start.wait()
+    out.put(write_run(folder, records, threads, sync, queued))
+
+
+def write_processes(folder: Path, records: Sequence[Record], threads: int, sync: str,
+                    queued: bool, processes: int = 2) -> tuple[float, float, int]:
+    """As :func:`write_run` with ``processes`` processes (forked before any
+    store is open) sharing the store; the slowest one's seconds, the sum of
+    their CPU seconds and commits."""
+    context = multiprocessing.get_context("fork")
+    start, out = context.Barrier(processes), context.Queue()
+    children = [context.Process(target=_child, args=(folder, share, threads, sync, queued,
+                                                      start, out))
+                for share in split(records, processes)]
+    for child in children:
+        child.start()
+    results = [out.get() for _ in children]
+    for child in children:
+        child.join()
+    return (max(r[0] for r in results), sum(r[1] for r in results),
+            sum(r[2] for r in results))
+
+
+def bench_write_paths(folder: Path, records: Sequence[Record], threads: int) -> None:
+    print(f"{'put_sync path':<34}{'records/s':>10}  {'CPU ms/record':>13}  records/commit")
+    runs = 0
+    for label, sync, queued in PATHS:
+        for count, processes in ((1, 1), (threads, 1), (max(threads // 2, 1), 2)):
+            runs += 1
+            where = folder / f"write{runs}"
+            if processes == 1:
+                seconds, cpu, commits = write_run(where, records, count, sync, queued)
+                how = f"{count} thread{'s' if count > 1 else ''}"
+            else:
+                seconds, cpu, commits = write_processes(where, records, count, sync, queued,
+                                                        processes)
+                how = f"{processes} processes x {count} threads"
+            print(f"{label + ', ' + how:<34}{len(records) / seconds:>10,.0f}  "
+                  f"{cpu * 1000 / len(records):>13.3f}  {len(records) / max(commits, 1):.1f}")
 
 
 def rate(count: int, seconds: float) -> str:
@@ -199,6 +276,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--signers", type=int, default=50)
     parser.add_argument("--dir", type=Path, default=None)
     parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--write-records", type=int, default=5_000,
+                        help="records per run of the put_sync comparison")
     args = parser.parse_args(argv)
 
     rng = random.Random(args.seed)
@@ -213,9 +292,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             commits = store.stats()["commits"]
             report_writes(f"put, {args.threads} threads async", store, len(first), seconds,
                           commits)
-            seconds = bench_sync(store, second, args.threads)
-            report_writes(f"put_sync, {args.threads} threads", store, len(second), seconds,
-                          store.stats()["commits"] - commits)
+            bench_sync(store, second, args.threads)
             bench_reads(store, [r.record_id for r in first + second], args.threads, rng)
             stats = store.stats()
             sizes = [len(r.certificates) for r in first]
@@ -223,6 +300,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                   f"{stats['used_bytes'] / 2**20:.1f} MiB used "
                   f"({stats['used_bytes'] / stats['entries']:.0f} bytes/record, "
                   f"{statistics.mean(sizes):.1f} certificates referenced per record)")
+        bench_write_paths(folder, second[:args.write_records], args.threads)
 
 
 if __name__ == "__main__":

@@ -77,6 +77,8 @@ def test_values_are_read(tmp_path: Path) -> None:
          "c.toml:2: store.retention_days: expected a number, got str"),
         ("[store]\n\nretention_days = -1\n",
          "c.toml:3: store.retention_days: must be between 0 and 36500"),
+        ('[store]\nsync = "never"\n',
+         "c.toml:2: store.sync: invalid value 'never' (allowed: \"commit\", \"interval\")"),
         ('[policy]\nfailed = "bounce"\n', "c.toml:2: policy.failed: invalid value 'bounce'"),
         ('[policy]\nerror = "tag"\n', "c.toml:2: policy.error: 'tag' is not possible here"),
         ('[policy]\noversize = "tag"\n', "c.toml:2: policy.oversize: 'tag' is not possible"),
@@ -212,7 +214,7 @@ def test_daemon_sections_are_read(tmp_path: Path) -> None:
         '[milter]\nsocket = "inet:8891@127.0.0.1"\nsocket_mode = "0600"\n'
         'authserv_id = "mx.example.org"\nmax_message_size = "10M"\nspool_threshold = 4096\n'
         'spool_directory = "spool"\nworkers = 2\nlog_level = "debug"\n'
-        '[store]\npath = "st"\nmap_size = "16M"\nretention_days = 400\n'
+        '[store]\npath = "st"\nmap_size = "16M"\nretention_days = 400\nsync = "commit"\n'
         '[policy]\nfailed = "quarantine"\nmonitor = true\ntag_subject = "[{status}] "\n'
         '[policy.domains."Strict.Example"]\nfailed = "reject"\nnone = "tag"\n'
     )
@@ -227,6 +229,8 @@ def test_daemon_sections_are_read(tmp_path: Path) -> None:
     assert config.store.map_size == 16 << 20
     assert config.store.retention_days == 400
     assert Config().store.retention_days == 0  # records are kept unless asked
+    assert config.store.sync == "commit"
+    assert Config().store.sync == "interval"  # the daemon flushes once a second
     policy = config.policy
     assert policy.monitor is True and policy.tag_subject == "[{status}] "
     assert policy.actions.failed is Action.QUARANTINE

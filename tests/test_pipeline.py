@@ -72,6 +72,7 @@ def test_a_verified_message_is_recorded_and_stamped(pki: TestPki, message: bytes
     assert result.verdict is not None and result.verdict.status is Status.SIGNED_VERIFIED
     assert result.decision.action is Action.ACCEPT and result.problem is None
     [record] = store.records
+    assert store.durable == [False]  # flushed within a second in "interval" mode
     assert record.record_id == result.record_id
     assert record.envelope_recipients == RECIPIENTS
     [message_id] = [value for name, value in buffer.headers if name.lower() == "message-id"]
@@ -133,6 +134,7 @@ def test_an_unauthorized_message_is_diverted_by_the_plan(pki: TestPki, message: 
     assert result.diverted
     [record] = store.records
     assert record.diverted_to == "officers@example.org"
+    assert store.durable == [True]  # on the disk before the milter answers
 
     edits = plan(runtime(store, config), ENVELOPE, buffer.headers, result, "mx.example.org")
     assert edits.delete_recipients == RECIPIENTS

@@ -9,12 +9,15 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import multiprocessing
 import os
 import re
+import signal
 import stat
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
@@ -40,6 +43,7 @@ from smime_milter.store import (
 )
 from smime_milter.store import facade as store_module
 from smime_milter.store import writer as store_writer
+from tests.support import storeload
 
 REPO = Path(__file__).resolve().parents[1]
 RECEIVED = datetime(2026, 6, 1, 12, 30, 5, tzinfo=UTC)
@@ -731,6 +735,248 @@ def test_a_failed_batch_fails_exactly_its_futures(
     assert store.state() == "1"
     assert list(store.record_ids()) == [gate.record_id]
     assert store.put_sync(record()) == 2
+
+
+# --------------------------------------------------------- committing in the caller's thread
+
+
+def test_put_sync_commits_in_the_calling_thread_without_a_writer_thread(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The milter's record costs no hand-off: the transaction runs in the
+    thread that calls put_sync, and no writer thread is started for it."""
+    seen: list[int] = []
+    apply = store_writer.Put.apply
+
+    def patched(self: store_writer.Put, batch: store_writer._Batch) -> None:
+        seen.append(threading.get_ident())
+        apply(self, batch)
+
+    monkeypatch.setattr(store_writer.Put, "apply", patched)
+    kept = record()
+    assert store.put_sync(kept) == 1
+    assert seen == [threading.get_ident()]
+    assert store.get(kept.record_id) == kept
+    assert not [t for t in threading.enumerate() if t.name.startswith("store-writer")]
+
+
+def test_put_sync_keeps_the_order_of_earlier_queued_puts(store: Store) -> None:
+    queued = [store.put(record()) for _ in range(50)]
+    last = record()
+    assert store.put_sync(last) == 51
+    assert all(future.done() for future in queued)
+    assert store.changes_since("0").created[-1] == last.record_id  # as the calls came
+
+
+def test_concurrent_put_sync_threads_each_commit_their_own_state(store: Store) -> None:
+    threads, each = 8, 50
+    states: list[int] = []
+    records = [[record() for _ in range(each)] for _ in range(threads)]
+    start = threading.Barrier(threads)
+
+    def produce(mine: list[Record]) -> None:
+        start.wait()
+        states.extend(store.put_sync(one) for one in mine)
+
+    workers = [threading.Thread(target=produce, args=(mine,)) for mine in records]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert sorted(states) == list(range(1, threads * each + 1))
+    ids = {one.record_id for mine in records for one in mine}
+    assert set(store.changes_since("0").created) == ids
+    assert store.stats()["commits"] == threads * each
+
+
+@pytest.mark.parametrize("failure", [
+    lmdb.DiskError("mdb_txn_commit", errno.ENOSPC),
+    OSError(errno.ENOSPC, "No space left on device"),
+])
+def test_a_failed_put_sync_among_waiting_threads_fails_alone(
+    store: Store, monkeypatch: pytest.MonkeyPatch, failure: BaseException
+) -> None:
+    """A failed transaction is aborted under the exclusive lock; threads
+    waiting for the write transaction meanwhile must not hold that up."""
+    poison = record()
+    entered, release = threading.Event(), threading.Event()
+    apply = store_writer.Put.apply
+
+    def patched(self: store_writer.Put, batch: store_writer._Batch) -> None:
+        if self.record_id == poison.record_id:
+            entered.set()
+            release.wait(10)
+            raise failure
+        apply(self, batch)
+
+    monkeypatch.setattr(store_writer.Put, "apply", patched)
+    outcomes: dict[str, object] = {}
+
+    def put(one: Record) -> None:
+        try:
+            outcomes[one.record_id] = store.put_sync(one)
+        except StoreError as exc:
+            outcomes[one.record_id] = exc
+
+    doomed = threading.Thread(target=put, args=(poison,))
+    doomed.start()
+    assert entered.wait(10)
+    others = [record() for _ in range(4)]
+    waiting = [threading.Thread(target=put, args=(one,)) for one in others]
+    for thread in waiting:
+        thread.start()
+    release.set()
+    for thread in (doomed, *waiting):
+        thread.join(20)
+        assert not thread.is_alive(), "a put_sync hangs"
+    error = outcomes[poison.record_id]
+    assert isinstance(error, StoreError) and error.reason == "disk-full"
+    assert sorted(outcomes[one.record_id] for one in others) == [1, 2, 3, 4]  # type: ignore[type-var]
+    assert store.get(poison.record_id) is None
+
+
+# --------------------------------------------------------------------------- sync modes
+
+
+def test_sync_mode_must_be_known(path: Path) -> None:
+    with pytest.raises(ValueError, match="sync must be one of commit, interval"):
+        Store.open(path, sync="never")
+
+
+def test_interval_mode_flushes_in_the_background_at_most_every_second(path: Path) -> None:
+    with Store.open(path, sync="interval") as opened:
+        time.sleep(1.5)  # the schema set-up's flush
+        before = opened.stats()
+        assert before["sync"] == "interval" and before["syncs"] >= 1
+        time.sleep(1.2)
+        assert opened.stats()["syncs"] == before["syncs"]  # nothing new, no fsync
+        for _ in range(20):
+            opened.put_sync(record())
+        assert opened.stats()["syncs"] == before["syncs"]  # not per commit
+        deadline = time.monotonic() + 5
+        while opened.stats()["syncs"] == before["syncs"]:
+            assert time.monotonic() < deadline, "no background flush"
+            time.sleep(0.05)
+        assert opened.stats()["syncs"] == before["syncs"] + 1  # one for all 20
+
+
+def test_a_durable_put_sync_is_flushed_before_it_returns(path: Path) -> None:
+    with Store.open(path, sync="interval") as opened:
+        syncs = opened.stats()["syncs"]
+        opened.put_sync(record(), durable=True)
+        assert opened.stats()["syncs"] == syncs + 1
+
+
+def test_commit_mode_has_no_sync_thread(path: Path) -> None:
+    with Store.open(path) as opened:
+        opened.put_sync(record(), durable=True)
+        stats = opened.stats()
+        assert stats["sync"] == "commit" and stats["syncs"] == 0
+        assert not [t for t in threading.enumerate() if t.name.startswith("store-sync")]
+
+
+def test_close_flushes_what_the_interval_has_not(path: Path, monkeypatch: pytest.MonkeyPatch
+                                                  ) -> None:
+    flushed: list[str] = []
+    sync = store_writer.Syncer._sync
+
+    def counting(self: store_writer.Syncer) -> None:
+        flushed.append(threading.current_thread().name)
+        sync(self)
+
+    monkeypatch.setattr(store_writer.Syncer, "_sync", counting)
+    opened = Store.open(path, sync="interval")
+    opened.put_sync(record())
+    assert flushed == []  # well within the first second
+    opened.close()
+    assert flushed == [threading.current_thread().name]
+
+
+# --------------------------------------------------------------------------- several processes
+
+
+@pytest.mark.process
+def test_several_processes_write_one_store_while_its_map_grows(tmp_path: Path) -> None:
+    """A pre-forked milter: processes open the store after they start and
+    commit from several threads each. Every record arrives, every commit
+    gets its own state (the counter is read in each transaction), the change
+    log is contiguous and reports each id once, and the map grows from
+    256 KiB while the processes adopt the sizes the others set."""
+    processes, threads, each = 4, 3, 40
+    path = tmp_path / "store"
+    load = storeload.Load(path, threads, each, map_size=256 << 10, max_map_size=64 << 20)
+    context = multiprocessing.get_context("spawn")
+    start = context.Barrier(processes)
+    out = context.Queue()
+    children = [context.Process(target=storeload.write, args=(load, start, out))
+                for _ in range(processes)]
+    for child in children:
+        child.start()
+    try:
+        results = [out.get(timeout=120) for _ in children]
+    finally:
+        for child in children:
+            child.join(30)
+    assert all(isinstance(result, storeload.Written) for result in results), results
+    written: list[storeload.Written] = results
+    assert [child.exitcode for child in children] == [0] * processes
+    states = sorted(state for result in written for state in result.states)
+    assert states == list(range(1, len(states) + 1))  # no state twice, none skipped
+    ids = {record_id for result in written for record_id in result.ids}
+    assert len(ids) == processes * threads * each
+    assert len(states) == len(ids) + processes * threads * len(range(0, each, 7))
+    assert sum(result.stats["map_adopted"] for result in written) > 0
+    assert sum(result.stats["map_grown"] for result in written) > 0
+    with Store.open(path, readonly=True) as reader:
+        stats = reader.stats()
+        assert stats["entries"] == len(ids) and stats["state"] == len(states)
+        assert stats["map_size"] > 256 << 10
+        assert stats["certs"] == len(ids) + 1  # each leaf, and the shared root once
+        changes = reader.changes_since("0")
+        assert sorted(changes.created) == sorted(ids) and not changes.updated
+        assert len(changes.created) == len(set(changes.created))
+        found = reader.get_many(ids)
+        assert set(found) == ids
+        assert all(found[rid].certificates[1] == storeload.ROOT for rid in ids)
+    with raw_env(path) as env, env.begin() as txn:
+        cursor = txn.cursor(db=raw_db(env, txn, "changes"))
+        keys = [int.from_bytes(key, "big") for key in cursor.iternext(values=False)]
+    assert keys == list(range(1, len(states) + 1))
+
+
+# --------------------------------------------------------------------------- a crash of the process
+
+
+@pytest.mark.process
+def test_kill_9_right_after_put_sync_loses_nothing_in_interval_mode(path: Path) -> None:
+    """A record put_sync returned for is in the OS's page cache, which a
+    crash of the process does not take away, even though nothing was
+    flushed to the disk yet."""
+    code = (
+        "import os, signal, sys\n"
+        "from smime_milter.store import Store\n"
+        "from tests.support.storeload import verified\n"
+        "store = Store.open(sys.argv[1], sync='interval')\n"
+        "for _ in range(50):\n"
+        "    record = verified(os.urandom(2000))\n"
+        "    print(record.record_id, store.put_sync(record), flush=True)\n"
+        "print('syncs', store.stats()['syncs'], flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(path)],
+        capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, "PYTHONPATH": f"{REPO / 'milter'}{os.pathsep}{REPO}"},
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    *lines, last = done.stdout.splitlines()
+    assert last == "syncs 0"  # killed before any flush to the disk
+    returned = dict(line.split() for line in lines)
+    assert len(returned) == 50
+    with Store.open(path, readonly=True) as reader:
+        assert set(reader.get_many(returned)) == set(returned)
+        assert reader.state() == "50"
+        assert sorted(reader.changes_since("0").created) == sorted(returned)
 
 
 # --------------------------------------------------------------------------- open and close

@@ -45,11 +45,15 @@ class FakeVerifier:
 class FakeStore:
     failure: Exception | None = None
     records: list[Record] = field(default_factory=list)
+    #: put_sync's ``durable`` for each of ``records``.
+    durable: list[bool] = field(default_factory=list)
 
-    def put_sync(self, record: Record, timeout: float | None = None) -> int:
+    def put_sync(self, record: Record, timeout: float | None = None, *,
+                 durable: bool = False) -> int:
         if self.failure is not None:
             raise self.failure
         self.records.append(record)
+        self.durable.append(durable)
         return len(self.records)
 
 

@@ -23,6 +23,7 @@ from smime_milter.cms import AlgorithmPolicy
 from smime_milter.policy import Policy, read_policy_section
 from smime_milter.release import ReleaseConfig, read_release_section
 from smime_milter.settings import ConfigError, Problems, Reader, did_you_mean, line_of, one_of
+from smime_milter.store import SYNC_MODES
 from smime_milter.trust import TrustConfig, read_trust_section
 from smime_milter.verify import VerifyPolicy
 
@@ -81,6 +82,10 @@ class StoreConfig:
     #: ``smime-milter prune`` deletes records received more than this many
     #: days ago; 0 keeps every record.
     retention_days: float = 0.0
+    #: How the milter daemon's commits reach the disk: "interval" (flushed
+    #: at most a second later; diversions at once) or "commit" (each one).
+    #: The daemon passes it to ``Store.open(sync=...)``.
+    sync: str = "interval"
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,10 +319,12 @@ def _store_config(reader: Reader) -> StoreConfig:
     if max_map_size < map_size and not reader.failed("map_size", "max_map_size"):
         reader.report("max_map_size", "must not be smaller than map_size")
     retention_days = float(reader.number("retention_days", defaults.retention_days, 0, 36500))
+    sync = reader.choice("sync", one_of(SYNC_MODES), defaults.sync)
     reader.finish()
     return StoreConfig(
         path=path or defaults.path,
         map_size=map_size, max_map_size=max_map_size, retention_days=retention_days,
+        sync=sync,
     )
 
 

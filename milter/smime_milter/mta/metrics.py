@@ -191,10 +191,11 @@ class _TimedSink:
     sink: RecordSink
     seconds: Histogram
 
-    def put_sync(self, record: Record, timeout: float | None = 30.0) -> int:
+    def put_sync(self, record: Record, timeout: float | None = 30.0, *,
+                 durable: bool = False) -> int:
         started = time.monotonic()
         try:
-            return self.sink.put_sync(record, timeout)
+            return self.sink.put_sync(record, timeout, durable=durable)
         finally:
             self.seconds.observe(time.monotonic() - started)
 

@@ -37,7 +37,8 @@ class VerifyBackend(Protocol):
 
 
 class RecordSink(Protocol):
-    def put_sync(self, record: Record, timeout: float | None = ...) -> int: ...
+    def put_sync(self, record: Record, timeout: float | None = ..., *,
+                 durable: bool = ...) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,7 +200,7 @@ def _recorded(
             diverted_to=rule.divert_to if release and not release.released else None,
         )
     try:
-        runtime.store.put_sync(record)
+        runtime.store.put_sync(record, durable=record.diverted_to is not None)
     except (StoreError, TimeoutError) as exc:
         log.error("store failure reason=%s: %s; applying the error action",
                   getattr(exc, "reason", "timeout"), exc)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeAlias
 
@@ -120,7 +120,16 @@ class Env:
         self.readonly = readonly
         self.dbs: dict[str, Database] = {}
         self.lock = _SharedLock()
+        #: Held around every write transaction of this process (taken before
+        #: ``lock``): LMDB allows one at a time anyway, and a thread that
+        #: waits here holds no share of ``lock``, so aborting a failed write
+        #: or growing the map under ``lock.exclusive()`` never waits for a
+        #: thread that is itself waiting for the write transaction.
+        self.write_mutex = threading.Lock()
         self.closed = False
+        #: Set once LMDB is closed (``closed`` is set earlier, when the
+        #: store stops accepting work and the writer drains its queue).
+        self.released = False
         self._submit_lock = threading.Lock()
 
     @contextmanager
@@ -131,6 +140,10 @@ class Env:
             if self.closed:
                 raise StoreError("closed", f"{self.path}: store is closed")
             yield
+
+    def submitting(self) -> threading.Lock:
+        """The lock :meth:`accepting` holds, for counting queued work."""
+        return self._submit_lock
 
     @contextmanager
     def reading(self, what: str) -> Iterator[lmdb.Transaction[bytes]]:
@@ -164,10 +177,16 @@ class Env:
         with self._submit_lock:
             self.closed = True
 
-    def close(self) -> None:
-        """Closes LMDB once no transaction of this process is in flight."""
+    def close(self, last: Callable[[], None] | None = None) -> None:
+        """Closes LMDB once no transaction of this process is in flight,
+        after running ``last`` (the final flush) when given."""
         with self.lock.exclusive():
-            self.env.close()
+            self.released = True
+            try:
+                if last is not None:
+                    last()
+            finally:
+                self.env.close()
 
 
 def _check_exists(path: str) -> None:
@@ -186,17 +205,21 @@ def open_readonly_env(path: str) -> Env:
     return Env(path, env, readonly=True)
 
 
-def open_writable_env(path: str, map_size: int, *, create: bool = True) -> Env:
+def open_writable_env(path: str, map_size: int, *, create: bool = True,
+                      sync: bool = True) -> Env:
     """The environment at ``path`` for writing, created with the modes
     readers in other processes need when it does not exist yet (refused
-    instead without ``create``)."""
+    instead without ``create``). Without ``sync`` (MDB_NOSYNC) a commit
+    writes its pages to the OS but does not flush them to the disk; the
+    caller then calls ``env.sync(True)`` itself (:class:`~.writer.Syncer`)."""
     if not create:
         _check_exists(path)
     data = os.path.join(path, "data.mdb")
     fresh = not os.path.exists(data)
     try:
         if not os.path.isdir(path):
-            os.makedirs(path, mode=0o750)
+            # Several processes may create it at once (a pre-forked milter).
+            os.makedirs(path, mode=0o750, exist_ok=True)
             os.chmod(path, 0o750)
         env = lmdb.open(
             path,
@@ -204,6 +227,7 @@ def open_writable_env(path: str, map_size: int, *, create: bool = True) -> Env:
             subdir=True,
             max_dbs=_MAX_DBS,
             lock=True,
+            sync=sync,
             mode=0o640,
             # A new store uses the LMDB 0.9 data format every binding can read;
             # None lets an existing store's data format choose. py-lmdb's stub

@@ -9,11 +9,19 @@ Concurrency model:
 
 * one LMDB environment per process and path (LMDB forbids opening the same
   files twice in one process): :meth:`Store.open` keeps a registry keyed by
-  realpath and hands out handles that share it (:mod:`.environment`);
-* one writer thread per environment owns every write transaction
-  (:mod:`.writer`). Callers queue work and get a
-  :class:`~concurrent.futures.Future` that resolves only after the
-  transaction holding their record committed;
+  realpath and hands out handles that share it (:mod:`.environment`). Any
+  number of processes may open the same store for writing (a pre-forked
+  milter), each after its fork;
+* :meth:`Store.put_sync` (the milter's record) commits in the calling
+  thread (:class:`~.writer.Committer`); the calls that return a
+  :class:`~concurrent.futures.Future` queue their work for a writer thread
+  that batches it (:class:`~.writer.Writer`, started on first use). Either
+  way a result is returned only after the transaction holding it committed,
+  and every transaction reads the change-log counter afresh;
+* ``sync="commit"`` flushes every commit to the disk; ``sync="interval"``
+  opens LMDB with MDB_NOSYNC and flushes at most every second in a
+  background thread (:class:`~.writer.Syncer`), or at once for
+  ``put_sync(durable=True)``: see "Durability" in ``docs/store-schema.rst``;
 * reads use short read transactions from any thread. Growing the map (and
   closing) invalidates every transaction the process has open, so those take a
   process-wide exclusive lock that readers share.
@@ -71,10 +79,12 @@ from smime_milter.store.records import (
 from smime_milter.store.writer import (
     AmendResubmission,
     ClaimResubmission,
+    Committer,
     Delete,
     Op,
     Put,
     SetTrust,
+    Syncer,
     Update,
     Writer,
 )
@@ -93,6 +103,9 @@ __all__ = [
     "new_record_id",
     "utc_date",
 ]
+
+#: The values of Store.open's ``sync`` (and of ``[store] sync``).
+SYNC_MODES = ("commit", "interval")
 
 #: Keys read per read transaction by the iterators, so none holds a snapshot
 #: (and blocks map growth) for long.
@@ -121,21 +134,50 @@ def _key_chunk(cursor: lmdb.Cursor[bytes], after: bytes | None) -> list[bytes]:
 
 class _Opened:
     """The registry's entry for a path open in this process: its environment,
-    the writer (None when opened read-only) and how many handles share them."""
+    how it commits (None when opened read-only), its writer thread (started
+    on first use) and how many handles share them."""
 
-    __slots__ = ("env", "handles", "writer")
+    __slots__ = ("_batch_limit", "_writer", "_writer_lock", "committer", "env", "handles")
 
-    def __init__(self, env: Env, writer: Writer | None) -> None:
+    def __init__(self, env: Env, committer: Committer | None, batch_limit: int = 1) -> None:
         self.env = env
-        self.writer = writer
+        self.committer = committer
         self.handles = 0
+        self._batch_limit = batch_limit
+        self._writer: Writer | None = None
+        self._writer_lock = threading.Lock()
+
+    def queued_writer(self) -> Writer | None:
+        """The writer thread when it has work queued or in flight."""
+        with self._writer_lock:
+            writer = self._writer
+        return writer if writer is not None and writer.pending else None
+
+    def writer(self) -> Writer:
+        """The writer thread, started now if it was not yet: a milter
+        process that only calls put_sync never starts one."""
+        assert self.committer is not None
+        with self._writer_lock:
+            if self.env.closed:
+                raise StoreError("closed", f"{self.env.path}: store is closed")
+            if self._writer is None:
+                self._writer = Writer(self.env, self.committer, self._batch_limit)
+            return self._writer
 
     def shutdown(self) -> None:
-        """Stops accepting work, lets the writer finish its queue, closes LMDB."""
+        """Stops accepting work, lets the writer finish its queue, flushes
+        what the sync thread has not flushed yet, closes LMDB."""
         self.env.stop_accepting()
-        if self.writer is not None:
-            self.writer.stop()
-        self.env.close()
+        syncer = None if self.committer is None else self.committer.syncer
+        try:
+            with self._writer_lock:
+                writer = self._writer
+            if writer is not None:
+                writer.stop()
+            if syncer is not None:
+                syncer.stop()
+        finally:
+            self.env.close(None if syncer is None else syncer.final_flush)
 
 
 _REGISTRY: dict[str, _Opened] = {}
@@ -157,17 +199,19 @@ def _open_readonly(path: str) -> _Opened:
 
 def _open_writable(
     path: str, map_size: int, max_map_size: int, changelog_limit: int, batch_limit: int,
-    create: bool,
+    create: bool, sync: str,
 ) -> _Opened:
-    shared = open_writable_env(path, map_size, create=create)
-    writer = Writer(shared, batch_limit, max_map_size, changelog_limit)
-    opened = _Opened(shared, writer)
+    shared = open_writable_env(path, map_size, create=create, sync=sync == "commit")
     try:
-        writer.ready.result()
+        committer = Committer(shared, max_map_size, changelog_limit, None)
+        committer.setup()
     except BaseException:
-        opened.shutdown()
+        shared.close()
         raise
-    return opened
+    if sync == "interval":
+        committer.syncer = Syncer(shared)
+        committer.syncer.committed()  # the schema set-up, if it wrote anything
+    return _Opened(shared, committer, batch_limit)
 
 
 # --------------------------------------------------------------------------- public API
@@ -176,14 +220,14 @@ def _open_writable(
 class Store:
     """A handle on the store at one path; see the module docstring."""
 
-    __slots__ = ("_closed", "_env", "_lock", "_opened", "_writer")
+    __slots__ = ("_closed", "_committer", "_env", "_lock", "_opened")
 
     def __init__(self, opened: _Opened, readonly: bool) -> None:
         """Use :meth:`open`."""
         self._opened = opened
         self._env = opened.env
-        #: None for a read-only handle (whether or not the path has a writer).
-        self._writer = None if readonly else opened.writer
+        #: None for a read-only handle (whether or not the path is writable).
+        self._committer = None if readonly else opened.committer
         self._closed = False
         self._lock = threading.Lock()
 
@@ -198,20 +242,29 @@ class Store:
         changelog_limit: int = 1_000_000,
         batch_limit: int = 256,
         create: bool = True,
+        sync: str = "commit",
     ) -> Store:
         """Opens the store in directory ``path``, creating it when writable
         and ``create`` (the milter's open). Readers pass ``create=False``: a
         mistyped path must fail (StoreError "missing") rather than be
         answered from a new empty store.
 
+        ``sync`` is ``"commit"`` (every commit is on the disk before it
+        returns) or ``"interval"`` (commits reach the OS at once and the
+        disk within about a second, ``put_sync(durable=True)`` at once; the
+        milter daemon's ``[store] sync``).
+
         A path already open in this process reuses that environment; its
-        first opener's sizes and limits apply. A read-only open ignores the
-        sizes and uses the map size the writer chose.
+        first opener's sizes, limits and sync mode apply. A read-only open
+        ignores them and uses the map size the writer chose. Open a store
+        after a fork, never before: an environment must not be inherited.
         """
         if changelog_limit < 1 or batch_limit < 1 or max_map_size < map_size:
             raise ValueError(
                 "need changelog_limit >= 1, batch_limit >= 1, max_map_size >= map_size"
             )
+        if sync not in SYNC_MODES:
+            raise ValueError(f"sync must be one of {', '.join(SYNC_MODES)}, got {sync!r}")
         key = os.path.realpath(path)
         with _REGISTRY_LOCK:
             opened = _REGISTRY.get(key)
@@ -220,7 +273,7 @@ class Store:
                     _open_readonly(key)
                     if readonly
                     else _open_writable(key, map_size, max_map_size, changelog_limit,
-                                        batch_limit, create)
+                                        batch_limit, create, sync)
                 )
                 _REGISTRY[key] = opened
             elif opened.env.readonly and not readonly:
@@ -235,8 +288,29 @@ class Store:
         after the commit that holds it."""
         return self._submit(Put(record))
 
-    def put_sync(self, record: Record, timeout: float | None = 30.0) -> int:
-        return self.put(record).result(timeout)
+    def put_sync(self, record: Record, timeout: float | None = 30.0, *,
+                 durable: bool = False) -> int:
+        """Stores ``record`` (replacing one with its id) in one write
+        transaction of the calling thread; returns the state after it. Once
+        this returns the record survives a crash of the process; with
+        ``durable`` (a diverted message the milter must not lose) or in
+        "commit" mode also one of the system. ``timeout`` is accepted for
+        the callers of the queued form and not enforced: waiting for the
+        write lock of another thread or process cannot be interrupted;
+        it applies only while work queued earlier by :meth:`put` and the
+        like is still pending: then this record queues behind it, so that
+        commits keep the order of the calls."""
+        committer = self._committing()
+        op = Put(record)
+        writer = self._opened.queued_writer()
+        if writer is not None:
+            state_after: int = writer.submit(op).result(timeout)
+            if durable and committer.syncer is not None:
+                committer.syncer.sync_now()
+            return state_after
+        outcomes, state = committer.run((op,), durable=durable)
+        result: int = op.result(outcomes[0], state)
+        return result
 
     def update(
         self,
@@ -328,11 +402,17 @@ class Store:
             raise ValueError(f"not a trust generation: {generation!r}")
         return self._submit(SetTrust(generation, changed_at))
 
-    def _submit(self, op: Op) -> Future[Any]:
+    def _committing(self) -> Committer:
         self._check_open()
-        if self._writer is None:
+        if self._committer is None:
             raise StoreError("io", f"{self._env.path}: store handle is read-only")
-        return self._writer.submit(op)
+        if self._env.closed:
+            raise StoreError("closed", f"{self._env.path}: store is closed")
+        return self._committer
+
+    def _submit(self, op: Op) -> Future[Any]:
+        self._committing()
+        return self._opened.writer().submit(op)
 
     # ----------------------------------------------------------------- reads
 
@@ -498,8 +578,23 @@ class Store:
                 "map_size": info["map_size"],
                 "used_bytes": (info["last_pgno"] + 1) * self._env.env.stat()["psize"],
                 "last_txnid": info["last_txnid"],
-                "commits": self._opened.writer.commits if self._opened.writer else 0,
+                **self._write_counters(),
             }
+
+    def _write_counters(self) -> dict[str, Any]:
+        """This process's commits, fsyncs of the sync thread, map growths
+        and sizes adopted from other processes."""
+        committer = self._opened.committer
+        if committer is None:
+            return {"commits": 0, "syncs": 0, "map_grown": 0, "map_adopted": 0, "sync": None}
+        syncer = committer.syncer
+        return {
+            "commits": committer.commits,
+            "syncs": 0 if syncer is None else syncer.syncs,
+            "map_grown": committer.grown,
+            "map_adopted": committer.adopted,
+            "sync": "commit" if syncer is None else "interval",
+        }
 
     def newest_received(self, look_back: int = 10_000) -> datetime | None:
         """When the most recently created record that still exists was

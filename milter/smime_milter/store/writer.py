@@ -1,18 +1,24 @@
-"""The writer thread: the one owner of every write transaction of a store.
+"""Writing: the operations, and the two ways they are committed.
 
-Callers queue operations (:class:`Op`) and get a
-:class:`~concurrent.futures.Future` that resolves only after the transaction
-holding their work committed, so the milter never acknowledges a message
-whose result could still be lost. The writer commits up to ``batch_limit``
-queued operations per transaction, which amortises the fsync of each commit
-over many messages, and grows the map when a batch does not fit.
+An operation (:class:`Op`) applies one change inside a write transaction
+(:class:`_Batch`: records, indexes, the status entries, the change log,
+certificates and learned certificates). :class:`Committer` commits a list of
+them in one transaction of the calling thread, growing the map when they do
+not fit and adopting a map another process grew; :meth:`Store.put_sync`
+(the milter's record) uses it directly. :class:`Writer` is a thread for the
+calls that return a :class:`~concurrent.futures.Future` (re-validation,
+releases, pruning): it commits up to ``batch_limit`` queued operations per
+transaction. :class:`Syncer` flushes a store opened without a sync per
+commit ("interval" mode).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import queue
 import threading
+from collections.abc import Sequence
 from concurrent.futures import Future
 from datetime import datetime
 from typing import Any
@@ -56,13 +62,17 @@ from smime_milter.store.records import (
 __all__ = [
     "AmendResubmission",
     "ClaimResubmission",
+    "Committer",
     "Delete",
     "Op",
     "Put",
     "SetTrust",
+    "Syncer",
     "Update",
     "Writer",
 ]
+
+_log = logging.getLogger("smime_milter.store")
 
 
 class _Batch:
@@ -134,11 +144,8 @@ class _Batch:
 
 
 class Op:
-    """Queued work for the writer; ``apply`` runs inside the batch transaction
-    and may run again if the batch is retried after growing the map."""
-
-    def __init__(self) -> None:
-        self.future: Future[Any] = Future()
+    """One unit of work; ``apply`` runs inside a write transaction and may run
+    again if the transaction is retried after growing the map."""
 
     def apply(self, batch: _Batch) -> Any:
         raise NotImplementedError
@@ -149,7 +156,6 @@ class Op:
 
 class Put(Op):
     def __init__(self, record: Record) -> None:
-        super().__init__()
         certs, crls = CertRefs(), CertRefs()
         self.record_id = record.record_id
         self.doc = record_json(record, certs, crls)
@@ -183,7 +189,6 @@ class Put(Op):
 
 class Update(Op):
     def __init__(self, record_id: str, patch: dict[str, Any]) -> None:
-        super().__init__()
         self.record_id = record_id
         self.patch = patch
 
@@ -206,7 +211,6 @@ class ClaimResubmission(Op):
     only one passes. Not a JMAP change: no change-log entry."""
 
     def __init__(self, record_id: str, entry: dict[str, Any], force: bool) -> None:
-        super().__init__()
         self.record_id = record_id
         self.entry = entry
         self.force = force
@@ -230,7 +234,6 @@ class AmendResubmission(Op):
     submitted). Resolves to whether the entry was still there."""
 
     def __init__(self, record_id: str, old: dict[str, Any], new: dict[str, Any] | None) -> None:
-        super().__init__()
         self.record_id = record_id
         self.old = old
         self.new = new
@@ -251,7 +254,6 @@ class AmendResubmission(Op):
 
 class Delete(Op):
     def __init__(self, record_ids: list[str]) -> None:
-        super().__init__()
         self.record_ids = record_ids
 
     def apply(self, batch: _Batch) -> tuple[str, ...]:
@@ -263,7 +265,6 @@ class SetTrust(Op):
     """Records the trust-anchor generation; a new one restarts the epoch."""
 
     def __init__(self, generation: str, changed_at: datetime) -> None:
-        super().__init__()
         self.generation = generation.encode("ascii")
         self.changed_at = str(int(utc(changed_at).timestamp())).encode("ascii")
 
@@ -276,86 +277,56 @@ class SetTrust(Op):
         return True
 
 
-class Writer:
-    """The thread that owns every write transaction of one environment."""
+class Committer:
+    """Commits operations in one write transaction of the calling thread.
 
-    def __init__(self, env: Env, batch_limit: int, max_map_size: int, changelog_limit: int):
+    Used by :meth:`Store.put_sync` directly (no hand-off to another thread)
+    and by the :class:`Writer` thread for its batches. Nothing is cached
+    across transactions: each one reads the change-log counter afresh, so
+    any number of threads and processes may commit to the same store."""
+
+    def __init__(self, env: Env, max_map_size: int, changelog_limit: int,
+                 syncer: Syncer | None) -> None:
         self._env = env
-        self._batch_limit = batch_limit
         self._max_map_size = max_map_size
         self._changelog_limit = changelog_limit
-        self._queue: queue.SimpleQueue[Op | None] = queue.SimpleQueue()
-        self.ready: Future[None] = Future()
+        #: None when every commit is flushed by LMDB itself ("commit" mode).
+        self.syncer = syncer
         self.commits = 0
-        self._thread = threading.Thread(
-            target=self._run, name=f"store-writer {env.path}", daemon=True
-        )
-        self._thread.start()
+        self.grown = 0
+        self.adopted = 0
 
-    def submit(self, op: Op) -> Future[Any]:
-        """Queues ``op`` unless the store is closing; returns its future."""
-        with self._env.accepting():
-            self._queue.put(op)
-        return op.future
-
-    def stop(self) -> None:
-        """Finishes everything queued so far, then ends the thread."""
-        self._queue.put(None)
-        self._thread.join()
-
-    def _run(self) -> None:
-        try:
-            self._env.dbs = self._setup()
-        except BaseException as exc:  # the opener re-raises it
-            self.ready.set_exception(translate(exc, f"opening {self._env.path}"))
-            return
-        self.ready.set_result(None)
-        stop = False
-        while not stop:
-            batch, stop = self._next_batch()
-            if batch:
-                self._run_batch(batch)
-
-    def _setup(self) -> dict[str, Database]:
+    def setup(self) -> None:
+        """Creates or upgrades the schema and opens the sub-databases."""
         env = self._env
-        with env.lock.shared(), env.env.begin(write=True) as txn:
-            return writer_dbs(txn, env.env, env.path)
-
-    def _next_batch(self) -> tuple[list[Op], bool]:
-        """Blocks for one operation, then takes what else is queued."""
-        first = self._queue.get()
-        if first is None:
-            return [], True
-        batch = [first]
-        while len(batch) < self._batch_limit:
-            try:
-                op = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if op is None:
-                return batch, True
-            batch.append(op)
-        return batch, False
-
-    def _run_batch(self, ops: list[Op]) -> None:
-        """Commits the batch, then settles its futures; a failure fails
-        exactly these futures and leaves the writer running."""
         try:
-            outcomes, state = self._commit_growing(ops)
+            with env.write_mutex, env.lock.shared(), env.env.begin(write=True) as txn:
+                env.dbs = writer_dbs(txn, env.env, env.path)
+        except BaseException as exc:
+            raise translate(exc, f"opening {env.path}") from exc
+
+    def run(self, ops: Sequence[Op], *, durable: bool = False) -> tuple[list[Any], int]:
+        """Commits ``ops`` in one transaction; returns each one's outcome (a
+        StoreError("missing") for an unknown id, which fails only that op)
+        and the state after the commit. With ``durable`` the commit is on the
+        disk when this returns, whatever the sync mode. Any other failure
+        is raised as a StoreError and nothing of ``ops`` is committed."""
+        try:
+            with self._env.write_mutex:
+                outcomes, state = self._commit_growing(ops)
+            if self.syncer is not None:
+                if durable:
+                    self.syncer.sync_now()
+                else:
+                    self.syncer.committed()
         except Exception as exc:
             error = translate(exc, f"writing to {self._env.path}")
             if error is not exc:
-                error.__cause__ = exc
-            for op in ops:
-                op.future.set_exception(_copy_error(error))
-            return
-        for op, outcome in zip(ops, outcomes, strict=True):
-            if isinstance(outcome, StoreError):
-                op.future.set_exception(outcome)
-            else:
-                op.future.set_result(op.result(outcome, state))
+                raise error from exc
+            raise
+        return outcomes, state
 
-    def _commit_growing(self, ops: list[Op]) -> tuple[list[Any], int]:
+    def _commit_growing(self, ops: Sequence[Op]) -> tuple[list[Any], int]:
         while True:
             try:
                 return self._commit(ops)
@@ -367,15 +338,19 @@ class Writer:
                         f"at max_map_size {self._max_map_size} bytes",
                     ) from exc
             except lmdb.MapResizedError:
+                # Another process grew the map beyond ours: adopt its size.
                 self._env.adopt_map_size()
+                self.adopted += 1
 
-    def _commit(self, ops: list[Op]) -> tuple[list[Any], int]:
+    def _commit(self, ops: Sequence[Op]) -> tuple[list[Any], int]:
         """One write transaction for ``ops``. A failed one is aborted under the
         exclusive lock: py-lmdb's abort of a write txn waits until no LMDB call
         is in flight on any thread, which a steady stream of reads can delay
         indefinitely."""
         env = self._env
         with env.lock.shared():
+            if env.released:
+                raise StoreError("closed", f"{env.path}: store is closed")
             txn = env.env.begin(write=True)
             try:
                 batch = _Batch(txn, env)
@@ -392,14 +367,171 @@ class Writer:
         raise failure
 
     def _grow(self) -> bool:
-        """Doubles the map up to max_map_size; False when already there."""
+        """Adopts the map size another process gave the store when that is
+        larger than ours; otherwise doubles ours up to max_map_size. False
+        when already there. (A size set here reaches the other processes
+        with the next commit; LMDB never persists a smaller one.)"""
         env = self._env
         with env.lock.exclusive():
-            current = env.env.info()["map_size"]
-            if current >= self._max_map_size:
+            ours = env.env.info()["map_size"]
+            env.env.set_mapsize(0)  # LMDB: 0 adopts the size in the meta page
+            if env.env.info()["map_size"] > ours:
+                self.adopted += 1
+                return True
+            if ours >= self._max_map_size:
                 return False
-            env.env.set_mapsize(min(current * 2, self._max_map_size))
+            env.env.set_mapsize(min(ours * 2, self._max_map_size))
+        self.grown += 1
         return True
+
+
+class Syncer:
+    """Flushes an environment opened without sync (MDB_NOSYNC) to the disk:
+    a background thread at most every ``interval`` seconds when something
+    was committed since the last flush, :meth:`sync_now` for a commit that
+    must be durable before its caller answers, and a last flush when the
+    store closes (:meth:`final_flush`). One fsync covers every commit before it, of any process."""
+
+    def __init__(self, env: Env, interval: float = 1.0) -> None:
+        self._env = env
+        self._interval = interval
+        self._dirty = False
+        self._stopping = threading.Event()
+        self.syncs = 0
+        self.failures = 0
+        self._thread = threading.Thread(
+            target=self._run, name=f"store-sync {env.path}", daemon=True
+        )
+        self._thread.start()
+
+    def committed(self) -> None:
+        """Notes a commit the next background flush must cover."""
+        self._dirty = True
+
+    def sync_now(self) -> None:
+        """Flushes every commit made so far (this thread's included)."""
+        self._dirty = False
+        try:
+            self._flush()
+        except Exception as exc:
+            self._dirty = True
+            raise translate(exc, f"syncing {self._env.path}") from exc
+
+    def stop(self) -> None:
+        """Ends the thread; the last flush is :meth:`final_flush`."""
+        self._stopping.set()
+        self._thread.join()
+
+    def final_flush(self) -> None:
+        """Flushes what is pending; run by :meth:`Env.close` under its
+        exclusive lock, so no commit can come after it."""
+        if self._dirty:
+            self._dirty = False
+            self._sync()
+
+    def _run(self) -> None:
+        while not self._stopping.wait(self._interval):
+            if not self._dirty:
+                continue
+            # Cleared before the flush: a commit that lands during it sets
+            # the flag again and is covered by the next one.
+            self._dirty = False
+            try:
+                self._flush()
+            except Exception as exc:
+                self._dirty = True
+                self.failures += 1
+                _log.warning("store sync of %s failed: %s", self._env.path,
+                             translate(exc, "syncing"))
+
+    def _flush(self) -> None:
+        with self._env.lock.shared():
+            self._sync()
+
+    def _sync(self) -> None:
+        self._env.env.sync(True)
+        self.syncs += 1
+
+
+class Writer:
+    """The thread that commits queued operations (:meth:`Store.put` and the
+    other calls that return a Future), many per transaction."""
+
+    def __init__(self, env: Env, committer: Committer, batch_limit: int):
+        self._env = env
+        self._committer = committer
+        self._batch_limit = batch_limit
+        self._queue: queue.SimpleQueue[tuple[Op, Future[Any]] | None] = queue.SimpleQueue()
+        #: Operations queued and not yet settled (changed under the env's
+        #: submit lock).
+        self.pending = 0
+        self._thread = threading.Thread(
+            target=self._run, name=f"store-writer {env.path}", daemon=True
+        )
+        self._thread.start()
+
+    def submit(self, op: Op) -> Future[Any]:
+        """Queues ``op`` unless the store is closing; returns its future."""
+        future: Future[Any] = Future()
+        with self._env.accepting():
+            self._queue.put((op, future))
+            self.pending += 1
+        return future
+
+    def stop(self) -> None:
+        """Finishes everything queued so far, then ends the thread."""
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            batch, stop = self._next_batch()
+            if batch:
+                self._run_batch(batch)
+
+    def _next_batch(self) -> tuple[list[tuple[Op, Future[Any]]], bool]:
+        """Blocks for one operation, then takes what else is queued."""
+        first = self._queue.get()
+        if first is None:
+            return [], True
+        batch = [first]
+        while len(batch) < self._batch_limit:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                return batch, True
+            batch.append(item)
+        return batch, False
+
+    def _run_batch(self, batch: list[tuple[Op, Future[Any]]]) -> None:
+        try:
+            self._settle(batch)
+        finally:
+            with self._env.submitting():
+                self.pending -= len(batch)
+
+    def _settle(self, batch: list[tuple[Op, Future[Any]]]) -> None:
+        """Commits the batch, then settles its futures; a failure fails
+        exactly these futures and leaves the writer running."""
+        ops = [op for op, _future in batch]
+        try:
+            outcomes, state = self._committer.run(ops)
+        except StoreError as error:
+            for _op, future in batch:
+                future.set_exception(_copy_error(error))
+            return
+        except Exception as exc:  # not translated: fail the futures all the same
+            for _op, future in batch:
+                future.set_exception(exc)
+            return
+        for (op, future), outcome in zip(batch, outcomes, strict=True):
+            if isinstance(outcome, StoreError):
+                future.set_exception(outcome)
+            else:
+                future.set_result(op.result(outcome, state))
 
 
 def _apply(op: Op, batch: _Batch) -> Any:
