@@ -96,7 +96,7 @@ def serve(config: Config, load: Callable[[], Config], make_runtime: MakeRuntime,
     make = _guarded(make_runtime, watchdog, metrics, retirement.retire)
     try:
         store = Store.open(config.store.path, map_size=config.store.map_size,
-                           max_map_size=config.store.max_map_size)
+                           max_map_size=config.store.max_map_size, sync=config.store.sync)
     except Exception as exc:
         report.send("error", error=str(exc))
         return 1
