@@ -10,14 +10,14 @@ input.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 MAX_LENGTH_OCTETS = 4
 
 
-@dataclass(frozen=True, slots=True)
-class Tlv:
-    """One element: its tag byte and where its encoding and content lie."""
+class Tlv(NamedTuple):
+    """One element: its tag byte and where its encoding and content lie
+    (a tuple: built for every element walked, it must be cheap)."""
 
     tag: int
     start: int
@@ -25,7 +25,7 @@ class Tlv:
     end: int
 
 
-def read(data: bytes, offset: int, limit: int | None = None) -> Tlv:
+def read(data: bytes | memoryview, offset: int, limit: int | None = None) -> Tlv:
     """The element starting at ``offset`` (single-byte tags only)."""
     limit = len(data) if limit is None else limit
     if offset + 2 > limit:
@@ -51,7 +51,7 @@ def read(data: bytes, offset: int, limit: int | None = None) -> Tlv:
     return Tlv(tag, offset, position, end)
 
 
-def children(data: bytes, start: int, end: int) -> Iterator[Tlv]:
+def children(data: bytes | memoryview, start: int, end: int) -> Iterator[Tlv]:
     """The elements packed in ``data[start:end]``."""
     position = start
     while position < end:
