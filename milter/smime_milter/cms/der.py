@@ -25,20 +25,23 @@ class Tlv(NamedTuple):
     end: int
 
 
+#: Builds a Tlv without the Python-level ``__new__`` NamedTuple generates.
+_new_tlv = tuple.__new__
+
+
 def read(data: bytes | memoryview, offset: int, limit: int | None = None) -> Tlv:
     """The element starting at ``offset`` (single-byte tags only)."""
-    limit = len(data) if limit is None else limit
+    if limit is None:
+        limit = len(data)
     if offset + 2 > limit:
         raise ValueError("truncated DER element")
     tag = data[offset]
     if tag & 0x1F == 0x1F:
         raise ValueError("multi-byte DER tags are not supported here")
-    first = data[offset + 1]
+    length = data[offset + 1]
     position = offset + 2
-    if first < 0x80:
-        length = first
-    else:
-        count = first & 0x7F
+    if length > 0x7F:
+        count = length & 0x7F
         if count == 0 or count > MAX_LENGTH_OCTETS:
             raise ValueError("indefinite or oversized DER length")
         if position + count > limit:
@@ -48,7 +51,7 @@ def read(data: bytes | memoryview, offset: int, limit: int | None = None) -> Tlv
     end = position + length
     if end > limit:
         raise ValueError("DER element runs past its container")
-    return Tlv(tag, offset, position, end)
+    return _new_tlv(Tlv, (tag, offset, position, end))
 
 
 def children(data: bytes | memoryview, start: int, end: int) -> Iterator[Tlv]:

@@ -3,8 +3,9 @@
 Parsing a SignedData with asn1crypto builds an object per element and costs
 more than the RSA verification itself. Real S/MIME signatures are nearly
 always the same shape, so this module slices that shape directly out of the
-bytes and answers None for anything else (BER, CRLs, unsigned attributes and
-so countersignatures, unknown versions, RSA-PSS, unknown algorithms): the
+bytes and answers None for anything else (CRLs, unsigned attributes and
+so countersignatures, unknown versions, RSA-PSS, unknown algorithms; BER is
+followed only in the outer layers, where NSS writes it): the
 caller then takes the asn1crypto path of :mod:`signed_data`, which stays the
 reference. The checks themselves are shared (:func:`signed_data.judge_signature`),
 so both paths reach the same verdict.
@@ -26,7 +27,7 @@ from smime_milter.cms.signed_data import (
     AlgorithmPolicy,
     Content,
     SignatureCheck,
-    capabilities_of,
+    capabilities_in,
     certificate_by_issuer,
     certificate_by_key_id,
     judge_signature,
@@ -58,18 +59,15 @@ class RawSignerInfo:
     signature: bytes
     #: The checked attributes' values (:func:`signed_data.signed_attribute_values`).
     values: dict[str, list[bytes]]
-
-    @property
-    def capabilities(self) -> tuple[str, ...]:
-        return capabilities_of(self.attributes)
+    capabilities: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class RawSignedData:
     """What :class:`signed_data.SignedData` holds, for the common shape.
 
-    ``econtent`` is a slice of the input: a memoryview when the input was
-    one, so a large encapsulated content is hashed without a copy.
+    ``econtent`` is a view into the input (a copy only when BER splits it
+    into pieces), so a large encapsulated content is hashed without a copy.
     """
 
     econtent_type: str
@@ -98,15 +96,46 @@ def _expect(element: der.Tlv, tag: int) -> der.Tlv:
     return element
 
 
+#: Indefinite-length elements nested inside each other that are followed.
+MAX_INDEFINITE_DEPTH = 16
+
+
+def _read(blob: Buffer, offset: int, limit: int, depth: int = 0) -> der.Tlv:
+    """:func:`der.read`, also for a constructed element of indefinite length
+    (BER, as NSS writes the outer layers): its ``end`` is then after the
+    end-of-contents octets."""
+    if offset + 2 > limit or blob[offset + 1] != 0x80:
+        return der.read(blob, offset, limit)
+    tag = blob[offset]
+    if not tag & 0x20 or depth >= MAX_INDEFINITE_DEPTH:
+        raise _Unusual
+    position = offset + 2
+    while blob[position : position + 2] != b"\0\0":
+        position = _read(blob, position, limit, depth + 1).end
+    return der.Tlv(tag, offset, offset + 2, position + 2)
+
+
+def _inside(blob: Buffer, element: der.Tlv) -> list[der.Tlv]:
+    """The elements a constructed element contains (either length form)."""
+    end = element.end - 2 if blob[element.start + 1] == 0x80 else element.end
+    found: list[der.Tlv] = []
+    position = element.content_start
+    while position < end:
+        child = _read(blob, position, end)
+        found.append(child)
+        position = child.end
+    return found
+
+
 def _parse(blob: Buffer) -> RawSignedData:
-    info = _expect(der.read(blob, 0), 0x30)
+    info = _expect(_read(blob, 0, len(blob)), 0x30)
     if info.end != len(blob):
         raise _Unusual
-    content_type, explicit = der.children(blob, info.content_start, info.end)
+    content_type, explicit = _inside(blob, info)
     if bytes(blob[content_type.start : content_type.end]) != _SIGNED_DATA:
         raise _Unusual
-    (signed,) = der.children(blob, _expect(explicit, 0xA0).content_start, explicit.end)
-    fields = list(der.children(blob, _expect(signed, 0x30).content_start, signed.end))
+    (signed,) = _inside(blob, _expect(explicit, 0xA0))
+    fields = _inside(blob, _expect(signed, 0x30))
     if len(fields) < 4:
         raise _Unusual
     version, _digests, encap, *optional, signer_set = fields
@@ -119,16 +148,14 @@ def _parse(blob: Buffer) -> RawSignedData:
             raise _Unusual  # CRLs, or something else: rare
         certificates = tuple(
             cert_info(bytes(blob[element.start : element.end]))
-            for element in der.children(blob, certificate_set.content_start, certificate_set.end)
-            if element.tag == 0x30
+            for element in _inside(blob, certificate_set)
+            if element.tag == 0x30 and blob[element.start + 1] != 0x80
         )
         if len(certificates) > MAX_CERTIFICATES:
             raise _Unusual
     econtent_type, econtent = _encapsulated(blob, _expect(encap, 0x30))
     signer_infos = tuple(
-        _signer_info(blob, element)
-        for element in der.children(blob, _expect(signer_set, 0x31).content_start,
-                                    signer_set.end)
+        _signer_info(blob, element) for element in _inside(blob, _expect(signer_set, 0x31))
     )
     if not signer_infos or len(signer_infos) > MAX_SIGNER_INFOS:
         raise _Unusual
@@ -137,19 +164,24 @@ def _parse(blob: Buffer) -> RawSignedData:
 
 def _encapsulated(blob: Buffer, encap: der.Tlv) -> tuple[str, Buffer | None]:
     """eContentType and the eContent octets (None when detached)."""
-    parts = list(der.children(blob, encap.content_start, encap.end))
+    parts = _inside(blob, encap)
     oid = _expect(parts[0], 0x06)
     econtent_type = oid_dotted(bytes(blob[oid.start : oid.end]))
     if len(parts) == 1:
         return econtent_type, None
     if len(parts) != 2:
         raise _Unusual
-    (octets,) = der.children(blob, _expect(parts[1], 0xA0).content_start, parts[1].end)
-    _expect(octets, 0x04)  # a constructed (BER) OCTET STRING is left to asn1crypto
-    return econtent_type, blob[octets.content_start : octets.end]
+    (octets,) = _inside(blob, _expect(parts[1], 0xA0))
+    if octets.tag == 0x04:  # a view: a large content is hashed, never copied
+        return econtent_type, memoryview(blob)[octets.content_start : octets.end]
+    # BER: a constructed OCTET STRING, its content in primitive pieces.
+    pieces = [_expect(piece, 0x04) for piece in _inside(blob, _expect(octets, 0x24))]
+    return econtent_type, b"".join(blob[piece.content_start : piece.end] for piece in pieces)
 
 
 def _signer_info(blob: Buffer, element: der.Tlv) -> RawSignerInfo:
+    if blob[element.start + 1] == 0x80:
+        raise _Unusual
     fields = list(der.children(blob, _expect(element, 0x30).content_start, element.end))
     if len(fields) != 6:
         raise _Unusual  # no signed attributes, or unsigned ones (countersignatures)
@@ -176,12 +208,14 @@ def _signer_info(blob: Buffer, element: der.Tlv) -> RawSignerInfo:
         raise _Unusual  # a non-minimal length: let the reference path re-encode
     # The signature covers the attributes as a DER SET OF: same octets, tag 0x31.
     signed_attributes = b"\x31" + header[1:] + contents
+    capability_sets: list[der.Tlv] = []
+    values = signed_attribute_values(contents, capability_sets)  # ValueError when malformed
     return RawSignerInfo(
         issuer=issuer, serial=serial, key_id=key_id,
         digest_algorithm=digest_name, signature_algorithm=sig_name,
         attributes=contents, signed_attributes=signed_attributes,
         signature=bytes(blob[_expect(signature, 0x04).content_start : signature.end]),
-        values=signed_attribute_values(contents),  # ValueError when malformed
+        values=values, capabilities=capabilities_in(contents, capability_sets),
     )
 
 

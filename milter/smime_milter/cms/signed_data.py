@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Protocol
 
@@ -260,13 +260,17 @@ _WANTED_ATTRIBUTES = {
 }
 
 
-def signed_attribute_values(data: bytes) -> dict[str, list[bytes]]:
+def signed_attribute_values(
+    data: bytes, capability_sets: list[der.Tlv] | None = None
+) -> dict[str, list[bytes]]:
     """The attribute values we check, as raw TLVs keyed by dotted OID, from
     the contents octets of the signed attributes.
 
     Walked one attribute at a time with the DER reader: some real messages
     carry attributes asn1crypto cannot render, and this is the hot path.
-    Raises ValueError when an attribute is not type + SET of values.
+    Raises ValueError when an attribute is not type + SET of values. The
+    value SETs of SMIMECapabilities attributes are appended to
+    ``capability_sets`` when given (see :func:`capabilities_in`).
     """
     found: dict[str, list[bytes]] = {}
     for attribute in der.children(data, 0, len(data)):
@@ -275,7 +279,10 @@ def signed_attribute_values(data: bytes) -> dict[str, list[bytes]]:
         oid_element, *rest = der.children(data, attribute.content_start, attribute.end)
         if oid_element.tag != 0x06 or len(rest) != 1 or rest[0].tag != 0x31:
             raise ValueError("signed attribute is not type + SET of values")
-        oid = _WANTED_ATTRIBUTES.get(data[oid_element.content_start : oid_element.end])
+        oid_contents = data[oid_element.content_start : oid_element.end]
+        if capability_sets is not None and oid_contents == _CAPABILITIES_OID:
+            capability_sets.append(rest[0])
+        oid = _WANTED_ATTRIBUTES.get(oid_contents)
         if oid is not None:
             values = rest[0]
             found.setdefault(oid, []).extend(
@@ -318,14 +325,31 @@ def capabilities_of(data: bytes) -> tuple[str, ...]:
             if found is not None or values.tag != 0x31:
                 return ()  # repeated (RFC 8551 allows one) or not a SET of values
             (value,) = der.children(data, values.content_start, values.end)
-            found = _capability_oids(data, value)
+            found = _capability_oids(data[value.start : value.end])
         return found or ()
     except (ValueError, TypeError, KeyError, IndexError, OverflowError):
         return ()
 
 
-def _capability_oids(data: bytes, sequence: der.Tlv) -> tuple[str, ...]:
-    """SMIMECapabilities ::= SEQUENCE OF SEQUENCE { capabilityID OID, parameters ANY OPTIONAL }."""
+def capabilities_in(data: bytes, capability_sets: list[der.Tlv]) -> tuple[str, ...]:
+    """:func:`capabilities_of` from the value SETs :func:`signed_attribute_values`
+    collected, for well-formed attributes (saves a second walk)."""
+    if len(capability_sets) != 1:
+        return ()  # none, or repeated (RFC 8551 allows one)
+    try:
+        (value,) = der.children(data, capability_sets[0].content_start, capability_sets[0].end)
+        return _capability_oids(data[value.start : value.end])
+    except (ValueError, TypeError, KeyError, IndexError, OverflowError):
+        return ()
+
+
+@lru_cache(maxsize=256)
+def _capability_oids(data: bytes) -> tuple[str, ...]:
+    """SMIMECapabilities ::= SEQUENCE OF SEQUENCE { capabilityID OID, parameters ANY OPTIONAL }.
+    Memoised by encoding: each mail client sends the same list every time."""
+    sequence = der.read(data, 0)
+    if sequence.end != len(data):
+        raise ValueError("SMIMECapabilities followed by other data")
     if sequence.tag != 0x30:
         raise ValueError("SMIMECapabilities is not a SEQUENCE")
     oids: list[str] = []
@@ -507,7 +531,7 @@ def _check_attributes(
         errors.append("message-digest attribute missing" if not digests
                       else "message-digest attribute repeated")
     elif hash_cls is not None:
-        expected = core.OctetString.load(digests[0]).native
+        expected = _octet_string(digests[0])
         actual = content_digest(hash_cls().name.replace("-", "_"), content)
         if expected != actual:
             errors.append("message digest mismatch: the signed content was altered")
@@ -516,10 +540,41 @@ def _check_attributes(
     times = values.get(OID_SIGNING_TIME, [])
     if times:
         try:
-            signing_time = asn1_cms.Time.load(times[0]).native
+            signing_time = _time(times[0])
         except (ValueError, TypeError):
             errors.append("signing-time attribute is malformed")
     return signing_time, errors
+
+
+def _octet_string(tlv: bytes) -> bytes:
+    """The contents of a DER OCTET STRING (asn1crypto for anything else)."""
+    element = der.read(tlv, 0) if tlv[:1] == b"\x04" else None
+    if element is not None and element.end == len(tlv):
+        return tlv[element.content_start :]
+    value: bytes = core.OctetString.load(tlv).native
+    return value
+
+
+def _time(tlv: bytes) -> datetime:
+    """A UTCTime or GeneralizedTime as asn1crypto reads it; the usual
+    ``...SSZ`` forms (RFC 5652 §11.3) are read directly."""
+    digits = tlv[2:-1]
+    if tlv[-1:] == b"Z" and digits.isdigit() and len(tlv) == tlv[1] + 2:
+        try:
+            if tlv[0] == 0x17 and len(digits) == 12:
+                year = int(digits[:2])
+                year += 2000 if year < 50 else 1900  # RFC 5280 §4.1.2.5.1
+                rest = digits[2:]
+            elif tlv[0] == 0x18 and len(digits) == 14:
+                year, rest = int(digits[:4]), digits[4:]
+            else:
+                raise ValueError("not a plain time")
+            return datetime(year, int(rest[0:2]), int(rest[2:4]), int(rest[4:6]),
+                            int(rest[6:8]), int(rest[8:10]), tzinfo=UTC)
+        except ValueError:
+            pass
+    value: datetime = asn1_cms.Time.load(tlv).native
+    return value
 
 
 def _verify_value(

@@ -9,6 +9,7 @@ part, or inside an attachment, never makes the message ``signed/verified``.
 
 from __future__ import annotations
 
+import gc
 import logging
 import mmap
 import os
@@ -276,10 +277,7 @@ class Verifier:
             with memoryview(mapped) as view:
                 return self._verify_view(view, at)
         finally:
-            try:
-                mapped.close()
-            except BufferError:  # a view still alive somewhere: unmapped when it dies
-                log.debug("mapped message %s still referenced after verification", path)
+            _unmap(mapped, path)
 
     def _verify_view(self, message: memoryview, at: datetime | None) -> Verdict:
         verified_at = self.clock()
@@ -541,6 +539,22 @@ class Verifier:
             countersignatures=countersigners,
             capabilities=capabilities,
         )
+
+
+def _unmap(mapped: mmap.mmap, path: str | os.PathLike[str]) -> None:
+    """Close the mapping of a verified message. A view of it may outlive the
+    call in a reference cycle (a caught exception's traceback keeps every
+    frame of the stack alive, e.g. in chain validation): collect those once,
+    otherwise the mapping goes when the last view does."""
+    try:
+        mapped.close()
+        return
+    except BufferError:
+        gc.collect()
+    try:
+        mapped.close()
+    except BufferError:
+        log.debug("mapped message %s still referenced after verification", path)
 
 
 @lru_cache(maxsize=8192)
