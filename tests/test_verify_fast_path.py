@@ -303,7 +303,7 @@ def test_verify_file_unmaps_the_message(
         maps.append(mapped)
         return mapped
 
-    monkeypatch.setattr(engine_module.mmap, "mmap", recording)
+    monkeypatch.setattr(mmap, "mmap", recording)
     fast, _ = _both(pki)
     for shape in ("rsa-detached", "rsa-opaque", "two-signers", "nested"):
         path = tmp_path / f"{shape}.eml"
