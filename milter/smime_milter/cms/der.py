@@ -10,14 +10,14 @@ input.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 MAX_LENGTH_OCTETS = 4
 
 
-@dataclass(frozen=True, slots=True)
-class Tlv:
-    """One element: its tag byte and where its encoding and content lie."""
+class Tlv(NamedTuple):
+    """One element: its tag byte and where its encoding and content lie
+    (a tuple: built for every element walked, it must be cheap)."""
 
     tag: int
     start: int
@@ -25,20 +25,23 @@ class Tlv:
     end: int
 
 
-def read(data: bytes, offset: int, limit: int | None = None) -> Tlv:
+#: Builds a Tlv without the Python-level ``__new__`` NamedTuple generates.
+_new_tlv = tuple.__new__
+
+
+def read(data: bytes | memoryview, offset: int, limit: int | None = None) -> Tlv:
     """The element starting at ``offset`` (single-byte tags only)."""
-    limit = len(data) if limit is None else limit
+    if limit is None:
+        limit = len(data)
     if offset + 2 > limit:
         raise ValueError("truncated DER element")
     tag = data[offset]
     if tag & 0x1F == 0x1F:
         raise ValueError("multi-byte DER tags are not supported here")
-    first = data[offset + 1]
+    length = data[offset + 1]
     position = offset + 2
-    if first < 0x80:
-        length = first
-    else:
-        count = first & 0x7F
+    if length > 0x7F:
+        count = length & 0x7F
         if count == 0 or count > MAX_LENGTH_OCTETS:
             raise ValueError("indefinite or oversized DER length")
         if position + count > limit:
@@ -48,10 +51,10 @@ def read(data: bytes, offset: int, limit: int | None = None) -> Tlv:
     end = position + length
     if end > limit:
         raise ValueError("DER element runs past its container")
-    return Tlv(tag, offset, position, end)
+    return _new_tlv(Tlv, (tag, offset, position, end))
 
 
-def children(data: bytes, start: int, end: int) -> Iterator[Tlv]:
+def children(data: bytes | memoryview, start: int, end: int) -> Iterator[Tlv]:
     """The elements packed in ``data[start:end]``."""
     position = start
     while position < end:

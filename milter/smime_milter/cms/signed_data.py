@@ -9,13 +9,14 @@ SignerInfo sign these bytes with this certificate's key?".
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import lru_cache
+from typing import Protocol
 
+from asn1crypto import algos, core, x509
 from asn1crypto import cms as asn1_cms
-from asn1crypto import core
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, padding, rsa
@@ -49,6 +50,37 @@ MAX_COUNTERSIGNATURES = 16
 #: SMIMECapabilities kept per signer: real clients list a dozen at most, and
 #: the list is stored with every record.
 MAX_CAPABILITIES = 32
+
+
+class ContentChunks(Protocol):
+    """Signed content too large to copy, handed over in pieces to hash."""
+
+    def chunks(self) -> Iterator[bytes | memoryview]: ...
+
+
+#: What a signature covers: bytes, a zero-copy view, or pieces to hash.
+Content = bytes | memoryview | ContentChunks
+
+
+def content_digest(hash_name: str, content: Content) -> bytes:
+    """The digest of ``content`` without joining its pieces."""
+    digest = hashlib.new(hash_name)
+    if isinstance(content, bytes | memoryview):
+        digest.update(content)
+    else:
+        for chunk in content.chunks():
+            digest.update(chunk)
+    return digest.digest()
+
+
+def _content_bytes(content: Content) -> bytes:
+    """The content as one bytes object (signatures without signed attributes,
+    which are reported as failures anyway, and countersignatures)."""
+    if isinstance(content, bytes):
+        return content
+    if isinstance(content, memoryview):
+        return content.tobytes()
+    return b"".join(content.chunks())
 
 
 class CmsError(SmimeMilterError, ValueError):
@@ -189,21 +221,33 @@ def find_certificate(
     sid = signer_info["sid"]
     if sid.name == "issuer_and_serial_number":
         issuer = sid.chosen["issuer"]
-        serial = sid.chosen["serial_number"].native
-        issuer_der = issuer.dump()
-        same_serial = [info for info in candidates if info.serial == serial]
-        # Byte equality first: RFC 5280 name matching (stringprep) is costly.
+        return certificate_by_issuer(issuer.dump(), sid.chosen["serial_number"].native,
+                                     candidates, issuer)
+    return certificate_by_key_id(sid.chosen.native, candidates)
+
+
+def certificate_by_issuer(
+    issuer_der: bytes, serial: int, candidates: Iterable[CertInfo],
+    issuer: x509.Name | None = None,
+) -> CertInfo | None:
+    """The candidate with this issuer and serial number."""
+    same_serial = [info for info in candidates if info.serial == serial]
+    # Byte equality first: RFC 5280 name matching (stringprep) is costly.
+    for info in same_serial:
+        if info.issuer_der == issuer_der:
+            return info
+    try:
+        name = issuer if issuer is not None else x509.Name.load(issuer_der)
         for info in same_serial:
-            if info.issuer_der == issuer_der:
+            if info.cert.issuer == name:
                 return info
-        try:
-            for info in same_serial:
-                if info.cert.issuer == issuer:
-                    return info
-        except (ValueError, TypeError):
-            return None  # an unparsable issuer name matches nothing
-        return None
-    key_id = sid.chosen.native
+    except (ValueError, TypeError):
+        return None  # an unparsable issuer name matches nothing
+    return None
+
+
+def certificate_by_key_id(key_id: bytes, candidates: Iterable[CertInfo]) -> CertInfo | None:
+    """The candidate with this subjectKeyIdentifier."""
     for info in candidates:
         if info.key_identifier == key_id:
             return info
@@ -216,21 +260,29 @@ _WANTED_ATTRIBUTES = {
 }
 
 
-def _signed_attribute_values(signer_info: asn1_cms.SignerInfo) -> dict[str, list[bytes]]:
-    """The attribute values we check, as raw TLVs keyed by dotted OID.
+def signed_attribute_values(
+    data: bytes, capability_sets: list[der.Tlv] | None = None
+) -> dict[str, list[bytes]]:
+    """The attribute values we check, as raw TLVs keyed by dotted OID, from
+    the contents octets of the signed attributes.
 
     Walked one attribute at a time with the DER reader: some real messages
     carry attributes asn1crypto cannot render, and this is the hot path.
+    Raises ValueError when an attribute is not type + SET of values. The
+    value SETs of SMIMECapabilities attributes are appended to
+    ``capability_sets`` when given (see :func:`capabilities_in`).
     """
     found: dict[str, list[bytes]] = {}
-    data = signer_info["signed_attrs"].contents
     for attribute in der.children(data, 0, len(data)):
         if attribute.tag != 0x30:
             raise ValueError("signed attribute is not a SEQUENCE")
         oid_element, *rest = der.children(data, attribute.content_start, attribute.end)
         if oid_element.tag != 0x06 or len(rest) != 1 or rest[0].tag != 0x31:
             raise ValueError("signed attribute is not type + SET of values")
-        oid = _WANTED_ATTRIBUTES.get(data[oid_element.content_start : oid_element.end])
+        oid_contents = data[oid_element.content_start : oid_element.end]
+        if capability_sets is not None and oid_contents == _CAPABILITIES_OID:
+            capability_sets.append(rest[0])
+        oid = _WANTED_ATTRIBUTES.get(oid_contents)
         if oid is not None:
             values = rest[0]
             found.setdefault(oid, []).extend(
@@ -256,6 +308,15 @@ def smime_capabilities(signer_info: asn1_cms.SignerInfo) -> tuple[str, ...]:
         if isinstance(attributes, core.Void):
             return ()
         data = attributes.contents
+    except (ValueError, TypeError, KeyError, IndexError, OverflowError):
+        return ()
+    return capabilities_of(data)
+
+
+def capabilities_of(data: bytes) -> tuple[str, ...]:
+    """:func:`smime_capabilities` from the contents octets of the signed
+    attributes; ``()`` for anything malformed."""
+    try:
         found: tuple[str, ...] | None = None
         for attribute in der.children(data, 0, len(data)):
             oid_element, values = der.children(data, attribute.content_start, attribute.end)
@@ -264,14 +325,31 @@ def smime_capabilities(signer_info: asn1_cms.SignerInfo) -> tuple[str, ...]:
             if found is not None or values.tag != 0x31:
                 return ()  # repeated (RFC 8551 allows one) or not a SET of values
             (value,) = der.children(data, values.content_start, values.end)
-            found = _capability_oids(data, value)
+            found = _capability_oids(data[value.start : value.end])
         return found or ()
     except (ValueError, TypeError, KeyError, IndexError, OverflowError):
         return ()
 
 
-def _capability_oids(data: bytes, sequence: der.Tlv) -> tuple[str, ...]:
-    """SMIMECapabilities ::= SEQUENCE OF SEQUENCE { capabilityID OID, parameters ANY OPTIONAL }."""
+def capabilities_in(data: bytes, capability_sets: list[der.Tlv]) -> tuple[str, ...]:
+    """:func:`capabilities_of` from the value SETs :func:`signed_attribute_values`
+    collected, for well-formed attributes (saves a second walk)."""
+    if len(capability_sets) != 1:
+        return ()  # none, or repeated (RFC 8551 allows one)
+    try:
+        (value,) = der.children(data, capability_sets[0].content_start, capability_sets[0].end)
+        return _capability_oids(data[value.start : value.end])
+    except (ValueError, TypeError, KeyError, IndexError, OverflowError):
+        return ()
+
+
+@lru_cache(maxsize=256)
+def _capability_oids(data: bytes) -> tuple[str, ...]:
+    """SMIMECapabilities ::= SEQUENCE OF SEQUENCE { capabilityID OID, parameters ANY OPTIONAL }.
+    Memoised by encoding: each mail client sends the same list every time."""
+    sequence = der.read(data, 0)
+    if sequence.end != len(data):
+        raise ValueError("SMIMECapabilities followed by other data")
     if sequence.tag != 0x30:
         raise ValueError("SMIMECapabilities is not a SEQUENCE")
     oids: list[str] = []
@@ -281,14 +359,14 @@ def _capability_oids(data: bytes, sequence: der.Tlv) -> tuple[str, ...]:
         oid = der.read(data, capability.content_start, capability.end)
         if oid.tag != 0x06:
             raise ValueError("SMIMECapability does not start with an OID")
-        oids.append(_dotted(data[oid.start : oid.end]))
+        oids.append(oid_dotted(data[oid.start : oid.end]))
         if len(oids) == MAX_CAPABILITIES:
             break
     return tuple(oids)
 
 
 @lru_cache(maxsize=256)
-def _dotted(tlv: bytes) -> str:
+def oid_dotted(tlv: bytes) -> str:
     dotted: str = core.ObjectIdentifier.load(tlv).dotted
     return dotted
 
@@ -312,7 +390,11 @@ def digest_name(signer_info: asn1_cms.SignerInfo) -> str:
 
 
 def signature_name(signer_info: asn1_cms.SignerInfo) -> str:
-    algorithm = signer_info["signature_algorithm"]
+    return algorithm_name(signer_info["signature_algorithm"])
+
+
+def algorithm_name(algorithm: algos.SignedDigestAlgorithm) -> str:
+    """The signature algorithm's name (its dotted OID when asn1crypto has none)."""
     name: str
     try:
         name = algorithm.signature_algo
@@ -323,7 +405,7 @@ def signature_name(signer_info: asn1_cms.SignerInfo) -> str:
 
 def check_signature(
     signer_info: asn1_cms.SignerInfo,
-    content: bytes,
+    content: Content,
     certificates: Iterable[CertInfo],
     policy: AlgorithmPolicy,
     *,
@@ -345,15 +427,50 @@ def check_signature(
 
 def _check_signature(
     signer_info: asn1_cms.SignerInfo,
-    content: bytes,
+    content: Content,
     certificates: Iterable[CertInfo],
     policy: AlgorithmPolicy,
     expected_content_type: str | None,
 ) -> SignatureCheck:
-    errors: list[str] = []
     certificate = find_certificate(signer_info, certificates)
     digest = digest_name(signer_info)
     sig_name = signature_name(signer_info)
+    signed_attrs = signer_info["signed_attrs"]
+    attributes_present = not isinstance(signed_attrs, core.Void) and bool(signed_attrs.contents)
+    attributes = signed_attrs.contents if attributes_present else None
+
+    def verify_value(signed_bytes: bytes, hash_cls: type[hashes.HashAlgorithm]) -> list[str]:
+        assert certificate is not None
+        return _verify_value(signer_info, certificate, signed_bytes, hash_cls, policy)
+
+    return judge_signature(
+        certificate, digest, sig_name, attributes,
+        None if attributes is None else der.encode(0x31, attributes),
+        content, policy, expected_content_type, verify_value,
+    )
+
+
+def judge_signature(
+    certificate: CertInfo | None,
+    digest: str,
+    sig_name: str,
+    attributes: bytes | None,
+    signed_attributes: bytes | None,
+    content: Content,
+    policy: AlgorithmPolicy,
+    expected_content_type: str | None,
+    verify_value: Callable[[bytes, type[hashes.HashAlgorithm]], list[str]],
+    values: dict[str, list[bytes]] | None = None,
+) -> SignatureCheck:
+    """The checks every SignerInfo gets, whichever parser read it:
+    algorithms, the signer certificate, the signed attributes and the value.
+
+    ``attributes`` are the contents octets of the signed attributes (None
+    when absent), ``signed_attributes`` their DER SET OF encoding, the bytes
+    the signature covers (RFC 5652 §5.4); ``values`` what
+    :func:`signed_attribute_values` found in them, when already known.
+    """
+    errors: list[str] = []
     signing_time: datetime | None = None
     hash_cls = _HASHES.get(digest)
     if hash_cls is None:
@@ -363,24 +480,25 @@ def _check_signature(
     if certificate is None:
         errors.append("signer certificate not included in the message")
 
-    signed_attrs = signer_info["signed_attrs"]
-    attributes_present = not isinstance(signed_attrs, core.Void) and bool(signed_attrs.contents)
-    signed_bytes = content
-    if not attributes_present:
+    signed_bytes: bytes | None = None
+    if attributes is None or signed_attributes is None:
         errors.append("signed attributes missing (content-type and message-digest required)")
     else:
         try:
-            values = _signed_attribute_values(signer_info)
+            if values is None:
+                values = signed_attribute_values(attributes)
             signing_time, attr_errors = _check_attributes(
                 values, content, hash_cls, expected_content_type
             )
         except (ValueError, TypeError, KeyError) as exc:
             attr_errors = [f"malformed signed attributes: {_short(exc)}"]
         errors.extend(attr_errors)
-        signed_bytes = signed_attributes_der(signer_info)
+        signed_bytes = signed_attributes
 
     if certificate is not None and hash_cls is not None:
-        errors.extend(_verify_value(signer_info, certificate, signed_bytes, hash_cls, policy))
+        errors.extend(verify_value(
+            signed_bytes if signed_bytes is not None else _content_bytes(content), hash_cls
+        ))
     return SignatureCheck(
         certificate=certificate,
         digest_algorithm=digest,
@@ -393,7 +511,7 @@ def _check_signature(
 
 def _check_attributes(
     values: dict[str, list[bytes]],
-    content: bytes,
+    content: Content,
     hash_cls: type[hashes.HashAlgorithm] | None,
     expected_content_type: str | None,
 ) -> tuple[datetime | None, list[str]]:
@@ -413,8 +531,8 @@ def _check_attributes(
         errors.append("message-digest attribute missing" if not digests
                       else "message-digest attribute repeated")
     elif hash_cls is not None:
-        expected = core.OctetString.load(digests[0]).native
-        actual = hashlib.new(hash_cls().name.replace("-", "_"), content).digest()
+        expected = _octet_string(digests[0])
+        actual = content_digest(hash_cls().name.replace("-", "_"), content)
         if expected != actual:
             errors.append("message digest mismatch: the signed content was altered")
 
@@ -422,10 +540,41 @@ def _check_attributes(
     times = values.get(OID_SIGNING_TIME, [])
     if times:
         try:
-            signing_time = asn1_cms.Time.load(times[0]).native
+            signing_time = _time(times[0])
         except (ValueError, TypeError):
             errors.append("signing-time attribute is malformed")
     return signing_time, errors
+
+
+def _octet_string(tlv: bytes) -> bytes:
+    """The contents of a DER OCTET STRING (asn1crypto for anything else)."""
+    element = der.read(tlv, 0) if tlv[:1] == b"\x04" else None
+    if element is not None and element.end == len(tlv):
+        return tlv[element.content_start :]
+    value: bytes = core.OctetString.load(tlv).native
+    return value
+
+
+def _time(tlv: bytes) -> datetime:
+    """A UTCTime or GeneralizedTime as asn1crypto reads it; the usual
+    ``...SSZ`` forms (RFC 5652 §11.3) are read directly."""
+    digits = tlv[2:-1]
+    if tlv[-1:] == b"Z" and digits.isdigit() and len(tlv) == tlv[1] + 2:
+        try:
+            if tlv[0] == 0x17 and len(digits) == 12:
+                year = int(digits[:2])
+                year += 2000 if year < 50 else 1900  # RFC 5280 §4.1.2.5.1
+                rest = digits[2:]
+            elif tlv[0] == 0x18 and len(digits) == 14:
+                year, rest = int(digits[:4]), digits[4:]
+            else:
+                raise ValueError("not a plain time")
+            return datetime(year, int(rest[0:2]), int(rest[2:4]), int(rest[4:6]),
+                            int(rest[6:8]), int(rest[8:10]), tzinfo=UTC)
+        except ValueError:
+            pass
+    value: datetime = asn1_cms.Time.load(tlv).native
+    return value
 
 
 def _verify_value(
@@ -436,12 +585,28 @@ def _verify_value(
     policy: AlgorithmPolicy,
 ) -> list[str]:
     """Check the signature value; returns the problems found."""
-    public_key = certificate.public_key
-    if public_key is None:
+    if certificate.public_key is None:
         return [certificate.key_error or "signer public key unusable"]
     algorithm = signer_info["signature_algorithm"]
     signature = signer_info["signature"].native
-    sig_name = signature_name(signer_info)
+    return verify_value(certificate, signed_bytes, signature, signature_name(signer_info),
+                        hash_cls, policy, algorithm)
+
+
+def verify_value(
+    certificate: CertInfo,
+    signed_bytes: bytes,
+    signature: bytes,
+    sig_name: str,
+    hash_cls: type[hashes.HashAlgorithm],
+    policy: AlgorithmPolicy,
+    algorithm: algos.SignedDigestAlgorithm | None = None,
+) -> list[str]:
+    """Check ``signature`` over ``signed_bytes`` with the certificate's key;
+    returns the problems found. ``algorithm`` carries the RSA-PSS parameters."""
+    public_key = certificate.public_key
+    if public_key is None:
+        return [certificate.key_error or "signer public key unusable"]
     hash_algorithm = hash_cls()
     try:
         if isinstance(public_key, rsa.RSAPublicKey):
@@ -451,6 +616,8 @@ def _verify_value(
                     f"of {policy.min_rsa_bits}"
                 ]
             if sig_name == "rsassa_pss":
+                if algorithm is None:
+                    return ["RSA-PSS parameters missing"]
                 pad = _pss_padding(algorithm, policy)
                 if isinstance(pad, str):
                     return [pad]

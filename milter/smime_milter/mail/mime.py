@@ -17,7 +17,7 @@ from email.errors import NonASCIILocalPartDefect, ObsoleteHeaderDefect
 from email.headerregistry import AddressHeader, HeaderRegistry
 from email.utils import getaddresses
 from functools import lru_cache
-from typing import cast
+from typing import TypeVar, cast, overload
 
 from smime_milter.errors import SmimeMilterError
 from smime_milter.mail.headers import unfold
@@ -33,6 +33,11 @@ _FIELD = re.compile(rb"([!-9;-~]+)[ \t]*:(.*)", re.DOTALL)
 
 SIGNATURE_PROTOCOLS = frozenset({"application/pkcs7-signature", "application/x-pkcs7-signature"})
 PKCS7_MIME_TYPES = frozenset({"application/pkcs7-mime", "application/x-pkcs7-mime"})
+#: Bytes examined per step when scanning a view: bounds the temporary copies.
+WINDOW = 1 << 20
+
+#: Raw message bytes: a bytes object, or a zero-copy view (of a mapped file).
+Buffer = TypeVar("Buffer", bytes, memoryview)
 
 
 class MimeError(SmimeMilterError, ValueError):
@@ -57,18 +62,11 @@ class ContentType:
 DEFAULT_CONTENT_TYPE = ContentType("text/plain", (("charset", "us-ascii"),))
 
 
-@dataclass(frozen=True, slots=True)
-class Entity:
-    """One MIME entity as raw bytes, with its header fields parsed.
+class _Fields:
+    """Header-field access shared by :class:`Entity` and :class:`Part`."""
 
-    ``raw`` is the whole entity (headers, blank line, body) exactly as
-    received; ``body`` is a slice of it.
-    """
-
-    raw: bytes
+    __slots__ = ()
     headers: tuple[tuple[str, str], ...]
-    body: bytes
-    content_type: ContentType = DEFAULT_CONTENT_TYPE
 
     def get_all(self, name: str) -> list[str]:
         name = name.lower()
@@ -84,6 +82,32 @@ class Entity:
         return value.strip().lower() if value else "7bit"
 
 
+@dataclass(frozen=True, slots=True)
+class Entity(_Fields):
+    """One MIME entity as raw bytes, with its header fields parsed.
+
+    ``raw`` is the whole entity (headers, blank line, body) exactly as
+    received; ``body`` is a slice of it.
+    """
+
+    raw: bytes
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+    content_type: ContentType = DEFAULT_CONTENT_TYPE
+
+
+@dataclass(frozen=True, slots=True)
+class Part(_Fields):
+    """An :class:`Entity` whose ``raw`` and ``body`` are views into the
+    message: the verifier walks a large (memory-mapped) message without
+    copying its bodies."""
+
+    raw: memoryview
+    headers: tuple[tuple[str, str], ...]
+    body: memoryview
+    content_type: ContentType = DEFAULT_CONTENT_TYPE
+
+
 def try_parse_entity(raw: bytes) -> Entity | None:
     """parse_entity, or None when the entity exceeds the parser's bounds."""
     try:
@@ -92,25 +116,44 @@ def try_parse_entity(raw: bytes) -> Entity | None:
         return None
 
 
+def try_parse_part(raw: memoryview) -> Part | None:
+    """parse_part, or None when the entity exceeds the parser's bounds."""
+    try:
+        return parse_part(raw)
+    except MimeError:
+        return None
+
+
 def parse_entity(raw: bytes) -> Entity:
-    """Split ``raw`` into header fields and body without copying the body."""
+    """Split ``raw`` into header fields and body."""
+    headers, body, content_type = _split_entity(raw)
+    return Entity(raw=raw, headers=headers, body=body, content_type=content_type)
+
+
+def parse_part(raw: memoryview) -> Part:
+    """:func:`parse_entity` for a view: the body is a view too, never a copy."""
+    headers, body, content_type = _split_entity(raw)
+    return Part(raw=raw, headers=headers, body=body, content_type=content_type)
+
+
+def _split_entity(raw: Buffer) -> tuple[tuple[tuple[str, str], ...], Buffer, ContentType]:
     match = _HEADER_END.search(raw, 0, MAX_HEADER_BYTES + 4)
-    if raw.startswith((b"\r\n", b"\n")):
-        header_block, body = b"", raw[2 if raw.startswith(b"\r\n") else 1 :]
+    if raw[:2] == b"\r\n" or raw[:1] == b"\n":
+        header_block, body = b"", raw[2 if raw[:2] == b"\r\n" else 1 :]
     elif match is None:
         if len(raw) > MAX_HEADER_BYTES:
             raise MimeError(f"header section larger than {MAX_HEADER_BYTES} bytes")
         # No blank line: headers only, empty body (RFC 5322 allows no body).
-        header_block, body = raw, b""
+        header_block, body = bytes(raw), raw[len(raw) :]
     else:
-        header_block, body = raw[: match.start()], raw[match.end() :]
+        header_block, body = bytes(raw[: match.start()]), raw[match.end() :]
     headers = parse_header_block(header_block)
     content_type = DEFAULT_CONTENT_TYPE
     for name, value in headers:
         if name.lower() == "content-type":
             content_type = parse_content_type(value) or DEFAULT_CONTENT_TYPE
             break
-    return Entity(raw=raw, headers=headers, body=body, content_type=content_type)
+    return headers, body, content_type
 
 
 def parse_header_block(block: bytes) -> tuple[tuple[str, str], ...]:
@@ -142,6 +185,9 @@ def _append_field(fields: list[tuple[str, str]], line: bytes) -> None:
 
 def _tokenize_params(text: str) -> Iterator[str]:
     """Split on ';' outside quoted strings."""
+    if '"' not in text:
+        yield from text.split(";")  # nothing quoted: the common case, in C
+        return
     start, in_quote, escaped = 0, False, False
     for index, char in enumerate(text):
         if escaped:
@@ -166,8 +212,10 @@ def _unquote(value: str) -> str:
 _COMMENT = re.compile(r"\([^()\"]*\)")
 
 
+@lru_cache(maxsize=1024)
 def parse_content_type(value: str) -> ContentType | None:
-    """Parse a Content-Type value; None when the type itself is unusable."""
+    """Parse a Content-Type value; None when the type itself is unusable.
+    Memoised: most values recur from message to message."""
     tokens = list(_tokenize_params(value))
     mime_type = _COMMENT.sub("", tokens[0]).strip().lower()
     if mime_type.count("/") != 1 or not all(mime_type.split("/")):
@@ -184,8 +232,9 @@ def parse_content_type(value: str) -> ContentType | None:
     return ContentType(mime_type, tuple(params))
 
 
-def split_multipart(body: bytes, boundary: str, *, strict: bool = True) -> list[bytes]:
-    """Body parts of a multipart body (RFC 2046 §5.1.1), each exactly as sent.
+def split_multipart(body: Buffer, boundary: str, *, strict: bool = True) -> list[Buffer]:
+    """Body parts of a multipart body (RFC 2046 §5.1.1), each exactly as sent
+    (slices of ``body``: views when it is a view).
 
     A part excludes the line break that belongs to the following delimiter.
     Raises MimeError when the boundary never appears; a missing close
@@ -197,22 +246,24 @@ def split_multipart(body: bytes, boundary: str, *, strict: bool = True) -> list[
     if not boundary or len(boundary) > 200:
         raise MimeError("multipart boundary missing or too long")
     marker = b"--" + boundary.encode("utf-8", "surrogateescape")
-    parts: list[bytes] = []
+    parts: list[Buffer] = []
     part_start: int | None = None
     closed = False
     position = 0
-    while (found := body.find(marker, position)) >= 0:
+    size = len(body)
+    finder = _Finder(body)
+    while (found := finder.find(marker, position)) >= 0:
         position = found + 1
         if found and body[found - 1] != 0x0A:
             continue  # not at the start of a line
         after = found + len(marker)
-        is_close = body.startswith(b"--", after)
+        is_close = body[after : after + 2] == b"--"
         line_end = after + 2 if is_close else after
-        while line_end < len(body) and body[line_end] in (0x20, 0x09):
+        while line_end < size and body[line_end] in (0x20, 0x09):
             line_end += 1
-        if body.startswith(b"\r\n", line_end):
+        if body[line_end : line_end + 2] == b"\r\n":
             next_start = line_end + 2
-        elif body.startswith(b"\n", line_end) or line_end == len(body):
+        elif body[line_end : line_end + 1] == b"\n" or line_end == size:
             next_start = line_end + 1
         else:
             continue  # the boundary is only the prefix of a longer line
@@ -237,6 +288,35 @@ def split_multipart(body: bytes, boundary: str, *, strict: bool = True) -> list[
     return parts
 
 
+class _Finder:
+    """``data.find`` also for a view (which has none): the view is searched
+    in a sliding window of :data:`WINDOW` bytes, so a scan costs one copy
+    of each window however many matches it steps through."""
+
+    __slots__ = ("base", "data", "window")
+
+    def __init__(self, data: bytes | memoryview) -> None:
+        self.data = data
+        self.base = 0
+        self.window = data if isinstance(data, bytes) else b""
+
+    def find(self, sub: bytes, start: int) -> int:
+        if isinstance(self.data, bytes):
+            return self.data.find(sub, start)
+        size = len(self.data)
+        while True:
+            end = self.base + len(self.window)
+            if self.base <= start <= end:
+                found = self.window.find(sub, start - self.base)
+                if found >= 0:
+                    return self.base + found
+                if end >= size:
+                    return -1
+                start = max(start, end - len(sub) + 1)  # a match may straddle the edge
+            self.base = start
+            self.window = bytes(self.data[start : start + WINDOW])
+
+
 def canonicalize(data: bytes) -> bytes:
     """RFC 8551 §3.1.1: line endings become CRLF; nothing else changes."""
     if data.count(b"\n") == data.count(b"\r\n"):
@@ -244,7 +324,44 @@ def canonicalize(data: bytes) -> bytes:
     return _LINE_END.sub(b"\r\n", data)
 
 
-def decode_transfer_encoding(entity: Entity) -> bytes:
+@dataclass(frozen=True, slots=True)
+class CanonicalText:
+    """A view whose line endings become CRLF (RFC 8551 §3.1.1) as it is
+    hashed, window by window, so a large part is never copied whole."""
+
+    data: memoryview
+
+    def chunks(self) -> Iterator[bytes]:
+        for window in _windows(self.data):
+            yield _LINE_END.sub(b"\r\n", window)
+
+
+def canonical(data: memoryview) -> memoryview | CanonicalText:
+    """:func:`canonicalize` for a view: the view itself when its line endings
+    are already CRLF (the usual case), else the conversion to hash."""
+    for window in _windows(data):
+        if window.count(b"\n") != window.count(b"\r\n"):
+            return CanonicalText(data)
+    return data
+
+
+def _windows(data: memoryview) -> Iterator[bytes]:
+    """Copies of consecutive pieces of at most about :data:`WINDOW` bytes,
+    never split inside a CRLF."""
+    start, size = 0, len(data)
+    while start < size:
+        stop = min(size, start + WINDOW)
+        if stop < size and data[stop - 1] == 0x0D:
+            stop += 1
+        yield bytes(data[start:stop])
+        start = stop
+
+
+@overload
+def decode_transfer_encoding(entity: Entity) -> bytes: ...
+@overload
+def decode_transfer_encoding(entity: Part) -> bytes | memoryview: ...
+def decode_transfer_encoding(entity: Entity | Part) -> bytes | memoryview:
     """Decode the body of a part holding binary data (a CMS blob)."""
     encoding = entity.transfer_encoding
     if encoding == "base64":
@@ -253,7 +370,7 @@ def decode_transfer_encoding(entity: Entity) -> bytes:
         except (binascii.Error, ValueError) as exc:
             raise MimeError(f"invalid base64 in {entity.content_type.mime_type} part") from exc
     if encoding == "quoted-printable":
-        return quopri.decodestring(entity.body)
+        return quopri.decodestring(bytes(entity.body))
     if encoding in ("7bit", "8bit", "binary"):
         return entity.body
     raise MimeError(f"unknown Content-Transfer-Encoding {encoding!r}")

@@ -9,10 +9,14 @@ part, or inside an attachment, never makes the message ``signed/verified``.
 
 from __future__ import annotations
 
+import gc
 import logging
+import mmap
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import lru_cache
 
 from asn1crypto import cms as asn1_cms
 from asn1crypto import core
@@ -20,14 +24,19 @@ from asn1crypto import core
 from smime_milter.cms import (
     AlgorithmPolicy,
     CmsError,
+    Content,
     DecryptionKey,
+    RawSignedData,
+    RawSignerInfo,
     SignatureCheck,
     SignedData,
     cert_info_of,
+    check_raw_signature,
     check_signature,
     countersignatures,
     decrypt,
     parse_signed_data,
+    parse_signed_data_fast,
     signature_octets,
     smime_capabilities,
 )
@@ -59,10 +68,10 @@ class _Layer:
     """Where the S/MIME content of one entity is."""
 
     kind: str  # "detached", "opaque", "enveloped", "certs-only", "foreign-signed", "none"
-    entity: mime.Entity
-    der: bytes | None = None
-    signed_content: bytes | None = None
-    inner: mime.Entity | None = None
+    entity: mime.Part
+    der: bytes | memoryview | None = None
+    signed_content: Content | None = None
+    inner: mime.Part | None = None
     problem: str | None = None
 
 
@@ -77,7 +86,7 @@ class _SignedOutcome:
     crls: tuple[bytes, ...] = ()
 
 
-def _layer_of(entity: mime.Entity) -> _Layer:
+def _layer_of(entity: mime.Part) -> _Layer:
     """Classify one entity; structural problems become ``problem``, not exceptions."""
     content_type = entity.content_type
     if content_type.mime_type == "multipart/signed":
@@ -87,7 +96,7 @@ def _layer_of(entity: mime.Entity) -> _Layer:
     return _Layer("none", entity)
 
 
-def _detached_layer(entity: mime.Entity, content_type: mime.ContentType) -> _Layer:
+def _detached_layer(entity: mime.Part, content_type: mime.ContentType) -> _Layer:
     protocol = (content_type.param("protocol") or "").lower()
     try:
         parts = mime.split_multipart(entity.body, content_type.param("boundary") or "")
@@ -95,7 +104,7 @@ def _detached_layer(entity: mime.Entity, content_type: mime.ContentType) -> _Lay
         if protocol and protocol not in mime.SIGNATURE_PROTOCOLS:
             return _Layer("foreign-signed", entity)
         return _Layer("detached", entity, problem=f"multipart/signed structure broken: {exc}")
-    signature_part = mime.try_parse_entity(parts[1]) if len(parts) > 1 else None
+    signature_part = mime.try_parse_part(parts[1]) if len(parts) > 1 else None
     if not protocol and signature_part is not None:
         protocol = signature_part.content_type.mime_type
     if protocol not in mime.SIGNATURE_PROTOCOLS:
@@ -111,11 +120,11 @@ def _detached_layer(entity: mime.Entity, content_type: mime.ContentType) -> _Lay
         return _Layer("detached", entity, problem=str(exc))
     return _Layer(
         "detached", entity, der=der,
-        signed_content=mime.canonicalize(parts[0]), inner=mime.try_parse_entity(parts[0]),
+        signed_content=mime.canonical(parts[0]), inner=mime.try_parse_part(parts[0]),
     )
 
 
-def _pkcs7_mime_layer(entity: mime.Entity, content_type: mime.ContentType) -> _Layer:
+def _pkcs7_mime_layer(entity: mime.Part, content_type: mime.ContentType) -> _Layer:
     smime_type = (content_type.param("smime-type") or "").lower()
     try:
         der = mime.decode_transfer_encoding(entity)
@@ -146,7 +155,7 @@ _CMS_TYPES = {
 }
 
 
-def _cms_content_type(blob: bytes) -> str | None:
+def _cms_content_type(blob: bytes | memoryview) -> str | None:
     """The ContentInfo's content type, read from the leading bytes only (the
     SignedData is parsed once, later); None when it is none of ours."""
     try:
@@ -158,7 +167,7 @@ def _cms_content_type(blob: bytes) -> str | None:
         element = read_der(blob, offset)
     except (ValueError, IndexError):
         return None
-    return _CMS_TYPES.get(blob[element.start : element.end])
+    return _CMS_TYPES.get(bytes(blob[element.start : element.end]))
 
 
 def _listing(numbers: list[str], limit: int = 10) -> str:
@@ -178,7 +187,7 @@ class _Scan:
         self.notes: list[str] = []
         self.budget = mime.MAX_PARTS
 
-    def walk(self, entity: mime.Entity, number: str, depth: int) -> None:
+    def walk(self, entity: mime.Part, number: str, depth: int) -> None:
         if depth > 0:
             layer = _layer_of(entity)
             if layer.kind in ("detached", "opaque"):
@@ -213,7 +222,7 @@ class _Scan:
                         f"more than {mime.MAX_PARTS} MIME parts; the rest not examined"
                     )
                 return
-            parsed = mime.try_parse_entity(raw)
+            parsed = mime.try_parse_part(raw)
             if parsed is None:
                 self.leaves.append(child)
                 continue
@@ -235,7 +244,10 @@ class Verifier:
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         chain_validator: ChainValidator | None = None,
+        der_fast_path: bool = True,
     ) -> None:
+        #: False forces the asn1crypto reference parser (tests compare both).
+        self.der_fast_path = der_fast_path
         self.policy = policy or VerifyPolicy()
         self.decryption_keys = tuple(decryption_keys)
         self.clock = clock
@@ -250,6 +262,24 @@ class Verifier:
     def verify(self, message: bytes, at: datetime | None = None) -> Verdict:
         """The RFC 9219 verdict for ``message`` with trust evaluated at ``at``
         (default: now). Never raises for malformed input."""
+        with memoryview(message) as view:
+            return self._verify_view(view, at)
+
+    def verify_file(self, path: str | os.PathLike[str], at: datetime | None = None) -> Verdict:
+        """:meth:`verify` for a spooled message, mapped read-only rather than
+        read: a large message costs its mapped pages, not copies of its body.
+        Raises OSError when the file cannot be opened or mapped."""
+        with open(path, "rb") as handle:
+            if os.fstat(handle.fileno()).st_size == 0:
+                return self.verify(b"", at)
+            mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            with memoryview(mapped) as view:
+                return self._verify_view(view, at)
+        finally:
+            _unmap(mapped, path)
+
+    def _verify_view(self, message: memoryview, at: datetime | None) -> Verdict:
         verified_at = self.clock()
         moment = at or verified_at
         try:
@@ -265,9 +295,9 @@ class Verifier:
                 verified_at,
             )
 
-    def _verify(self, message: bytes, at: datetime, verified_at: datetime) -> Verdict:
+    def _verify(self, message: memoryview, at: datetime, verified_at: datetime) -> Verdict:
         try:
-            top = mime.parse_entity(message)
+            top = mime.parse_part(message)
         except mime.MimeError as exc:
             return Verdict(None, None, None, notes=(f"not a MIME message: {exc}",))
         layer = _layer_of(top)
@@ -305,7 +335,7 @@ class Verifier:
     # -- encrypted ---------------------------------------------------------
 
     def _evaluate_enveloped(
-        self, layer: _Layer, top: mime.Entity, at: datetime, verified_at: datetime
+        self, layer: _Layer, top: mime.Part, at: datetime, verified_at: datetime
     ) -> Verdict:
         if layer.problem or layer.der is None:
             return Verdict(Status.UNKNOWN, None, None, layer="enveloped-data",
@@ -313,11 +343,11 @@ class Verifier:
         if not self.decryption_keys:
             return Verdict(Status.UNKNOWN, None, None, layer="enveloped-data",
                            notes=("encrypted; no decryption key configured",))
-        result = decrypt(layer.der, self.decryption_keys)
+        result = decrypt(bytes(layer.der), self.decryption_keys)
         if result.content is None:
             return Verdict(Status.UNKNOWN, None, None, layer="enveloped-data",
                            notes=(f"encrypted; not decrypted: {result.error}",))
-        inner = mime.try_parse_entity(result.content)
+        inner = mime.try_parse_part(memoryview(result.content))
         inner_layer = _layer_of(inner) if inner is not None else None
         if inner_layer is None or inner_layer.kind not in ("detached", "opaque"):
             return Verdict(Status.UNKNOWN, None, None, layer="enveloped-data",
@@ -328,7 +358,7 @@ class Verifier:
 
     # -- S/MIME only below the top level ------------------------------------
 
-    def _evaluate_nested(self, top: mime.Entity, at: datetime, verified_at: datetime) -> Verdict:
+    def _evaluate_nested(self, top: mime.Part, at: datetime, verified_at: datetime) -> Verdict:
         scan = _Scan()
         scan.walk(top, "", 0)
         signed, other_smime, leaves = scan.signed, scan.other_smime, scan.leaves
@@ -354,15 +384,20 @@ class Verifier:
 
     # -- signed layers -------------------------------------------------------
 
-    def _evaluate_signed(self, layer: _Layer, header_source: mime.Entity, at: datetime
+    def _evaluate_signed(self, layer: _Layer, header_source: mime.Part, at: datetime
                          ) -> _SignedOutcome:
         """Check every SignerInfo of a signed layer and bind it to From."""
         if layer.problem or layer.der is None:
             return _SignedOutcome((), (layer.problem or "signature missing",))
-        try:
-            signed_data = parse_signed_data(layer.der)
-        except CmsError as exc:
-            return _SignedOutcome((), (str(exc),))
+        signed_data: SignedData | RawSignedData | None = None
+        if self.der_fast_path:
+            signed_data = parse_signed_data_fast(layer.der)
+        if signed_data is None:
+            try:
+                signed_data = parse_signed_data(bytes(layer.der))
+            except CmsError as exc:
+                return _SignedOutcome((), (str(exc),))
+        content: Content
         if layer.kind == "detached":
             content = layer.signed_content or b""
             inner = layer.inner
@@ -370,7 +405,7 @@ class Verifier:
             if signed_data.econtent is None:
                 return _SignedOutcome((), ("signed-data carries no content",))
             content = signed_data.econtent
-            inner = mime.try_parse_entity(content)
+            inner = mime.try_parse_part(memoryview(content))
         if not signed_data.signer_infos:
             return _SignedOutcome((), ("signed-data carries no signature",))
 
@@ -387,7 +422,7 @@ class Verifier:
         )
 
     def _signer_address_source(
-        self, top: mime.Entity, inner: mime.Entity | None
+        self, top: mime.Part, inner: mime.Part | None
     ) -> tuple[mime.Address | None, list[str]]:
         """The From address signers must match, honouring RFC 9788 header
         protection (the protected inner From wins and must equal the outer)."""
@@ -408,23 +443,33 @@ class Verifier:
 
     def _check_signer(
         self,
-        signer_info: asn1_cms.SignerInfo,
-        signed_data: SignedData,
-        content: bytes,
+        signer_info: asn1_cms.SignerInfo | RawSignerInfo,
+        signed_data: SignedData | RawSignedData,
+        content: Content,
         from_address: mime.Address | None,
         at: datetime,
     ) -> SignerResult:
-        check = check_signature(
-            signer_info, content,
-            [*signed_data.certificates, *self._local_certs],
-            self.policy.algorithms,
-            expected_content_type=signed_data.econtent_type,
-        )
+        certificates = (*signed_data.certificates, *self._local_certs)
+        if isinstance(signer_info, RawSignerInfo):
+            check = check_raw_signature(
+                signer_info, content, certificates, self.policy.algorithms,
+                expected_content_type=signed_data.econtent_type,
+            )
+            countersigners: tuple[SignerResult, ...] = ()  # none on the fast path
+            capabilities = signer_info.capabilities
+        else:
+            assert isinstance(signed_data, SignedData)
+            check = check_signature(
+                signer_info, content, certificates, self.policy.algorithms,
+                expected_content_type=signed_data.econtent_type,
+            )
+            countersigners = self._countersigners(signer_info, signed_data, at, 1)
+            capabilities = smime_capabilities(signer_info)
         info = check.certificate
         errors = list(check.errors)
         from_match = False
         if info is not None and from_address is not None:
-            addresses = [mime.parse_address(email) for email in info.emails]
+            addresses = _certificate_addresses(info.emails)
             from_match = any(
                 a is not None and a.matches(from_address,
                                             casefold_local=self.policy.casefold_local_part)
@@ -438,8 +483,7 @@ class Verifier:
                     f"({', '.join(info.emails)})"
                 )
         return self._signer_result(check, errors, signed_data, at, from_match,
-                                   self._countersigners(signer_info, signed_data, at, 1),
-                                   smime_capabilities(signer_info))
+                                   countersigners, capabilities)
 
     def _countersigners(
         self, parent: asn1_cms.SignerInfo, signed_data: SignedData, at: datetime, depth: int
@@ -466,7 +510,8 @@ class Verifier:
         return tuple(results)
 
     def _signer_result(
-        self, check: SignatureCheck, errors: list[str], signed_data: SignedData, at: datetime,
+        self, check: SignatureCheck, errors: list[str], signed_data: SignedData | RawSignedData,
+        at: datetime,
         from_match: bool, countersigners: tuple[SignerResult, ...],
         capabilities: tuple[str, ...] = (),
     ) -> SignerResult:
@@ -494,6 +539,28 @@ class Verifier:
             countersignatures=countersigners,
             capabilities=capabilities,
         )
+
+
+def _unmap(mapped: mmap.mmap, path: str | os.PathLike[str]) -> None:
+    """Close the mapping of a verified message. A view of it may outlive the
+    call in a reference cycle (a caught exception's traceback keeps every
+    frame of the stack alive, e.g. in chain validation): collect those once,
+    otherwise the mapping goes when the last view does."""
+    try:
+        mapped.close()
+        return
+    except BufferError:
+        gc.collect()
+    try:
+        mapped.close()
+    except BufferError:
+        log.debug("mapped message %s still referenced after verification", path)
+
+
+@lru_cache(maxsize=8192)
+def _certificate_addresses(emails: tuple[str, ...]) -> tuple[mime.Address | None, ...]:
+    """A certificate's addresses parsed for comparison, once per certificate."""
+    return tuple(mime.parse_address(email) for email in emails)
 
 
 def _broken_countersignature(reason: str) -> SignerResult:
