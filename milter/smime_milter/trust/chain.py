@@ -341,7 +341,9 @@ class ChainValidator:
                 )
                 path = self._loop().run_until_complete(validator.async_validate_path())
             except cv_errors.InsufficientRevinfoError as exc:
-                last_error = exc
+                # Without its traceback: kept, it would hold the frames (and a
+                # message's buffers) of every attempt until the next GC cycle.
+                last_error = exc.with_traceback(None)
                 continue
             except (cv_errors.PathError, cv_errors.ValidationError) as exc:
                 return ChainResult(False, (self._describe(exc, leaf, at),)), never
