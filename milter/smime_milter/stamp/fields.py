@@ -23,6 +23,7 @@ whitespace and no CR, which the MTA turns into CRLF itself.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from itertools import islice
@@ -256,11 +257,20 @@ def _rfc4514_issuer(signer: SignerResult) -> str:
     """The issuer as an RFC 4514 string ("CN=Example CA,O=Example"), which tools
     can match, rather than the display form; falls back to the latter."""
     if signer.certificate is not None:
-        try:
-            return x509.load_der_x509_certificate(signer.certificate).issuer.rfc4514_string()
-        except ValueError:
-            pass
+        issuer = _issuer_of(signer.certificate)
+        if issuer is not None:
+            return issuer
     return signer.issuer
+
+
+@functools.lru_cache(maxsize=1024)
+def _issuer_of(certificate: bytes) -> str | None:
+    """Parsing a certificate for its issuer once per signer, not per message
+    (a few signers sign most of the mail)."""
+    try:
+        return x509.load_der_x509_certificate(certificate).issuer.rfc4514_string()
+    except ValueError:
+        return None
 
 
 def _fold(head: str, resinfos: list[list[str]]) -> str:
