@@ -95,8 +95,8 @@ def build_pki(now: datetime, count: int) -> tuple[Identity, Identity, tuple[Iden
     return root, intermediate, leaves
 
 
-def random_body(rng: random.Random) -> str:
-    target = rng.randint(1024, 20 * 1024)
+def random_body(rng: random.Random, kb: tuple[int, int] = (1, 20)) -> str:
+    target = rng.randint(kb[0] * 1024, kb[1] * 1024)
     lines: list[str] = []
     size = 0
     while size < target:
@@ -106,12 +106,24 @@ def random_body(rng: random.Random) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _kb_range(text: str) -> tuple[int, int]:
+    low, _, high = text.partition("-")
+    try:
+        first, last = int(low), int(high or low)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a range like 2-3: {text!r}") from None
+    if not 0 < first <= last:
+        raise argparse.ArgumentTypeError(f"not a range like 2-3: {text!r}")
+    return first, last
+
+
 def email_of(identity: Identity) -> str:
     san = identity.cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     return san.value.get_values_for_type(x509.RFC822Name)[0]
 
 
-def build_corpus(count: int, signer_count: int, seed: int, now: datetime) -> Corpus:
+def build_corpus(count: int, signer_count: int, seed: int, now: datetime,
+                 body_kb: tuple[int, int] = (1, 20)) -> Corpus:
     rng = random.Random(seed)
     root, _intermediate, leaves = build_pki(now, signer_count)
     messages: list[bytes] = []
@@ -119,7 +131,7 @@ def build_corpus(count: int, signer_count: int, seed: int, now: datetime) -> Cor
     for index in range(count):
         signer = leaves[index % signer_count]
         address = email_of(signer)
-        entity = smime.text_entity(random_body(rng))
+        entity = smime.text_entity(random_body(rng, body_kb))
         headers = {"from_addr": address, "subject": f"bench message {index}"}
         if rng.random() < 0.5:
             messages.append(smime.multipart_signed(entity, signer, digest="sha256", **headers))
@@ -242,6 +254,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--openssl-sample", type=int, default=0,
                         help="messages for openssl cms -verify (default 0 = all)")
     parser.add_argument("--seed", type=int, default=1234, help="random seed for the bodies")
+    parser.add_argument("--body-kb", type=_kb_range, default=(1, 20), metavar="MIN-MAX",
+                        help="size range of the text bodies in KB (1-20; 2-3 gives the "
+                             "4.8 KB messages of issue 15)")
     parser.add_argument("--keep", type=Path, help="write the messages and root.pem here")
     args = parser.parse_args(argv)
 
@@ -250,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     at = now + timedelta(minutes=5)  # one fixed moment: every pass sees the same cache buckets
 
     start = time.perf_counter()
-    corpus = build_corpus(args.messages, args.signers, args.seed, now)
+    corpus = build_corpus(args.messages, args.signers, args.seed, now, args.body_kb)
     built = time.perf_counter() - start
     messages = corpus.messages
     mean_kb = sum(len(m) for m in messages) / len(messages) / 1024
