@@ -269,3 +269,26 @@ def test_concurrent_connections_of_one_process_all_verify(live_pki: TestPki,
         for thread in threads:
             thread.join(120)
         assert statuses == ["signed/verified"] * 40, (attempt, statuses)
+
+
+@pytest.mark.daemon
+@pytest.mark.process
+def test_milter_processes_of_a_killed_supervisor_stop(tmp_path: Path, anchors: Path) -> None:
+    """kill -9 of the supervisor alone (no service manager to clean up): its
+    milter processes notice they are orphans and retire instead of serving
+    on with nobody to replace them."""
+    directory = tmp_path / "d"
+    directory.mkdir()
+    daemon = MilterProcess(directory, anchors)
+    daemon.start()
+    try:
+        assert daemon.process is not None
+        orphans = _children(daemon.process.pid)
+        assert len(orphans) == daemon.workers
+        os.kill(daemon.process.pid, signal.SIGKILL)
+        daemon.process.wait(10)
+        _wait(lambda: not any(Path(f"/proc/{pid}").exists() for pid in orphans),
+              "the orphaned milter processes kept running")
+        assert "the supervisor is gone" in daemon.log_text()
+    finally:
+        daemon.stop()

@@ -90,8 +90,9 @@ def serve(config: Config, load: Callable[[], Config], make_runtime: MakeRuntime,
     retirement = _Retirement(slot.listen_fd, report)
     # A verification that takes this long makes the process stop taking new
     # connections (a successor takes them), since the ones behind it wait.
-    watchdog = Watchdog(heartbeat=lambda: _beat(slot), slow_after=SLOW_SECONDS,
-                        on_slow=retirement.retire).start()
+    supervisor = os.getppid()
+    watchdog = Watchdog(heartbeat=lambda: _beat(slot, supervisor, retirement),
+                        slow_after=SLOW_SECONDS, on_slow=retirement.retire).start()
     metrics = MilterMetrics() if slot.metrics else None
     make = _guarded(make_runtime, watchdog, metrics, retirement.retire)
     try:
@@ -136,8 +137,13 @@ def _guarded(make_runtime: MakeRuntime, watchdog: Watchdog, metrics: MilterMetri
     return make
 
 
-def _beat(slot: Slot) -> None:
+def _beat(slot: Slot, supervisor: int, retirement: _Retirement) -> None:
+    """Tell the supervisor this process is alive; an orphan (the supervisor
+    was killed) retires instead of serving on with nobody to replace it."""
     HEARTBEAT.pack_into(slot.heartbeats, slot.beat * HEARTBEAT.size, time.monotonic())
+    if os.getppid() != supervisor and not retirement.retired:
+        log.warning("milter process %d retires: the supervisor is gone", os.getpid())
+        retirement.retire("the supervisor is gone")
 
 
 class _Retirement:
@@ -148,6 +154,10 @@ class _Retirement:
         self._report = report
         self._lock = threading.Lock()
         self._done = False
+
+    @property
+    def retired(self) -> bool:
+        return self._done
 
     def retire(self, reason: str) -> None:
         with self._lock:
