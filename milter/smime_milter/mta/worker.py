@@ -88,9 +88,9 @@ def serve(config: Config, load: Callable[[], Config], make_runtime: MakeRuntime,
     """The milter process's life; returns its exit status."""
     report = _Reporter(slot.report_fd)
     retirement = _Retirement(slot.listen_fd, report)
-    # A verification that takes this long makes the process stop taking new
-    # connections (a successor takes them), since the ones behind it wait.
     supervisor = os.getppid()
+    # A verification that takes SLOW_SECONDS makes the process stop taking new
+    # connections (a successor takes them), since the ones behind it wait.
     watchdog = Watchdog(heartbeat=lambda: _beat(slot, supervisor, retirement),
                         slow_after=SLOW_SECONDS, on_slow=retirement.retire).start()
     metrics = MilterMetrics() if slot.metrics else None
