@@ -1,5 +1,5 @@
 """The composition root: the only place that builds long-lived objects
-(verifier, pool, store-backed re-validation, advanced features, the milter's
+(verifier, store-backed re-validation, advanced features, the milter's
 runtime, the JMAP API) from a Config.
 
 Library packages below take what they need as arguments; the command-line

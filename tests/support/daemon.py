@@ -2,7 +2,7 @@
 
 The daemon is started exactly as an admin would start it (console script,
 TOML file), so these tests also cover option parsing, socket set-up, the
-worker pool and signal handling.
+pre-forked milter processes and signal handling.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """SmimeMilter without libmilter: recorders in place of the libmilter-facing
-methods, a fake worker pool and a fake store (tests/test_release_app.py and
+methods, a fake verifier and a fake store (tests/test_release_app.py and
 tests/test_advanced_app.py drive the milter glue with these)."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ RECIPIENTS = ("rel1@example.org", "rel2@example.org")
 
 @dataclass
 class FakeVerifier:
-    """The worker pool: the real engine (frozen at NOW), a fixed verdict, or a failure."""
+    """The verifier: the real engine (frozen at NOW), a fixed verdict, or a failure."""
 
     engine: Verifier | None = None
     verdict: Verdict | None = None

@@ -55,7 +55,7 @@ class MilterConfig:
     user: str | None = None
     #: Authentication-Results authserv-id; None: the MTA's ``j`` macro, else the host name.
     authserv_id: str | None = None
-    #: Verification worker processes; 0 means one per CPU.
+    #: Milter processes (pre-forked, each verifying in-process); 0 means one per CPU.
     workers: int = 0
     #: Seconds libmilter waits on the MTA before giving up on a connection.
     timeout: int = 600
