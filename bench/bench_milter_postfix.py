@@ -60,8 +60,7 @@ from postfix_throughput import RECIPIENT, Outgoing, measure_throughput, process_
 
 from smime_milter.model import Status
 from smime_milter.stamp.fields import STATUS_HEADER, parse_status_header
-from tests.support import activity
-from tests.support.daemon import POSTFIX_GROUP, SMIME_MILTER, MilterProcess
+from tests.support.daemon import POSTFIX_GROUP, MilterProcess
 from tests.support.nullmilter import ADDED_HEADERS, null_milter_process
 from tests.support.pki import Identity, TestPki, build_pki, make_leaf
 from tests.support.postfix import PostfixInstance, Setting
@@ -182,8 +181,8 @@ class ShippedMilter(MilterProcess):
     goes on the command line when given."""
 
     def __init__(self, directory: Path, anchors: Path, workers: int | None) -> None:
-        self.cli_workers = workers
         super().__init__(directory, anchors, user="root")
+        self.run_args = () if workers is None else ("--workers", str(workers))
 
     def write_config(self, extra_toml: str | None = None) -> None:
         self.config.write_text(
@@ -193,24 +192,6 @@ class ShippedMilter(MilterProcess):
             'user = "root"\n'
             f'[store]\npath = "{self.store_path}"\n'
         )
-
-    def start(self, timeout: float = 60.0) -> None:
-        activity.note("daemon")
-        self.socket.unlink(missing_ok=True)
-        workers = [] if self.cli_workers is None else ["--workers", str(self.cli_workers)]
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [str(SMIME_MILTER), "run", "--config", str(self.config), *workers],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"smime-milter exited at start:\n{self.log_text()}")
-            if self.socket.exists() and "listening on" in self.log_text():
-                return
-            time.sleep(0.05)
-        raise RuntimeError(f"smime-milter did not start:\n{self.log_text()}")
 
     def __enter__(self) -> ShippedMilter:
         self.start()

@@ -35,6 +35,7 @@ from pathlib import Path
 import pytest
 
 from smime_milter.mta.privileges import DEFAULT_USER, StartupError, service_user
+from tests.support import processes
 from tests.support.daemon import SMIME_MILTER, MilterProcess
 from tests.support.miltertest import (
     CONTINUE,
@@ -132,24 +133,7 @@ def _status_ids(pid: int, field: str) -> list[int]:
 def _descendants(top: int) -> dict[int, str]:
     """The processes whose parent chain leads to ``top`` (``top`` included), with
     their command lines."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat_line = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # pid (comm) state ppid ...; comm may hold spaces and parentheses.
-        parents[int(entry.name)] = int(stat_line.rsplit(")", 1)[1].split()[1])
-    found = {top}
-    grew = True
-    while grew:
-        grew = False
-        for pid, parent in parents.items():
-            if parent in found and pid not in found:
-                found.add(pid)
-                grew = True
+    found = processes.descendants(top)
     lines: dict[int, str] = {}
     for pid in found:
         try:

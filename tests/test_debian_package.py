@@ -36,7 +36,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import activity
+from tests.support import activity, processes
 from tests.support.mailflow import signed_message, tampered, unique
 from tests.support.pki import TestPki
 from tests.support.smime import text_entity, wrap_message
@@ -342,20 +342,7 @@ def test_the_store_holds_what_the_headers_say(deliveries: Deliveries, service: S
 
 
 def _descendants(top: int) -> list[int]:
-    parents = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parents[int(entry.name)] = int(
-                    (entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except OSError:
-                continue
-    found = {top}
-    while True:
-        more = {pid for pid, parent in parents.items() if parent in found} - found
-        if not more:
-            return sorted(found)
-        found |= more
+    return sorted(processes.descendants(top))
 
 
 def _ids(pid: int, field: str) -> list[int]:

@@ -10,6 +10,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +24,7 @@ from smime_milter.mta import InProcessVerifier, Runtime, VerifyFailure
 from smime_milter.mta.app import RuntimeHolder, SmimeMilter
 from smime_milter.mta.verifying import Job
 from smime_milter.mta.watchdog import Watchdog
+from tests.support import processes
 from tests.support.daemon import MilterProcess
 from tests.support.milterapp import Connection, FakeStore
 from tests.support.miltertest import (
@@ -134,18 +136,12 @@ def test_the_deadline_never_fires_outside_its_block(pki: TestPki) -> None:
 
 # -- the real daemon -------------------------------------------------------------------
 
-def _children(pid: int) -> set[int]:
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat_line = (entry / "stat").read_text()
-        except OSError:
-            continue
-        if int(stat_line.rsplit(")", 1)[1].split()[1]) == pid:
-            found.add(int(entry.name))
-    return found
+def _with_miltertest(test: Callable[..., None]) -> Callable[..., None]:
+    """The marks of a test that starts the daemon and talks to it with miltertest."""
+    for mark in (pytest.mark.skipif(MILTERTEST is None, reason=MILTERTEST_MISSING),
+                 pytest.mark.miltertest, pytest.mark.process, pytest.mark.daemon):
+        test = mark(test)
+    return test
 
 
 def _wait(condition: object, what: str, timeout: float = 60.0) -> None:
@@ -166,10 +162,7 @@ def _verifies(daemon: MilterProcess, pki: TestPki, workdir: Path, count: int = 4
         assert "smime=pass" in result.value("Authentication-Results")
 
 
-@pytest.mark.daemon
-@pytest.mark.process
-@pytest.mark.miltertest
-@pytest.mark.skipif(MILTERTEST is None, reason=MILTERTEST_MISSING)
+@_with_miltertest
 def test_a_killed_process_is_replaced_while_the_other_serves(
     tmp_path: Path, anchors: Path, live_pki: TestPki
 ) -> None:
@@ -178,13 +171,13 @@ def test_a_killed_process_is_replaced_while_the_other_serves(
     with MilterProcess(directory, anchors) as daemon:
         assert daemon.process is not None
         supervisor = daemon.process.pid
-        first = _children(supervisor)
+        first = processes.children(supervisor)
         assert len(first) == daemon.workers
         victim = min(first)
         os.kill(victim, signal.SIGKILL)
         _verifies(daemon, live_pki, tmp_path / "during")
-        _wait(lambda: len(_children(supervisor)) == daemon.workers and victim not in
-              _children(supervisor), "no replacement for the killed process")
+        _wait(lambda: len(processes.children(supervisor)) == daemon.workers and victim not in
+              processes.children(supervisor), "no replacement for the killed process")
         _verifies(daemon, live_pki, tmp_path / "after")
         log = daemon.log_text()
         assert f"milter process {victim} exited (killed by SIGKILL)" in log
@@ -192,10 +185,7 @@ def test_a_killed_process_is_replaced_while_the_other_serves(
     assert daemon.process.returncode == 0, daemon.log_text()
 
 
-@pytest.mark.daemon
-@pytest.mark.process
-@pytest.mark.miltertest
-@pytest.mark.skipif(MILTERTEST is None, reason=MILTERTEST_MISSING)
+@_with_miltertest
 def test_an_unresponsive_process_is_killed_and_replaced(
     tmp_path: Path, anchors: Path, live_pki: TestPki
 ) -> None:
@@ -210,11 +200,12 @@ def test_an_unresponsive_process_is_killed_and_replaced(
     with daemon:
         assert daemon.process is not None
         supervisor = daemon.process.pid
-        victim = min(_children(supervisor))
+        victim = min(processes.children(supervisor))
         os.kill(victim, signal.SIGSTOP)
         _verifies(daemon, live_pki, tmp_path / "during")  # the other process serves
-        _wait(lambda: victim not in _children(supervisor), "the stopped process was not killed")
-        _wait(lambda: len(_children(supervisor)) == daemon.workers, "no replacement")
+        _wait(lambda: victim not in processes.children(supervisor),
+              "the stopped process was not killed")
+        _wait(lambda: len(processes.children(supervisor)) == daemon.workers, "no replacement")
         log = daemon.log_text()
         assert f"milter process {victim} unresponsive" in log, log
         _verifies(daemon, live_pki, tmp_path / "after")
@@ -237,7 +228,7 @@ def test_a_removed_socket_stops_the_daemon_with_an_error(tmp_path: Path, anchors
     log = daemon.log_text()
     assert f"socket {daemon.socket} was removed" in log, log
     assert "Traceback" not in log
-    assert not _children(daemon.process.pid)
+    assert not processes.children(daemon.process.pid)
 
 
 def test_concurrent_connections_of_one_process_all_verify(live_pki: TestPki,
@@ -288,7 +279,7 @@ def test_milter_processes_of_a_killed_supervisor_stop(tmp_path: Path, anchors: P
     daemon.start()
     try:
         assert daemon.process is not None
-        orphans = _children(daemon.process.pid)
+        orphans = processes.children(daemon.process.pid)
         assert len(orphans) == daemon.workers
         os.kill(daemon.process.pid, signal.SIGKILL)
         daemon.process.wait(10)

@@ -65,6 +65,8 @@ class MilterProcess:
         #: tests/test_daemon_privileges.py and tests/test_debian_package.py run
         #: the default, as the service user, in directories it can reach.
         self.user = user
+        #: Options after ``run --config FILE`` (``--workers N``, say).
+        self.run_args: tuple[str, ...] = ()
         self.process: subprocess.Popen[bytes] | None = None
         self.write_config()
 
@@ -91,7 +93,8 @@ class MilterProcess:
         self.socket.unlink(missing_ok=True)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [*self.wrapper, str(SMIME_MILTER), "run", "--config", str(self.config)],
+            [*self.wrapper, str(SMIME_MILTER), "run", "--config", str(self.config),
+             *self.run_args],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         log.close()
